@@ -1,0 +1,56 @@
+"""Name -> ParallelEnv factory registry.
+
+Adding an env family means adding its factories to `ENV_REGISTRY` (see `envs/mpe.py`); users can also
+point at any factory as `module.path:callable` without touching this package.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from envs import mpe
+
+EnvFactory = Callable[..., Any]
+
+
+class UnknownEnvError(ValueError):
+    """An env name that is neither registered nor an importable `module:callable`."""
+
+
+ENV_REGISTRY: dict[str, EnvFactory] = {**mpe.FACTORIES}
+
+
+def register_env(name: str, factory: EnvFactory) -> None:
+    """Register `factory(**kwargs) -> ParallelEnv` under `name` (e.g. "myfamily/task")."""
+    if name in ENV_REGISTRY and ENV_REGISTRY[name] is not factory:
+        raise ValueError(f"env name {name!r} is already registered")
+    ENV_REGISTRY[name] = factory
+
+
+def registered_names() -> list[str]:
+    return sorted(ENV_REGISTRY)
+
+
+def resolve_factory(name: str) -> EnvFactory:
+    if name in ENV_REGISTRY:
+        return ENV_REGISTRY[name]
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise UnknownEnvError(f"env {name!r}: cannot import module {module_name!r}: {exc}") from exc
+        factory = getattr(module, attr, None)
+        if not callable(factory):
+            raise UnknownEnvError(f"env {name!r}: {module_name!r} has no callable {attr!r}")
+        return factory
+    raise UnknownEnvError(
+        f"unknown env {name!r}; registered: {', '.join(registered_names())}; "
+        "or give any ParallelEnv factory as 'module.path:callable'"
+    )
+
+
+def make_env(name: str, **kwargs: Any) -> Any:
+    """Build a PettingZoo ParallelEnv from a registered name or a `module:callable` path."""
+    return resolve_factory(name)(**kwargs)

@@ -1,0 +1,25 @@
+"""Small pure functions in name-keyed registries: advantage estimators, policy losses, value losses.
+
+Register a new one with the decorators in `registry.py`; a config then selects it by name.
+"""
+
+from flexmarl.algorithms import advantages, losses  # noqa: F401  (registers the built-ins)
+from flexmarl.algorithms.registry import (
+    ADVANTAGE_ESTIMATORS,
+    POLICY_LOSSES,
+    VALUE_LOSSES,
+    register_advantage_estimator,
+    register_policy_loss,
+    register_value_loss,
+)
+from flexmarl.algorithms.value_norm import ValueNorm
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "POLICY_LOSSES",
+    "VALUE_LOSSES",
+    "ValueNorm",
+    "register_advantage_estimator",
+    "register_policy_loss",
+    "register_value_loss",
+]

@@ -1,0 +1,330 @@
+"""Typed run configuration: one dataclass per component, loaded from YAML with `key=value` overrides.
+
+Every field has a docstring. `load_config` checks types and allowed values for every key and raises
+`ConfigError` naming the key path, the bad value and what is allowed, before anything starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: names the key path, the value and what is allowed."""
+
+    def __init__(self, path: str, value: Any, allowed: str):
+        self.path, self.value, self.allowed = path, value, allowed
+        super().__init__(f"config key '{path}': got {value!r}; allowed: {allowed}")
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    """Run name; the run directory is `<output_dir>/<name>-<timestamp>/`."""
+    seed: int = 0
+    """Seeds parameters, action sampling and env resets (every rollout request derives its own seed)."""
+    iterations: int = 10
+    """Training iterations; each collects `batch_env_steps` env steps and updates every group once."""
+    batch_env_steps: int = 3200
+    """Global batch in env steps per iteration; a multiple of `rollout.envs_per_worker * rollout.fragment_length`."""
+    mode: Literal["ray", "serial"] = "ray"
+    """`ray`: rollout workers and trainers as Ray actors on separate pools; `serial`: same components in one process."""
+    output_dir: str = "runs"
+    """Parent folder of run directories."""
+    checkpoint_every: int = 10
+    """Checkpoint every N iterations (and always at the end); 0 = only at the end."""
+    eval_every: int = 0
+    """Greedy evaluation every N iterations (0 = never); writes `eval/return_mean` and `eval/win_rate`."""
+    eval_episodes: int = 10
+    """Episodes per greedy evaluation."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class EnvConfig:
+    name: str = "mpe/simple_spread"
+    """Registered env name (see `envs.registered_names()`) or any ParallelEnv factory as 'module:callable'."""
+    kwargs: dict = field(default_factory=dict)
+    """Keyword arguments for the env factory."""
+    groups: Any = "shared"
+    """Agent -> policy group: 'shared' (one group: parameter sharing), 'independent' (one per agent),
+    or a mapping {group_name: [agent, ...]} covering every agent exactly once."""
+    global_state: Literal["env", "concat_obs"] = "env"
+    """Centralised critic input: `env.state()`, or the agents' concatenated observations (same values for
+    MPE, without recomputing every observation a second time). Envs without state() use concat_obs."""
+
+
+@dataclass
+class ModelConfig:
+    hidden_sizes: list = field(default_factory=lambda: [64, 64])
+    """Widths of the MLP layers of actor and critic."""
+    activation: Literal["relu", "tanh"] = "relu"
+    """Hidden activation."""
+    input_layer_norm: bool = True
+    """LayerNorm on inputs (MAPPO's feature normalisation)."""
+    use_gru: bool = False
+    """Add a GRU after the MLP (recurrent actor and critic, trained on whole fragments)."""
+    gru_hidden: int = 64
+    """GRU hidden width."""
+
+
+@dataclass
+class AlgoConfig:
+    name: Literal["mappo", "ippo"] = "mappo"
+    """mappo: centralised critic on the global state; ippo: each agent's critic on its own observation."""
+    advantage_estimator: str = "gae"
+    """Registered advantage estimator (flexmarl.algorithms.ADVANTAGE_ESTIMATORS)."""
+    policy_loss: str = "ppo_clip"
+    """Registered policy loss (flexmarl.algorithms.POLICY_LOSSES)."""
+    value_loss: str = "clipped_huber"
+    """Registered value loss (flexmarl.algorithms.VALUE_LOSSES)."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    clip_eps: float = 0.2
+    """PPO ratio clip."""
+    value_clip_eps: float = 0.2
+    """Value prediction clip around the rollout-time prediction."""
+    huber_delta: float = 10.0
+    """Huber delta of the value loss."""
+    entropy_coef: float = 0.01
+    """Entropy bonus weight."""
+    value_coef: float = 1.0
+    """Value loss weight."""
+    lr_actor: float = 7e-4
+    """Actor Adam learning rate."""
+    lr_critic: float = 7e-4
+    """Critic Adam learning rate."""
+    adam_eps: float = 1e-5
+    """Adam epsilon."""
+    max_grad_norm: float = 10.0
+    """Gradient norm clip (actor and critic separately)."""
+    epochs: int = 5
+    """PPO epochs over each global batch."""
+    num_minibatches: int = 1
+    """Optimizer steps per epoch; must divide the micro-batches per iteration."""
+    advantage_norm: bool = True
+    """Normalise advantages within each micro-batch (final when the micro-batch is released)."""
+    value_norm: bool = True
+    """Running normalisation of value targets (MAPPO's ValueNorm)."""
+
+
+@dataclass
+class RolloutConfig:
+    num_workers: int = 1
+    """Rollout worker actors."""
+    envs_per_worker: int = 16
+    """Env copies each worker steps together (one batched policy call per step)."""
+    fragment_length: int = 25
+    """Env steps per env copy in one rollout request; every request starts fresh episodes."""
+    backend: Literal["torch", "random"] = "torch"
+    """Inference backend that computes actions ("random": uniform baseline, nothing to train)."""
+    max_worker_restarts: int = 3
+    """How many times a dead rollout worker is replaced before the run fails."""
+
+
+@dataclass
+class ResourcesConfig:
+    rollout_cpus: float = 1.0
+    """CPUs of the rollout pool (shared by the rollout workers)."""
+    trainer_cpus: float = 1.0
+    """CPUs of the training pool (shared by the group trainers)."""
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    @property
+    def microbatch_env_steps(self) -> int:
+        return self.rollout.envs_per_worker * self.rollout.fragment_length
+
+    @property
+    def requests_per_iteration(self) -> int:
+        return self.run.batch_env_steps // self.microbatch_env_steps
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- loading and checking
+
+
+def _check_type(path: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(path, value, "one of " + ", ".join(map(repr, choices)))
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, value, "true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, value, "an integer")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(path, value, "a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, value, "a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, value, "a string")
+        return value
+    if tp is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, value, "a list")
+        return list(value)
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, "a mapping")
+        return dict(value)
+    raise TypeError(f"unsupported config type {tp} at {path}")
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        raise ConfigError(key, data[unknown[0]], f"known keys under '{prefix.rstrip('.') or '<root>'}': {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        tp, value, path = hints[name], data[name], f"{prefix}{name}"
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(path, value, "a mapping")
+            kwargs[name] = _build(tp, value, f"{path}.")
+        else:
+            kwargs[name] = _check_type(path, value, tp)
+    return cls(**kwargs)
+
+
+def _positive(path: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(path, value, ">= 0" if allow_zero else "> 0")
+
+
+def validate(cfg: Config) -> Config:
+    """Semantic checks that types alone cannot express."""
+    from flexmarl.algorithms import ADVANTAGE_ESTIMATORS, POLICY_LOSSES, VALUE_LOSSES
+
+    for path, value in [
+        ("run.iterations", cfg.run.iterations), ("run.batch_env_steps", cfg.run.batch_env_steps),
+        ("run.eval_episodes", cfg.run.eval_episodes), ("rollout.num_workers", cfg.rollout.num_workers),
+        ("rollout.envs_per_worker", cfg.rollout.envs_per_worker),
+        ("rollout.fragment_length", cfg.rollout.fragment_length), ("algo.epochs", cfg.algo.epochs),
+        ("algo.num_minibatches", cfg.algo.num_minibatches), ("algo.lr_actor", cfg.algo.lr_actor),
+        ("algo.lr_critic", cfg.algo.lr_critic), ("model.gru_hidden", cfg.model.gru_hidden),
+        ("resources.rollout_cpus", cfg.resources.rollout_cpus),
+        ("resources.trainer_cpus", cfg.resources.trainer_cpus), ("algo.huber_delta", cfg.algo.huber_delta),
+    ]:
+        _positive(path, value)
+    for path, value in [
+        ("run.checkpoint_every", cfg.run.checkpoint_every), ("run.eval_every", cfg.run.eval_every),
+        ("rollout.max_worker_restarts", cfg.rollout.max_worker_restarts),
+        ("algo.entropy_coef", cfg.algo.entropy_coef), ("algo.value_coef", cfg.algo.value_coef),
+        ("algo.max_grad_norm", cfg.algo.max_grad_norm), ("algo.clip_eps", cfg.algo.clip_eps),
+        ("algo.value_clip_eps", cfg.algo.value_clip_eps),
+    ]:
+        _positive(path, value, allow_zero=True)
+    for path, value in [("algo.gamma", cfg.algo.gamma), ("algo.gae_lambda", cfg.algo.gae_lambda)]:
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(path, value, "a number in [0, 1]")
+    for path, value, registry in [
+        ("algo.advantage_estimator", cfg.algo.advantage_estimator, ADVANTAGE_ESTIMATORS),
+        ("algo.policy_loss", cfg.algo.policy_loss, POLICY_LOSSES),
+        ("algo.value_loss", cfg.algo.value_loss, VALUE_LOSSES),
+    ]:
+        if value not in registry:
+            raise ConfigError(path, value, "one of " + ", ".join(sorted(registry)))
+    if not cfg.model.hidden_sizes or not all(isinstance(h, int) and h > 0 for h in cfg.model.hidden_sizes):
+        raise ConfigError("model.hidden_sizes", cfg.model.hidden_sizes, "a non-empty list of positive integers")
+    if cfg.run.batch_env_steps % cfg.microbatch_env_steps:
+        raise ConfigError(
+            "run.batch_env_steps", cfg.run.batch_env_steps,
+            f"a multiple of rollout.envs_per_worker * rollout.fragment_length = {cfg.microbatch_env_steps}",
+        )
+    if cfg.requests_per_iteration % cfg.algo.num_minibatches:
+        raise ConfigError(
+            "algo.num_minibatches", cfg.algo.num_minibatches,
+            f"a divisor of the {cfg.requests_per_iteration} micro-batches per iteration",
+        )
+    groups = cfg.env.groups
+    if isinstance(groups, str):
+        if groups not in ("shared", "independent"):
+            raise ConfigError("env.groups", groups, "'shared', 'independent' or a mapping {group: [agents]}")
+    elif isinstance(groups, dict):
+        for name, members in groups.items():
+            if not isinstance(members, list) or not members or not all(isinstance(a, str) for a in members):
+                raise ConfigError(f"env.groups.{name}", members, "a non-empty list of agent names")
+    else:
+        raise ConfigError("env.groups", groups, "'shared', 'independent' or a mapping {group: [agents]}")
+    return cfg
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """['algo.lr_actor=1e-3', 'env.kwargs.N=4'] -> nested dict; values parsed as YAML scalars."""
+    nested: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(item, item, "overrides of the form key.path=value")
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(key, raw, "a path that does not cross a scalar override")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return nested
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_from_dict(data: dict, overrides: list[str] | None = None) -> Config:
+    data = _merge(data or {}, parse_overrides(overrides or []))
+    return validate(_build(Config, data, ""))
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError("<file>", str(path), "an existing YAML file") from exc
+    if not isinstance(data, dict):
+        raise ConfigError("<root>", data, "a YAML mapping of sections (run, env, model, algo, rollout, resources)")
+    return config_from_dict(data, overrides)

@@ -1,0 +1,63 @@
+"""Agent -> policy group layout. Parameter sharing is one group; independent learners are one group each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from envs import ActionSpec, EnvSpec
+from flexmarl.config import Config, ConfigError
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    name: str
+    agents: tuple[str, ...]
+    obs_dim: int
+    action: ActionSpec
+    has_action_mask: bool
+    critic_dim: int
+    """Critic input width: the global state (MAPPO) or the agent's observation (IPPO)."""
+
+
+def critic_uses_state(cfg: Config) -> bool:
+    return cfg.algo.name == "mappo"
+
+
+def global_state_dim(spec: EnvSpec) -> int:
+    """`env.state()` width, or the concatenated observations when the env has no state()."""
+    return spec.state_dim if spec.state_dim is not None else sum(a.obs_dim for a in spec.per_agent.values())
+
+
+def build_groups(cfg: Config, spec: EnvSpec) -> list[GroupLayout]:
+    """Resolve `env.groups` against the env's agents and check every group is homogeneous."""
+    groups = cfg.env.groups
+    if groups == "shared":
+        mapping = {"shared": list(spec.agents)}
+    elif groups == "independent":
+        mapping = {agent: [agent] for agent in spec.agents}
+    else:
+        mapping = groups
+    seen: dict[str, str] = {}
+    for name, members in mapping.items():
+        for agent in members:
+            if agent not in spec.per_agent:
+                raise ConfigError(f"env.groups.{name}", agent, "agents of this env: " + ", ".join(spec.agents))
+            if agent in seen:
+                raise ConfigError(f"env.groups.{name}", agent, f"each agent in one group; already in {seen[agent]!r}")
+            seen[agent] = name
+    missing = [a for a in spec.agents if a not in seen]
+    if missing:
+        raise ConfigError("env.groups", groups, f"a mapping covering every agent; missing: {', '.join(missing)}")
+
+    layouts = []
+    for name, members in mapping.items():
+        first = spec.per_agent[members[0]]
+        for agent in members[1:]:
+            if spec.per_agent[agent] != first:
+                raise ConfigError(
+                    f"env.groups.{name}", members,
+                    f"agents with identical observation/action spaces ({agent!r} differs from {members[0]!r})",
+                )
+        critic_dim = global_state_dim(spec) if critic_uses_state(cfg) else first.obs_dim
+        layouts.append(GroupLayout(name, tuple(members), first.obs_dim, first.action, first.has_action_mask, critic_dim))
+    return layouts

@@ -1,0 +1,107 @@
+"""Torch policies: MLP (optionally + GRU) actor with action masking, and a critic.
+
+Shapes are time-major: x [T, B, D], episode_start [T, B], recurrent state h [B, H]. A rollout step is the
+T = 1 case of the training call, so both paths share one forward.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical, Independent, Normal
+
+from envs import ActionSpec
+from flexmarl.config import ModelConfig
+
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def _init(layer: nn.Linear, gain: float) -> nn.Linear:
+    nn.init.orthogonal_(layer.weight, gain=gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class Trunk(nn.Module):
+    """Input LayerNorm -> MLP -> optional GRU (hidden state reset at episode starts)."""
+
+    def __init__(self, in_dim: int, cfg: ModelConfig):
+        super().__init__()
+        act = _ACTIVATIONS[cfg.activation]
+        gain = nn.init.calculate_gain(cfg.activation)
+        layers: list[nn.Module] = [nn.LayerNorm(in_dim)] if cfg.input_layer_norm else []
+        width = in_dim
+        for hidden in cfg.hidden_sizes:
+            layers += [_init(nn.Linear(width, hidden), gain), act()]
+            width = hidden
+        self.mlp = nn.Sequential(*layers)
+        self.gru = nn.GRU(width, cfg.gru_hidden) if cfg.use_gru else None
+        self.hidden_dim = cfg.gru_hidden if cfg.use_gru else 0
+        self.out_dim = cfg.gru_hidden if cfg.use_gru else width
+
+    def initial_state(self, batch: int) -> torch.Tensor:
+        return torch.zeros(batch, self.hidden_dim)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor, episode_start: torch.Tensor):
+        features = self.mlp(x)
+        if self.gru is None:
+            return features, h
+        outputs = []
+        for t in range(features.shape[0]):
+            h = h * (1.0 - episode_start[t]).unsqueeze(-1)
+            out, h_next = self.gru(features[t : t + 1], h.unsqueeze(0))
+            h = h_next.squeeze(0)
+            outputs.append(out)
+        return torch.cat(outputs, dim=0), h
+
+
+class Actor(nn.Module):
+    def __init__(self, obs_dim: int, action: ActionSpec, cfg: ModelConfig):
+        super().__init__()
+        self.action = action
+        self.trunk = Trunk(obs_dim, cfg)
+        self.head = _init(nn.Linear(self.trunk.out_dim, action.dim), gain=0.01)
+        if action.kind == "box":
+            self.log_std = nn.Parameter(torch.zeros(action.dim))
+
+    def distribution(self, obs, h, episode_start, action_mask=None):
+        features, h = self.trunk(obs, h, episode_start)
+        out = self.head(features)
+        if self.action.kind == "discrete":
+            if action_mask is not None:
+                out = out.masked_fill(~action_mask, -1e9)
+            return Categorical(logits=out), h
+        return Independent(Normal(out, self.log_std.exp().expand_as(out)), 1), h
+
+    def greedy(self, dist) -> torch.Tensor:
+        return dist.probs.argmax(-1) if self.action.kind == "discrete" else dist.mean
+
+
+class Critic(nn.Module):
+    def __init__(self, in_dim: int, cfg: ModelConfig):
+        super().__init__()
+        self.trunk = Trunk(in_dim, cfg)
+        self.head = _init(nn.Linear(self.trunk.out_dim, 1), gain=1.0)
+
+    def forward(self, x, h, episode_start):
+        features, h = self.trunk(x, h, episode_start)
+        return self.head(features).squeeze(-1), h
+
+
+class GroupPolicy(nn.Module):
+    """Actor + critic of one agent group (every agent of the group shares them)."""
+
+    def __init__(self, obs_dim: int, critic_dim: int, action: ActionSpec, cfg: ModelConfig):
+        super().__init__()
+        self.actor = Actor(obs_dim, action, cfg)
+        self.critic = Critic(critic_dim, cfg)
+
+
+def to_numpy_state(module: nn.Module) -> dict[str, np.ndarray]:
+    """Weights as numpy arrays: Ray moves them zero-copy through the object store."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def load_numpy_state(module: nn.Module, state: dict[str, np.ndarray]) -> None:
+    module.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in state.items()})

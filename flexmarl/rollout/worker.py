@@ -1,0 +1,311 @@
+"""Rollout worker: steps `envs_per_worker` env copies together and returns one row per agent group.
+
+A request is a pure function of (weights version, request seed): every request resets its envs with
+seeds derived from the request seed and samples actions from a generator seeded by it. That makes a
+request that was lost with a dead worker reproducible anywhere, and makes resumed runs exact.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from envs import EnvSpec, describe_env, make_env, split_observation
+from flexmarl.algorithms import ADVANTAGE_ESTIMATORS
+from flexmarl.config import Config
+from flexmarl.groups import GroupLayout, build_groups, critic_uses_state
+from flexmarl.rollout.backend import make_backend
+from flexmarl.rollout.checks import EnvStepError, check_actions, check_observation, check_reward
+from flexmarl.rollout.env_io import critic_input, win_flag
+from flexmarl.rollout.evaluate import evaluate_policy
+
+
+@dataclass(frozen=True)
+class RolloutRequest:
+    request_id: str
+    """Prefix of the rows' sample ids: rows are `{request_id}-{group}`."""
+    version: int
+    """Policy version the worker must hold when it samples."""
+    seed: int
+    num_steps: int
+
+
+@dataclass
+class RolloutResult:
+    request_id: str
+    version: int
+    env_steps: int
+    episode_returns: list[float] = field(default_factory=list)
+    """Team return (sum over agents) of each episode that ended in this request."""
+    episode_lengths: list[int] = field(default_factory=list)
+    wins: list[float] = field(default_factory=list)
+    """Per ended episode, where the env reports "win" or "battle_won" in infos."""
+    sample_s: float = 0.0
+    rows: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    """Group -> payload arrays (time-major [T, C, ...]); moved to the store by reference."""
+    num_active: dict[str, int] = field(default_factory=dict)
+
+
+class RolloutWorker:
+    """Contract: make env, set weights (versioned), sample, metrics, health."""
+
+    def __init__(self, cfg: Config, worker_index: int = 0):
+        torch.set_num_threads(1)
+        self.cfg, self.worker_index = cfg, worker_index
+        self.envs = [make_env(cfg.env.name, **cfg.env.kwargs) for _ in range(cfg.rollout.envs_per_worker)]
+        self.spec: EnvSpec = describe_env(self.envs[0], seed=cfg.run.seed)
+        self.groups: list[GroupLayout] = build_groups(cfg, self.spec)
+        self.backend = make_backend(cfg, self.groups)
+        self.estimator = ADVANTAGE_ESTIMATORS[cfg.algo.advantage_estimator]
+        self.use_state = critic_uses_state(cfg)
+        self.requests_served = 0
+        self.total_env_steps = 0
+
+    # -- contract -------------------------------------------------------------------------------
+    def set_weights(self, weights: dict, version: int) -> int:
+        self.backend.set_weights(weights, version)
+        return version
+
+    def health(self) -> dict:
+        return {"worker": self.worker_index, "pid": os.getpid(), "version": self.backend.version,
+                "requests_served": self.requests_served, "env_steps": self.total_env_steps}
+
+    def metrics(self) -> dict:
+        return {"requests_served": self.requests_served, "env_steps": self.total_env_steps}
+
+    def sample(self, request: RolloutRequest) -> RolloutResult:
+        if request.version != self.backend.version:
+            raise RuntimeError(
+                f"worker {self.worker_index} holds policy version {self.backend.version}, "
+                f"request {request.request_id} needs {request.version}"
+            )
+        start = time.perf_counter()
+        result = _Sampler(self, request).run()
+        result.sample_s = time.perf_counter() - start
+        self.requests_served += 1
+        self.total_env_steps += result.env_steps
+        return result
+
+
+    def sample_rows(self, request: RolloutRequest) -> tuple:
+        """`sample`, split as (result without rows, row of group 0, row of group 1, ...) so that each row
+        travels as its own reference, owned by the caller (it outlives this worker)."""
+        result = self.sample(request)
+        rows = [result.rows.pop(g.name) for g in self.groups]
+        return (result, *rows)
+
+    def evaluate(self, episodes: int, seed: int) -> dict:
+        """Greedy episodes with the current weights: team return mean and, where defined, win rate."""
+        return evaluate_policy(self.envs[0], self.spec, self.groups, self.backend, self.use_state,
+                               self.cfg.env.global_state, episodes, seed)
+
+
+class _Sampler:
+    """The state of one request: per-group [T, C] buffers, current observations, episode tallies."""
+
+    def __init__(self, worker: RolloutWorker, request: RolloutRequest):
+        self.w, self.req = worker, request
+        self.T, self.E = request.num_steps, len(worker.envs)
+        self.generator = torch.Generator().manual_seed(request.seed)
+        self.env_seeds = np.random.default_rng(request.seed)
+        self.buffers = {g.name: self._allocate(g) for g in worker.groups}
+        self.episode_returns = np.zeros(self.E)
+        self.episode_lengths = np.zeros(self.E, dtype=int)
+        self.result = RolloutResult(request.request_id, request.version, env_steps=self.T * self.E)
+
+    def _allocate(self, g: GroupLayout) -> dict:
+        T, C = self.T, self.E * len(g.agents)
+        a_shape = (T, C) if g.action.kind == "discrete" else (T, C, g.action.dim)
+        h_actor, h_critic = self.w.backend.initial_state(g.name, C)
+        buf = {
+            "obs": np.zeros((T, C, g.obs_dim), np.float32),
+            "critic_in": np.zeros((T, C, g.critic_dim), np.float32),
+            "actions": np.zeros(a_shape, np.int64 if g.action.kind == "discrete" else np.float32),
+            "logp": np.zeros((T, C), np.float32),
+            "values_norm": np.zeros((T, C), np.float32),
+            "values": np.zeros((T, C), np.float32),
+            "rewards": np.zeros((T, C), np.float32),
+            "terminated": np.zeros((T, C), np.float32),
+            "episode_end": np.zeros((T, C), np.float32),
+            "truncation_values": np.zeros((T, C), np.float32),
+            "active": np.zeros((T, C), np.float32),
+            "episode_start": np.zeros((T, C), np.float32),
+            "h0_actor": h_actor, "h0_critic": h_critic,
+        }
+        if g.has_action_mask:
+            buf["action_mask"] = np.ones((T, C, g.action.dim), bool)
+        # Current step's inputs, refreshed after every env step.
+        buf["cur_obs"] = np.zeros((C, g.obs_dim), np.float32)
+        buf["cur_critic"] = np.zeros((C, g.critic_dim), np.float32)
+        buf["cur_mask"] = np.ones((C, g.action.dim), bool) if g.has_action_mask else None
+        buf["cur_active"] = np.zeros(C, np.float32)
+        buf["cur_start"] = np.ones(C, np.float32)
+        buf["h_actor"], buf["h_critic"] = h_actor.copy(), h_critic.copy()
+        return buf
+
+    # -- env bookkeeping ------------------------------------------------------------------------
+    def _critic_rows(self, env, obs_by_agent: dict):
+        return critic_input(env, self.w.spec, obs_by_agent, self.w.use_state, self.w.cfg.env.global_state)
+
+    def _load_obs(self, e: int, raw_obs: dict, step: int) -> dict:
+        """Write env e's observations into each group's current-step arrays; returns flat obs by agent."""
+        flat = {}
+        for agent, obs in raw_obs.items():
+            vec, mask = split_observation(obs)
+            spec = self.w.spec.per_agent.get(agent)
+            if spec is None:
+                raise EnvStepError(f"env copy {e} at step {step}: observation for unknown agent {agent!r}")
+            check_observation(vec, spec.obs_dim, agent, step, e, self.req.request_id)
+            flat[agent] = (vec, mask)
+        for g in self.w.groups:
+            buf, k = self.buffers[g.name], len(g.agents)
+            for j, agent in enumerate(g.agents):
+                col = e * k + j
+                if agent in flat:
+                    buf["cur_obs"][col], mask = flat[agent]
+                    buf["cur_active"][col] = 1.0
+                    if mask is not None:
+                        buf["cur_mask"][col] = mask
+                else:
+                    buf["cur_obs"][col] = 0.0
+                    buf["cur_active"][col] = 0.0
+        return {a: v for a, (v, _) in flat.items()}
+
+    def _set_critic(self, e: int, state_row) -> None:
+        for g in self.w.groups:
+            buf, k = self.buffers[g.name], len(g.agents)
+            cols = slice(e * k, (e + 1) * k)
+            buf["cur_critic"][cols] = state_row if state_row is not None else buf["cur_obs"][cols]
+
+    def _reset(self, e: int, step: int) -> None:
+        env = self.w.envs[e]
+        try:
+            raw_obs, _ = env.reset(seed=int(self.env_seeds.integers(2**31 - 1)))
+        except Exception as exc:
+            raise EnvStepError(f"env copy {e} raised in reset at step {step} (request {self.req.request_id}): {exc!r}") from exc
+        flat = self._load_obs(e, raw_obs, step)
+        self._set_critic(e, self._critic_rows(env, flat))
+        for g in self.w.groups:
+            k = len(g.agents)
+            self.buffers[g.name]["cur_start"][e * k : (e + 1) * k] = 1.0
+        self.episode_returns[e], self.episode_lengths[e] = 0.0, 0
+
+    # -- main loop ------------------------------------------------------------------------------
+    def run(self) -> RolloutResult:
+        for e in range(self.E):
+            self._reset(e, 0)
+        for t in range(self.T):
+            env_actions = [dict() for _ in range(self.E)]
+            for g in self.w.groups:
+                self._act(g, t, env_actions)
+            for e in range(self.E):
+                self._step_env(e, t, env_actions[e])
+        self._finish()
+        return self.result
+
+    def _act(self, g: GroupLayout, t: int, env_actions: list[dict]) -> None:
+        buf = self.buffers[g.name]
+        out = self.w.backend.act(
+            g.name, buf["cur_obs"], buf["cur_critic"], buf["cur_mask"], buf["h_actor"], buf["h_critic"],
+            buf["cur_start"], deterministic=False, generator=self.generator,
+        )
+        check_actions(out.actions, g.action.kind, g.action.n, g.action.low, g.action.high, g.agents, t, self.req.request_id)
+        buf["obs"][t], buf["critic_in"][t] = buf["cur_obs"], buf["cur_critic"]
+        buf["actions"][t], buf["logp"][t] = out.actions, out.logp
+        buf["values_norm"][t], buf["values"][t] = out.values_norm, out.values
+        buf["active"][t], buf["episode_start"][t] = buf["cur_active"], buf["cur_start"]
+        if buf["cur_mask"] is not None:
+            buf["action_mask"][t] = buf["cur_mask"]
+        buf["h_actor"], buf["h_critic"] = out.h_actor, out.h_critic
+        buf["cur_start"][:] = 0.0
+        k = len(g.agents)
+        env_action = out.actions
+        if g.action.kind == "box":
+            env_action = np.clip(env_action, g.action.low, g.action.high).reshape(-1, *g.action.shape)
+        for col in np.flatnonzero(buf["cur_active"]):
+            e, j = divmod(int(col), k)
+            env_actions[e][g.agents[j]] = env_action[col]
+
+    def _step_env(self, e: int, t: int, actions: dict) -> None:
+        env = self.w.envs[e]
+        try:
+            raw_obs, rewards, terms, truncs, infos = env.step(actions)
+        except Exception as exc:
+            raise EnvStepError(
+                f"env copy {e} raised at step {t} (episode step {self.episode_lengths[e]}, "
+                f"request {self.req.request_id}), agents {sorted(actions)}: {exc!r}"
+            ) from exc
+        self.episode_lengths[e] += 1
+        trunc_rows: dict[str, list[int]] = {}
+        for g in self.w.groups:
+            buf, k = self.buffers[g.name], len(g.agents)
+            for j, agent in enumerate(g.agents):
+                col = e * k + j
+                if agent not in actions:
+                    buf["episode_end"][t, col] = 1.0
+                    continue
+                reward = check_reward(rewards.get(agent, 0.0), agent, t, e, self.req.request_id)
+                buf["rewards"][t, col] = reward
+                self.episode_returns[e] += reward
+                term, trunc = bool(terms.get(agent, False)), bool(truncs.get(agent, False))
+                if term or trunc:
+                    buf["episode_end"][t, col] = 1.0
+                    buf["terminated"][t, col] = float(term)
+                    if trunc and not term:
+                        trunc_rows.setdefault(g.name, []).append(j)
+        live_obs = {a: o for a, o in raw_obs.items() if not (terms.get(a, False) or truncs.get(a, False))}
+        if trunc_rows:
+            self._truncation_values(e, t, raw_obs, trunc_rows)
+        if not env.agents or not live_obs:
+            self.result.episode_returns.append(float(self.episode_returns[e]))
+            self.result.episode_lengths.append(int(self.episode_lengths[e]))
+            win = win_flag(infos)
+            if win is not None:
+                self.result.wins.append(win)
+            self._reset(e, t + 1)
+        else:
+            flat = self._load_obs(e, live_obs, t + 1)
+            self._set_critic(e, self._critic_rows(env, flat))
+
+    def _truncation_values(self, e: int, t: int, raw_obs: dict, trunc_rows: dict) -> None:
+        """V(final observation) of agents cut by a time limit: they bootstrap instead of ending at 0."""
+        final = {a: split_observation(o)[0] for a, o in raw_obs.items()}
+        state_row = self._critic_rows(self.w.envs[e], final)
+        for g in self.w.groups:
+            if g.name not in trunc_rows:
+                continue
+            buf, k = self.buffers[g.name], len(g.agents)
+            cols = [e * k + j for j in trunc_rows[g.name]]
+            if state_row is not None:
+                critic_in = np.repeat(state_row[None], len(cols), axis=0)
+            else:
+                critic_in = np.stack([final.get(g.agents[j], np.zeros(g.obs_dim, np.float32)) for j in trunc_rows[g.name]])
+            values = self.w.backend.value(g.name, critic_in, buf["h_critic"][cols], np.zeros(len(cols), np.float32))
+            buf["truncation_values"][t, cols] = values
+
+    def _finish(self) -> None:
+        cfg = self.w.cfg.algo
+        for g in self.w.groups:
+            buf = self.buffers[g.name]
+            # Bootstrap at the fragment's end from the next observation.
+            last_values = self.w.backend.value(g.name, buf["cur_critic"], buf["h_critic"], buf["cur_start"])
+            next_values = np.empty_like(buf["values"])
+            next_values[:-1] = buf["values"][1:]
+            next_values[-1] = last_values * buf["cur_active"]
+            ended = buf["episode_end"] > 0
+            next_values[ended] = buf["truncation_values"][ended]
+            advantages, returns = self.w.estimator(
+                buf["rewards"], buf["values"], next_values, buf["terminated"], buf["episode_end"],
+                cfg.gamma, cfg.gae_lambda,
+            )
+            row = {k: buf[k] for k in ("obs", "critic_in", "actions", "logp", "values_norm", "active",
+                                       "episode_start", "h0_actor", "h0_critic")}
+            row["advantages"], row["returns"] = advantages.astype(np.float32), returns.astype(np.float32)
+            if "action_mask" in buf:
+                row["action_mask"] = buf["action_mask"]
+            self.result.rows[g.name] = row
+            self.result.num_active[g.name] = int(buf["active"].sum())

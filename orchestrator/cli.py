@@ -1,0 +1,113 @@
+"""`flexmarl` command line: train, eval, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from flexmarl.config import ConfigError, load_config
+from orchestrator.run_dir import CheckpointError, load_run_config, new_run_dir, save_run_config
+
+
+def _cmd_train(args) -> int:
+    from orchestrator.train import TrainingError, train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        overrides = ([args.config] if args.config else []) + args.overrides  # no CONFIG with --resume
+        cfg = load_run_config(run_dir, overrides)
+        save_run_config(run_dir, cfg)
+    else:
+        if not args.config:
+            raise SystemExit("flexmarl train: give a CONFIG file or --resume RUN_DIR")
+        cfg = load_config(args.config, args.overrides)
+        run_dir = new_run_dir(cfg)
+    print(f"run directory: {run_dir}")
+    try:
+        metrics = train(cfg, run_dir, resume=bool(args.resume), address=args.address)
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _print_summary(cfg, run_dir, metrics)
+    return 0
+
+
+def _print_summary(cfg, run_dir: Path, last: dict) -> None:
+    import csv
+
+    from orchestrator.run_dir import latest_checkpoint
+    from orchestrator.train import evaluate_checkpoint, random_policy_baseline
+
+    with (run_dir / "metrics.csv").open() as f:
+        returns = [float(r["episode_return_mean"]) for r in csv.DictReader(f) if r.get("episode_return_mean")]
+    if returns:
+        tail = returns[-3:]
+        print(f"training episode return: first iteration {returns[0]:.2f}, last {len(tail)} iterations {sum(tail) / len(tail):.2f}")
+    episodes = cfg.run.eval_episodes
+    trained = evaluate_checkpoint(latest_checkpoint(run_dir), episodes)
+    random = random_policy_baseline(cfg, episodes)
+    print(f"evaluation over {episodes} episodes: trained policy (greedy) {trained['eval/return_mean']:.2f}, "
+          f"uniform random policy {random['eval/return_mean']:.2f}")
+    if last:
+        print(f"env steps: {last['env_steps']}, env steps/s (last iteration): {last['env_steps_per_s']:.0f}")
+    print(f"metrics: {run_dir / 'metrics.csv'}; checkpoints: {run_dir / 'checkpoints'}")
+
+
+def _cmd_eval(args) -> int:
+    from orchestrator.train import evaluate_checkpoint
+
+    result = evaluate_checkpoint(Path(args.checkpoint), args.episodes, args.seed)
+    line = f"checkpoint iteration {result['iteration']}: mean return {result['eval/return_mean']:.3f} over {args.episodes} episodes"
+    if "eval/win_rate" in result:
+        line += f", win rate {result['eval/win_rate']:.3f}"
+    print(line)
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    if args.what == "throughput":
+        from orchestrator.bench.throughput import run_throughput_bench
+
+        result = run_throughput_bench(duration_s=args.duration, out=Path(args.out) if args.out else None)
+        print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=1))
+        return 0
+    raise SystemExit(f"unknown benchmark {args.what!r}; available: throughput")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flexmarl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train from a YAML config, or resume a run directory")
+    t.add_argument("config", nargs="?", help="YAML config (configs/demo.yaml)")
+    t.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. algo.lr_actor=1e-3")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    t.add_argument("--address", help="join an existing Ray cluster (default: RAY_ADDRESS, else a local one)")
+    t.set_defaults(fn=_cmd_train)
+    e = sub.add_parser("eval", help="greedy evaluation of a checkpoint")
+    e.add_argument("checkpoint", help="checkpoint directory (runs/<run>/checkpoints/iter_NNNNNN)")
+    e.add_argument("--episodes", type=int, default=20)
+    e.add_argument("--seed", type=int, default=12345)
+    e.set_defaults(fn=_cmd_eval)
+    b = sub.add_parser("bench", help="benchmarks that write benchmarks/results/*.json")
+    b.add_argument("what", choices=["throughput"])
+    b.add_argument("--duration", type=float, default=60.0, help="timed seconds per system")
+    b.add_argument("--out", help="result file (default benchmarks/results/<what>.json)")
+    b.set_defaults(fn=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

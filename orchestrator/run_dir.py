@@ -1,0 +1,154 @@
+"""Run directory: resolved config, metrics.csv, TensorBoard events, checkpoints.
+
+    runs/<name>-<timestamp>/
+        config.yaml          resolved config (what `--resume` reloads)
+        metrics.csv          one row per iteration; flushed every row
+        tb/                  TensorBoard events
+        checkpoints/iter_000010/{state.pt, meta.json}
+        error.txt            written when a run stops on an error
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from flexmarl.config import Config, config_from_dict
+
+CHECKPOINT_FORMAT = "flexmarl-checkpoint/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, corrupt, or does not match the run it is loaded into."""
+
+
+def new_run_dir(cfg: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.run.output_dir) / f"{cfg.run.name}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        path, n = Path(f"{base}-{n}"), n + 1
+    path.mkdir(parents=True)
+    save_run_config(path, cfg)
+    return path
+
+
+def save_run_config(run_dir: Path, cfg: Config) -> None:
+    (Path(run_dir) / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise CheckpointError(f"{run_dir} is not a run directory: no config.yaml")
+    return config_from_dict(yaml.safe_load(path.read_text()), overrides)
+
+
+class MetricsWriter:
+    """metrics.csv (columns grow when new metrics appear: the file is rewritten) + TensorBoard."""
+
+    def __init__(self, run_dir: Path, resume_after_iteration: int | None = None):
+        self.path = Path(run_dir) / "metrics.csv"
+        self.rows: list[dict] = []
+        if resume_after_iteration is not None and self.path.exists():
+            with self.path.open() as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= resume_after_iteration]
+        self.columns: list[str] = list(self.rows[0].keys()) if self.rows else []
+        self._rewrite()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(Path(run_dir) / "tb"))
+
+    def _rewrite(self) -> None:
+        with self.path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns, restval="")
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def write(self, metrics: dict) -> None:
+        row = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        self.rows.append(row)
+        new = [k for k in row if k not in self.columns]
+        if new:
+            self.columns += new
+            self._rewrite()
+        else:
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.columns, restval="").writerow(row)
+        step = int(row.get("env_steps", row.get("iteration", 0)))
+        for key, value in row.items():
+            if key not in ("iteration", "env_steps") and not (isinstance(value, float) and math.isnan(value)):
+                self.tb.add_scalar(key, value, step)
+        self.tb.flush()
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+def _signature(groups) -> dict:
+    return {g.name: {"agents": list(g.agents), "obs_dim": g.obs_dim, "critic_dim": g.critic_dim,
+                     "action": [g.action.kind, g.action.dim]} for g in groups}
+
+
+def save_checkpoint(run_dir: Path, cfg: Config, groups, state: dict) -> Path:
+    """Write checkpoints/iter_NNNNNN/ atomically (temp dir, then rename); meta.json holds a sha256."""
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"iter_{state['iteration']:06d}"
+    tmp = root / f".tmp-{final.name}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "groups": _signature(groups), "state": state}, buffer)
+    blob = buffer.getvalue()
+    (tmp / "state.pt").write_bytes(blob)
+    meta = {"format": CHECKPOINT_FORMAT, "iteration": state["iteration"], "env_steps": state["env_steps"],
+            "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    if final.exists():
+        for f in final.iterdir():
+            f.unlink()
+        final.rmdir()
+    tmp.rename(final)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = sorted((Path(run_dir) / "checkpoints").glob("iter_*"))
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path, groups=None) -> dict:
+    """Verify and load a checkpoint directory; if `groups` is given, refuse a mismatching one."""
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    state_file, meta_file = path / "state.pt", path / "meta.json"
+    if not state_file.exists() or not meta_file.exists():
+        raise CheckpointError(f"{path} is not a checkpoint: expected state.pt and meta.json")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{meta_file} is corrupt: {exc}") from exc
+    blob = state_file.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
+        raise CheckpointError(f"{state_file} is corrupt: its sha256 does not match meta.json")
+    try:
+        data = torch.load(io.BytesIO(blob), weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{state_file} cannot be read: {exc}") from exc
+    if data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{state_file}: format {data.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+    if groups is not None:
+        expected = _signature(groups)
+        if data["groups"] != expected:
+            raise CheckpointError(
+                f"{path} does not match this run: checkpoint groups {data['groups']} vs run groups {expected}"
+            )
+    return data

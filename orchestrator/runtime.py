@@ -1,0 +1,150 @@
+"""Where components run: `RayRuntime` (actors on two resource pools) or `SerialRuntime` (one process).
+
+The orchestrator talks to both through the same small interface: create actors, call methods (getting
+references back), wait, get, put. Serial references hold the result (or the raised exception), so errors
+surface at `get` in both modes.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from typing import Any
+
+from flexmarl.config import Config
+
+
+class WorkerDiedError(RuntimeError):
+    """The process behind an actor is gone."""
+
+
+class SerialRef:
+    def __init__(self, value: Any = None, error: BaseException | None = None):
+        self.value, self.error = value, error
+
+
+class Runtime(ABC):
+    @abstractmethod
+    def create(self, cls: type, *args, pool: str, share: float = 1.0) -> Any:
+        """Start an instance of `cls` on `pool` ("rollout" or "trainer"), taking `share` of its CPUs."""
+
+    @abstractmethod
+    def call(self, handle, method: str, *args, num_returns: int = 1):
+        """Call a method; returns one reference, or a list of `num_returns` references."""
+
+    @abstractmethod
+    def get(self, ref_or_refs):
+        """Resolve references; raises the callee's exception, or WorkerDiedError if it died."""
+
+    @abstractmethod
+    def wait(self, refs: list, timeout: float | None = None) -> tuple[list, list]:
+        """(ready, not ready): returns as soon as at least one is ready."""
+
+    @abstractmethod
+    def put(self, value) -> Any: ...
+
+    def kill(self, handle) -> None:
+        """Stop an actor (used to replace a dead or wedged worker)."""
+
+    def shutdown(self) -> None: ...
+
+
+class SerialRuntime(Runtime):
+    """Same components, one process, no Ray: for debugging and fast tests."""
+
+    def create(self, cls, *args, pool, share=1.0):
+        return cls(*args)
+
+    def call(self, handle, method, *args, num_returns=1):
+        args = [self.get(a) if isinstance(a, SerialRef) else a for a in args]
+        try:
+            out = getattr(handle, method)(*args)
+        except Exception as exc:  # surfaced at get(), as Ray does
+            return SerialRef(error=exc) if num_returns == 1 else [SerialRef(error=exc)] * num_returns
+        return SerialRef(out) if num_returns == 1 else [SerialRef(v) for v in out]
+
+    def get(self, ref_or_refs):
+        if isinstance(ref_or_refs, list):
+            return [self.get(r) for r in ref_or_refs]
+        if ref_or_refs.error is not None:
+            raise ref_or_refs.error
+        return ref_or_refs.value
+
+    def wait(self, refs, timeout=None):
+        return list(refs), []
+
+    def put(self, value):
+        return SerialRef(value)
+
+
+class RayRuntime(Runtime):
+    """Ray actors on two placement groups: the rollout pool and the training pool."""
+
+    def __init__(self, cfg: Config, address: str | None = None):
+        import ray
+        from ray.util.placement_group import placement_group
+
+        self.ray = ray
+        address = address or os.environ.get("RAY_ADDRESS")
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, log_to_driver=True)
+            else:
+                cpus = cfg.resources.rollout_cpus + cfg.resources.trainer_cpus
+                ray.init(num_cpus=max(1, int(round(cpus + 0.49))), include_dashboard=False,
+                         object_store_memory=300 * 1024 * 1024, log_to_driver=True)
+            self._owns_ray = not address
+        else:
+            self._owns_ray = False
+        self.pools = {
+            "rollout": placement_group([{"CPU": cfg.resources.rollout_cpus}], strategy="PACK"),
+            "trainer": placement_group([{"CPU": cfg.resources.trainer_cpus}], strategy="PACK"),
+        }
+        self.pool_cpus = {"rollout": cfg.resources.rollout_cpus, "trainer": cfg.resources.trainer_cpus}
+        for name, pg in self.pools.items():
+            if not pg.wait(timeout_seconds=60):
+                raise RuntimeError(
+                    f"the {name} pool needs {self.pool_cpus[name]} CPUs that this Ray cluster cannot provide; "
+                    f"cluster resources: {ray.cluster_resources()}"
+                )
+
+    def create(self, cls, *args, pool, share=1.0):
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        actor_cls = self.ray.remote(cls)
+        strategy = PlacementGroupSchedulingStrategy(placement_group=self.pools[pool], placement_group_bundle_index=0)
+        cpus = round(self.pool_cpus[pool] * share, 4)
+        return actor_cls.options(num_cpus=cpus, scheduling_strategy=strategy, max_restarts=0).remote(*args)
+
+    def call(self, handle, method, *args, num_returns=1):
+        fn = getattr(handle, method)
+        if num_returns != 1:
+            fn = fn.options(num_returns=num_returns)
+        return fn.remote(*args)
+
+    def get(self, ref_or_refs):
+        try:
+            return self.ray.get(ref_or_refs)
+        except self.ray.exceptions.RayActorError as exc:
+            raise WorkerDiedError(str(exc).splitlines()[0]) from exc
+
+    def wait(self, refs, timeout=None):
+        return self.ray.wait(list(refs), num_returns=1, timeout=timeout)
+
+    def put(self, value):
+        return self.ray.put(value)
+
+    def kill(self, handle):
+        self.ray.kill(handle, no_restart=True)
+
+    def shutdown(self):
+        from ray.util.placement_group import remove_placement_group
+
+        for pg in self.pools.values():
+            remove_placement_group(pg)
+        if self._owns_ray:
+            self.ray.shutdown()
+
+
+def make_runtime(cfg: Config, address: str | None = None) -> Runtime:
+    return SerialRuntime() if cfg.run.mode == "serial" else RayRuntime(cfg, address)

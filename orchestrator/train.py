@@ -1,0 +1,107 @@
+"""The training run: iterate the orchestrator, write metrics, checkpoint, evaluate, resume."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from tqdm import tqdm
+
+from envs import describe_env, make_env
+from flexmarl.config import Config, config_from_dict
+from flexmarl.groups import build_groups, critic_uses_state
+from flexmarl.rollout import EnvOutputError, EnvStepError, RandomPolicyBackend, TorchPolicyBackend
+from flexmarl.rollout.evaluate import evaluate_policy
+from orchestrator.orchestrator import JointOrchestrator, WorkerFailure
+from orchestrator.run_dir import MetricsWriter, latest_checkpoint, load_checkpoint, save_checkpoint
+from orchestrator.runtime import make_runtime
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """A run stopped on bad env output, an env exception, or workers that kept dying."""
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    return getattr(exc, "cause", None) or exc  # Ray wraps remote exceptions; `cause` is the original
+
+
+def train(cfg: Config, run_dir: Path, resume: bool = False, address: str | None = None) -> dict:
+    """Train until `run.iterations`; returns the last iteration's metrics."""
+    runtime = make_runtime(cfg, address)
+    orch = None
+    writer = None
+    last: dict = {}
+    try:
+        orch = JointOrchestrator(cfg, runtime)
+        checkpoint = latest_checkpoint(run_dir) if resume else None
+        if resume and checkpoint is None:
+            log.warning("%s has no checkpoint; starting from iteration 0", run_dir)
+        if checkpoint is not None:
+            orch.set_state(load_checkpoint(checkpoint, orch.groups)["state"])
+            log.info("resumed from %s (iteration %d)", checkpoint, orch.iteration)
+        writer = MetricsWriter(run_dir, resume_after_iteration=orch.iteration if resume else None)
+        total = cfg.run.iterations * cfg.run.batch_env_steps
+        bar = tqdm(total=total, initial=orch.env_steps, unit="step", disable=not cfg.run.progress, dynamic_ncols=True)
+        while orch.iteration < cfg.run.iterations:
+            try:
+                metrics = orch.step()
+                if cfg.run.eval_every and orch.iteration % cfg.run.eval_every == 0:
+                    metrics.update(orch.evaluate(cfg.run.eval_episodes))
+            except (EnvStepError, EnvOutputError, WorkerFailure) as exc:
+                saved = latest_checkpoint(run_dir)
+                message = (f"{type(_root_cause(exc)).__name__}: {_root_cause(exc)}\n"
+                           f"The run directory {run_dir} keeps every metric row and checkpoint written before "
+                           f"this error (latest checkpoint: {saved.name if saved else 'none'}).")
+                (Path(run_dir) / "error.txt").write_text(message + "\n")
+                raise TrainingError(message) from exc
+            writer.write(metrics)
+            last = metrics
+            bar.update(metrics["env_steps"] - bar.n)
+            ret = metrics["episode_return_mean"]
+            bar.set_postfix(iter=orch.iteration, ret=f"{ret:.2f}" if not math.isnan(ret) else "-",
+                            sps=f"{metrics['env_steps_per_s']:.0f}")
+            every = cfg.run.checkpoint_every
+            if (every and orch.iteration % every == 0) or orch.iteration == cfg.run.iterations:
+                save_checkpoint(run_dir, cfg, orch.groups, orch.get_state())
+        bar.close()
+        return last
+    finally:
+        if writer is not None:
+            writer.close()
+        if orch is not None:
+            orch.shutdown()
+        else:
+            runtime.shutdown()
+
+
+def _eval_setup(cfg: Config, seed: int):
+    env = make_env(cfg.env.name, **cfg.env.kwargs)
+    spec = describe_env(env, seed=seed)
+    return env, spec, build_groups(cfg, spec)
+
+
+def evaluate_checkpoint(path: Path, episodes: int, seed: int = 12345) -> dict:
+    """Greedy evaluation of a checkpoint, in this process (no Ray needed)."""
+    data = load_checkpoint(path)
+    cfg = config_from_dict(data["config"])
+    env, spec, groups = _eval_setup(cfg, seed)
+    load_checkpoint(path, groups)  # refuses a checkpoint whose groups no longer match the env
+    backend = TorchPolicyBackend(cfg, groups)
+    weights = {
+        name: {"policy": {k: v.numpy() for k, v in s["policy"].items()}, "value_norm": s["value_norm"]}
+        for name, s in data["state"]["trainers"].items()
+    }
+    backend.set_weights(weights, int(data["state"]["iteration"]))
+    result = evaluate_policy(env, spec, groups, backend, critic_uses_state(cfg), cfg.env.global_state, episodes, seed)
+    result["iteration"] = int(data["state"]["iteration"])
+    return result
+
+
+def random_policy_baseline(cfg: Config, episodes: int, seed: int = 12345) -> dict:
+    """The same evaluation with uniform random actions."""
+    env, spec, groups = _eval_setup(cfg, seed)
+    backend = RandomPolicyBackend(cfg, groups)
+    return evaluate_policy(env, spec, groups, backend, critic_uses_state(cfg), cfg.env.global_state, episodes, seed)

@@ -1,0 +1,29 @@
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+from flexmarl.config import config_from_dict  # noqa: E402
+
+
+def small_config(**sections) -> "Config":  # noqa: F821
+    """A fast MAPPO-on-simple_spread config; sections override per key, e.g. run={"mode": "ray"}."""
+    base = {
+        "run": {"name": "test", "seed": 0, "iterations": 2, "batch_env_steps": 200, "mode": "serial",
+                "checkpoint_every": 1, "progress": False},
+        "env": {"name": "mpe/simple_spread", "kwargs": {"N": 3, "max_cycles": 25}, "global_state": "concat_obs"},
+        "model": {"hidden_sizes": [32]},
+        "algo": {"epochs": 2},
+        "rollout": {"num_workers": 1, "envs_per_worker": 4, "fragment_length": 25},
+        "resources": {"rollout_cpus": 1, "trainer_cpus": 1},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return config_from_dict(base)
+
+
+@pytest.fixture
+def make_cfg():
+    return small_config

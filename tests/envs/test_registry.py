@@ -1,0 +1,38 @@
+import pytest
+
+from envs import UnknownEnvError, describe_env, make_env, register_env, registered_names
+
+
+def test_mpe_names_are_registered():
+    assert "mpe/simple_spread" in registered_names()
+
+
+def test_simple_spread_spec_has_agents_spaces_and_state():
+    spec = describe_env(make_env("mpe/simple_spread", N=3, max_cycles=25))
+    assert spec.agents == ("agent_0", "agent_1", "agent_2")
+    assert spec.per_agent["agent_0"].obs_dim == 18
+    assert spec.per_agent["agent_0"].action.kind == "discrete" and spec.per_agent["agent_0"].action.n == 5
+    assert spec.state_dim == 54
+
+
+def test_box_actions_are_described():
+    spec = describe_env(make_env("mpe/simple_spread", N=2, continuous_actions=True))
+    action = spec.per_agent["agent_0"].action
+    assert action.kind == "box" and action.shape == (5,) and action.low[0] == 0.0 and action.high[0] == 1.0
+
+
+def test_module_callable_factory_without_registration():
+    env = make_env("tests.faulty_envs:make", fault="raise", at_step=99, N=2)
+    assert len(describe_env(env).agents) == 2
+
+
+def test_unknown_env_lists_registered_names():
+    with pytest.raises(UnknownEnvError, match="mpe/simple_spread"):
+        make_env("mpe/does_not_exist")
+    with pytest.raises(UnknownEnvError, match="cannot import"):
+        make_env("no_such_module_xyz:make")
+
+
+def test_register_refuses_a_taken_name():
+    with pytest.raises(ValueError, match="already registered"):
+        register_env("mpe/simple_spread", lambda: None)

@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+
+from flexmarl.rollout import EnvOutputError, EnvStepError, RolloutRequest, RolloutWorker
+from flexmarl.trainer import GroupTrainer
+
+
+def _worker(cfg):
+    worker = RolloutWorker(cfg)
+    weights = {g.name: GroupTrainer(cfg, g, seed=i).get_weights() for i, g in enumerate(worker.groups)}
+    worker.set_weights(weights, 0)
+    return worker
+
+
+def test_rows_have_time_major_shapes_and_counts(make_cfg):
+    worker = _worker(make_cfg())
+    result = worker.sample(RolloutRequest("r0", 0, seed=1, num_steps=25))
+    row = result.rows["shared"]
+    assert row["obs"].shape == (25, 12, 18) and row["critic_in"].shape == (25, 12, 54)
+    assert row["actions"].shape == (25, 12) and row["advantages"].shape == (25, 12)
+    assert result.env_steps == 100 and len(result.episode_returns) == 4
+    assert result.num_active["shared"] == 25 * 12
+    assert np.all(np.isfinite(row["returns"]))
+    # concat_obs global state is the agents' observations side by side
+    assert np.allclose(row["critic_in"][3, 0], np.concatenate(row["obs"][3, 0:3]))
+
+
+def test_a_request_is_a_pure_function_of_weights_and_seed(make_cfg):
+    a, b = _worker(make_cfg()), _worker(make_cfg())
+    ra = a.sample(RolloutRequest("r0", 0, seed=7, num_steps=25))
+    a.sample(RolloutRequest("r1", 0, seed=8, num_steps=25))
+    rb = b.sample(RolloutRequest("r0", 0, seed=7, num_steps=25))
+    for key in ra.rows["shared"]:
+        assert np.array_equal(ra.rows["shared"][key], rb.rows["shared"][key]), key
+    assert ra.episode_returns == rb.episode_returns
+
+
+def test_version_mismatch_is_refused(make_cfg):
+    worker = _worker(make_cfg())
+    with pytest.raises(RuntimeError, match="holds policy version 0"):
+        worker.sample(RolloutRequest("r0", 3, seed=1, num_steps=5))
+
+
+def test_independent_groups_and_ippo_critic(make_cfg):
+    worker = _worker(make_cfg(env={"groups": "independent"}, algo={"name": "ippo"}))
+    result = worker.sample(RolloutRequest("r0", 0, seed=1, num_steps=10))
+    assert sorted(result.rows) == ["agent_0", "agent_1", "agent_2"]
+    assert result.rows["agent_1"]["critic_in"].shape == (10, 4, 18)
+
+
+def test_box_actions_are_sampled_and_clipped_for_the_env(make_cfg):
+    worker = _worker(make_cfg(env={"kwargs": {"N": 2, "continuous_actions": True}}))
+    row = worker.sample(RolloutRequest("r0", 0, seed=1, num_steps=10)).rows["shared"]
+    assert row["actions"].shape == (10, 8, 5) and np.all(np.isfinite(row["logp"]))
+
+
+def test_gru_policy_records_initial_states(make_cfg):
+    worker = _worker(make_cfg(model={"use_gru": True, "gru_hidden": 8}))
+    row = worker.sample(RolloutRequest("r0", 0, seed=1, num_steps=10)).rows["shared"]
+    assert row["h0_actor"].shape == (12, 8) and row["episode_start"][0].all()
+
+
+@pytest.mark.parametrize(
+    "fault, error, pattern",
+    [
+        ("nan_reward", EnvOutputError, r"agent 'agent_1' at step 6 .*reward is nan"),
+        ("nan_obs", EnvOutputError, r"agent 'agent_1' at step 7 .*NaN"),
+        ("wrong_obs_shape", EnvOutputError, r"agent 'agent_1' at step 7 .*3 values.*declares 18"),
+        ("raise", EnvStepError, r"env copy 0 raised at step 6 .*physics engine exploded"),
+    ],
+)
+def test_bad_env_output_names_agent_step_and_problem(make_cfg, fault, error, pattern):
+    cfg = make_cfg(env={"name": "tests.faulty_envs:make", "kwargs": {"fault": fault, "at_step": 7, "N": 3}})
+    worker = _worker(cfg)
+    with pytest.raises(error, match=pattern):
+        worker.sample(RolloutRequest("r0", 0, seed=1, num_steps=25))
+
+
+def test_out_of_space_action_is_refused():
+    from flexmarl.rollout.checks import check_actions
+
+    with pytest.raises(EnvOutputError, match=r"agent 'b' at step 4 \(env copy 1.*outside the action space Discrete\(5\)"):
+        check_actions(np.array([0, 1, 2, 7]), "discrete", 5, (), (), ("a", "b"), 4, "r9")
+
+
+def test_greedy_evaluation_reports_return(make_cfg):
+    worker = _worker(make_cfg())
+    out = worker.evaluate(episodes=2, seed=0)
+    assert np.isfinite(out["eval/return_mean"]) and "eval/win_rate" not in out

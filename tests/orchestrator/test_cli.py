@@ -1,0 +1,62 @@
+"""The command line as a user runs it: train, resume, eval, errors; and `ray job submit` on a local head."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["run.mode=serial", "run.iterations=2", "run.batch_env_steps=200", "rollout.envs_per_worker=8",
+        "run.checkpoint_every=1", "run.eval_episodes=2", "run.progress=false"]
+
+
+def test_train_then_resume_then_eval(tmp_path, capsys):
+    assert main(["train", str(ROOT / "configs/demo.yaml"), f"run.output_dir={tmp_path}", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "uniform random policy" in out
+    (run_dir,) = tmp_path.iterdir()
+    assert main(["train", "--resume", str(run_dir), "run.iterations=3"]) == 0
+    assert (run_dir / "checkpoints" / "iter_000003").exists()
+    capsys.readouterr()
+    assert main(["eval", str(run_dir / "checkpoints" / "iter_000003"), "--episodes", "2"]) == 0
+    assert "checkpoint iteration 3: mean return" in capsys.readouterr().out
+
+
+def test_invalid_config_fails_before_anything_starts(tmp_path, capsys):
+    assert main(["train", str(ROOT / "configs/demo.yaml"), f"run.output_dir={tmp_path}", "algo.epochs=0"]) == 2
+    assert "config key 'algo.epochs': got 0; allowed: > 0" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_eval_refuses_a_non_checkpoint(tmp_path, capsys):
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "is not a checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ray_job_submit_on_a_local_head(tmp_path):
+    ray_bin = Path(sys.executable).parent / "ray"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    head = [str(ray_bin), "start", "--head", "--num-cpus=2", "--num-gpus=0", "--object-store-memory=200000000",
+            "--port=6390", "--dashboard-host=127.0.0.1", "--dashboard-port=8275", "--disable-usage-stats"]
+    subprocess.run(head, check=True, env=env, capture_output=True, timeout=120)
+    try:
+        job_env = {**env, "RAY_API_SERVER_ADDRESS": "http://127.0.0.1:8275"}
+        flexmarl = shutil.which("flexmarl", path=str(Path(sys.executable).parent)) or "flexmarl"
+        submit = [str(ray_bin), "job", "submit", "--working-dir", str(ROOT), "--",
+                  flexmarl, "train", "configs/demo.yaml", f"run.output_dir={tmp_path}", *TINY[1:]]
+        done = subprocess.run(submit, env=job_env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "succeeded" in done.stdout
+        (run_dir,) = tmp_path.iterdir()
+        assert (run_dir / "checkpoints" / "iter_000002").exists()
+    finally:
+        subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        time.sleep(1)
