@@ -71,8 +71,8 @@ class Actor(nn.Module):
         if self.action.kind == "discrete":
             if action_mask is not None:
                 out = out.masked_fill(~action_mask, -1e9)
-            return Categorical(logits=out), h
-        return Independent(Normal(out, self.log_std.exp().expand_as(out)), 1), h
+            return Categorical(logits=out, validate_args=False), h
+        return Independent(Normal(out, self.log_std.exp().expand_as(out), validate_args=False), 1, validate_args=False), h
 
     def greedy(self, dist) -> torch.Tensor:
         return dist.probs.argmax(-1) if self.action.kind == "discrete" else dist.mean

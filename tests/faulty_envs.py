@@ -53,3 +53,42 @@ class FaultyEnv:
 
 def make(**kwargs):
     return FaultyEnv(**kwargs)
+
+
+class MaskedSpread(FaultyEnv):
+    """simple_spread with PettingZoo-style action masks: every agent may not use action `banned`."""
+
+    def __init__(self, banned: int = 0, **kwargs):
+        super().__init__(fault="none", at_step=-1, **kwargs)
+        from gymnasium import spaces
+
+        self.banned = banned
+        self._spaces = {
+            a: spaces.Dict({"observation": self.env.observation_space(a),
+                            "action_mask": spaces.MultiBinary(int(self.env.action_space(a).n))})
+            for a in self.possible_agents
+        }
+
+    def observation_space(self, agent):
+        return self._spaces[agent]
+
+    def _wrap(self, obs):
+        out = {}
+        for agent, o in obs.items():
+            mask = np.ones(self.env.action_space(agent).n, np.int8)
+            mask[self.banned] = 0
+            out[agent] = {"observation": o, "action_mask": mask}
+        return out
+
+    def reset(self, seed=None, options=None):
+        obs, infos = self.env.reset(seed=seed, options=options)
+        return self._wrap(obs), infos
+
+    def step(self, actions):
+        assert all(int(a) != self.banned for a in actions.values()), "a masked action reached the env"
+        obs, rewards, terms, truncs, infos = self.env.step(actions)
+        return self._wrap(obs), rewards, terms, truncs, infos
+
+
+def make_masked(**kwargs):
+    return MaskedSpread(**kwargs)

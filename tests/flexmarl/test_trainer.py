@@ -53,3 +53,11 @@ def test_state_round_trip_gives_identical_next_update(make_cfg):
     twin.update([1, 1], *rows)
     a, b = trainer.get_weights()["policy"], twin.get_weights()["policy"]
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_recurrent_and_masked_batches_train(make_cfg):
+    cfg = make_cfg(model={"use_gru": True, "gru_hidden": 8},
+                   env={"name": "tests.faulty_envs:make_masked", "kwargs": {"banned": 2, "N": 3}})
+    worker, trainer, rows = _rows(cfg, 2)
+    metrics = trainer.update([0, 0], *rows)
+    assert np.isfinite(metrics["losses/policy"]) and trainer.version == 1

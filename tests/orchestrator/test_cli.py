@@ -13,7 +13,7 @@ from orchestrator.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["run.mode=serial", "run.iterations=2", "run.batch_env_steps=200", "rollout.envs_per_worker=8",
-        "run.checkpoint_every=1", "run.eval_episodes=2", "run.progress=false"]
+        "run.checkpoint_every=1", "run.eval_episodes=2", "run.progress=false", "algo.num_minibatches=1"]
 
 
 def test_train_then_resume_then_eval(tmp_path, capsys):

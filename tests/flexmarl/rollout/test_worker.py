@@ -87,3 +87,13 @@ def test_greedy_evaluation_reports_return(make_cfg):
     worker = _worker(make_cfg())
     out = worker.evaluate(episodes=2, seed=0)
     assert np.isfinite(out["eval/return_mean"]) and "eval/win_rate" not in out
+
+
+def test_action_masks_from_dict_observations_are_respected(make_cfg):
+    cfg = make_cfg(env={"name": "tests.faulty_envs:make_masked", "kwargs": {"banned": 0, "N": 3}})
+    worker = _worker(cfg)
+    assert worker.groups[0].has_action_mask
+    row = worker.sample(RolloutRequest("r0", 0, seed=1, num_steps=25)).rows["shared"]
+    assert not row["action_mask"][..., 0].any() and row["action_mask"][..., 1:].all()
+    assert np.all(row["actions"] != 0)
+    assert np.isfinite(worker.evaluate(episodes=1, seed=0)["eval/return_mean"])

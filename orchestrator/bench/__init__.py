@@ -1,0 +1,1 @@
+"""Benchmarks (scripts, not tests): `flexmarl bench throughput` writes benchmarks/results/throughput.json."""
