@@ -6,7 +6,9 @@ minibatches, each minibatch a list of micro-batches); `get_state`/`set_state` ch
 
 Normalisation rules (they make a micro-batch self-contained, so it can be consumed as soon as it exists):
 - advantages are normalised within each micro-batch (CleanRL normalises per minibatch, MAPPO per batch);
-- value targets update the running ValueNorm once per micro-batch, in consumption order, in epoch 0.
+- in epoch 0 a micro-batch's value targets are normalised with the running statistics of the previous
+  batches plus its own returns; the whole batch's returns update the statistics (in sample_id order)
+  before epoch 1. Neither depends on arrival order, so streamed and synchronous updates agree.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ _TENSOR_FIELDS = ("obs", "critic_in", "actions", "logp", "values_norm", "active"
 
 def _to_tensors(row: dict) -> dict:
     return {k: torch.tensor(np.asarray(v)) for k, v in row.items() if k in _TENSOR_FIELDS}
+
+
+def _active_returns(mb: dict) -> np.ndarray:
+    return mb["returns"][mb["active"] > 0].numpy()
 
 
 class GroupTrainer:
@@ -66,8 +72,12 @@ class GroupTrainer:
         self.version = int(state["version"])
 
     # -- micro-batch primitives -----------------------------------------------------------------
-    def accumulate(self, mb: dict, denominator: float, update_value_norm: bool) -> None:
-        """Add this micro-batch's share of the minibatch gradient: sum over its active samples / denominator."""
+    def accumulate(self, mb: dict, value_norm: ValueNorm) -> float:
+        """Backward of the micro-batch's loss summed over its active samples; returns that sample count.
+
+        Gradients add up across calls; `step(denominator)` divides by the minibatch's active count, so
+        a minibatch's update does not depend on how it was cut into micro-batches.
+        """
         a = self.cfg.algo
         active = mb["active"]
         n_active = active.sum().clamp(min=1.0)
@@ -81,14 +91,12 @@ class GroupTrainer:
         entropy = dist.entropy()
         policy_loss = self.policy_loss(logp, mb["logp"], advantages, a.clip_eps)
 
-        if update_value_norm:
-            self.value_norm.update(mb["returns"][active > 0].numpy())
-        targets = self.value_norm.normalize(mb["returns"])
+        targets = value_norm.normalize(mb["returns"])
         values, _ = self.policy.critic(mb["critic_in"], mb["h0_critic"], mb["episode_start"])
         value_loss = self.value_loss(values, mb["values_norm"], targets, a.value_clip_eps, a.huber_delta)
 
-        actor_loss = ((policy_loss - a.entropy_coef * entropy) * active).sum() / denominator
-        critic_loss = a.value_coef * (value_loss * active).sum() / denominator
+        actor_loss = ((policy_loss - a.entropy_coef * entropy) * active).sum()
+        critic_loss = a.value_coef * (value_loss * active).sum()
         (actor_loss + critic_loss).backward()
 
         with torch.no_grad():
@@ -102,50 +110,90 @@ class GroupTrainer:
                 ("losses/clip_frac", (((ratio - 1).abs() > a.clip_eps).float() * active).sum() / n_active),
             ]:
                 self._stats.setdefault(name, []).append(float(value))
+        return float(active.sum())
 
-    def step(self) -> None:
+    def step(self, denominator: float) -> None:
+        """Average the accumulated gradient over `denominator` samples, clip, and apply it."""
         max_norm = self.cfg.algo.max_grad_norm
+        scale = 1.0 / max(denominator, 1.0)
         for name, module, opt in [("actor", self.policy.actor, self.actor_opt), ("critic", self.policy.critic, self.critic_opt)]:
+            for p in module.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(scale)
             if max_norm > 0:
                 norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
                 self._stats.setdefault(f"losses/grad_norm_{name}", []).append(float(norm))
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-    # -- one iteration --------------------------------------------------------------------------
-    def update(self, versions: list[int], *micro_batches: dict) -> dict:
-        """PPO over one global batch given as micro-batches in consumption order; bumps the version.
+    # -- one iteration, streamed ------------------------------------------------------------------
+    def begin_update(self, num_micro_batches: int) -> None:
+        """Start global batch `self.version`, which arrives as `num_micro_batches` micro-batches."""
+        if num_micro_batches % self.cfg.algo.num_minibatches:
+            raise ValueError(f"{num_micro_batches} micro-batches do not split into {self.cfg.algo.num_minibatches} minibatches")
+        self._batch: list[tuple[str, dict]] = []
+        self._lags: list[int] = []
+        self._per_minibatch = num_micro_batches // self.cfg.algo.num_minibatches
+        self._pending_active = 0.0
+        self._stats, self._compute_s, self._spans = {}, 0.0, []
 
-        `versions[i]` is the policy version that produced micro-batch i (policy lag = version - it).
+    def consume(self, sample_id: str, version: int, micro_batch: dict) -> None:
+        """Epoch 0, in arrival order: forward/backward now; step when a minibatch is complete."""
+        t0 = time.time()
+        mb = _to_tensors(micro_batch)
+        self._batch.append((sample_id, mb))
+        self._lags.append(self.version - version)
+        own_norm = self.value_norm.updated(_active_returns(mb))
+        self._pending_active += self.accumulate(mb, own_norm)
+        if len(self._batch) % self._per_minibatch == 0:
+            self.step(self._pending_active)
+            self._pending_active = 0.0
+        self._record("consume", t0)
 
-        Epoch 0 consumes the micro-batches in the given order; later epochs reshuffle them with a
-        generator seeded by (seed, version, epoch), so a resumed run repeats the same partition.
+    def finish_update(self) -> dict:
+        """Epochs 1.. on the complete batch, then version += 1.
+
+        Later epochs order the micro-batches by sample_id and shuffle them with a generator seeded by
+        (seed, version, epoch): the same partition whatever order they arrived in, and on resume.
         """
-        start = time.perf_counter()
+        t0 = time.time()
         a = self.cfg.algo
-        if len(micro_batches) % a.num_minibatches:
-            raise ValueError(f"{len(micro_batches)} micro-batches do not split into {a.num_minibatches} minibatches")
-        lags = [self.version - v for v in versions]
-        tensors = [_to_tensors(mb) for mb in micro_batches]
-        per_minibatch = len(tensors) // a.num_minibatches
-        self._stats = {}
-        for epoch in range(a.epochs):
-            if epoch == 0:
-                order = list(range(len(tensors)))
-            else:
-                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.version * 101 + epoch)
-                order = torch.randperm(len(tensors), generator=gen).tolist()
+        expected = self._per_minibatch * a.num_minibatches
+        if len(self._batch) != expected:
+            raise RuntimeError(f"trainer {self.group.name!r}: {len(self._batch)} of {expected} micro-batches consumed")
+        tensors = [mb for _, mb in sorted(self._batch, key=lambda item: item[0])]
+        for mb in tensors:
+            self.value_norm.update(_active_returns(mb))
+        for epoch in range(1, a.epochs):
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.version * 101 + epoch)
+            order = torch.randperm(len(tensors), generator=gen).tolist()
             for m in range(a.num_minibatches):
-                chosen = [tensors[i] for i in order[m * per_minibatch : (m + 1) * per_minibatch]]
-                denominator = float(sum(mb["active"].sum() for mb in chosen)) or 1.0
-                for mb in chosen:
-                    self.accumulate(mb, denominator, update_value_norm=(epoch == 0))
-                self.step()
+                chosen = order[m * self._per_minibatch : (m + 1) * self._per_minibatch]
+                self.step(sum(self.accumulate(tensors[i], self.value_norm) for i in chosen))
         self.version += 1
+        self._batch = []
+        self._record("finish", t0)
         metrics = {name: float(np.mean(values)) for name, values in self._stats.items()}
         metrics.update({
-            "perf/train_s": time.perf_counter() - start,
-            "perf/policy_lag_max": float(max(lags, default=0)),
-            "perf/policy_lag_mean": float(np.mean(lags)) if lags else 0.0,
+            "perf/train_s": self._compute_s,
+            "perf/policy_lag_min": float(min(self._lags)),
+            "perf/policy_lag_mean": float(np.mean(self._lags)),
+            "perf/policy_lag_max": float(max(self._lags)),
         })
         return metrics
+
+    def _record(self, kind: str, t0: float) -> None:
+        t1 = time.time()
+        self._compute_s += t1 - t0
+        self._spans.append((kind, t0, t1))
+
+    def spans(self) -> list[tuple[str, float, float]]:
+        """(kind, start, end) wall-clock spans of the last update's compute, for timelines."""
+        return list(self._spans)
+
+    def update(self, sample_ids: list[str], versions: list[int], *micro_batches: dict) -> dict:
+        """The whole batch at once (sync pipeline): the same calls as streaming, in sample_id order."""
+        self.begin_update(len(micro_batches))
+        for sample_id, version, mb in sorted(zip(sample_ids, versions, micro_batches), key=lambda x: x[0]):
+            self.consume(sample_id, version, mb)
+        return self.finish_update()

@@ -142,7 +142,8 @@ class JointOrchestrator:
                 raise RuntimeError(f"group {g.name!r}: {len(rows)} complete rows for version {self.iteration}, "
                                    f"expected {self.cfg.requests_per_iteration}")
             calls[g.name] = (rows, self.runtime.call(
-                self.trainers[g.name], "update", [r.policy_version for r in rows], *[r.fields["payload"] for r in rows]
+                self.trainers[g.name], "update", [r.sample_id for r in rows], [r.policy_version for r in rows],
+                *[r.fields["payload"] for r in rows],
             ))
         metrics: dict = {}
         for name, (rows, ref) in calls.items():

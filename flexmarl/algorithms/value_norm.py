@@ -20,6 +20,13 @@ class ValueNorm:
         self.running_mean_sq = w * self.running_mean_sq + (1 - w) * float(np.mean(np.square(targets)))
         self.debiasing_term = w * self.debiasing_term + (1 - w)
 
+    def updated(self, targets: np.ndarray) -> "ValueNorm":
+        """A copy with `targets` folded in (this one is unchanged)."""
+        twin = ValueNorm(self.beta, self.epsilon, self.enabled)
+        twin.set_state(self.get_state())
+        twin.update(targets)
+        return twin
+
     def mean_var(self) -> tuple[float, float]:
         denom = max(self.debiasing_term, self.epsilon)
         mean = self.running_mean / denom
