@@ -132,6 +132,16 @@ class RolloutConfig:
 
 
 @dataclass
+class PipelineConfig:
+    mode: Literal["sync", "microbatch", "stale"] = "microbatch"
+    """sync: collect the whole global batch, then train. microbatch: train on each micro-batch as soon as
+    it is complete, step once per global batch; zero policy lag, same result as sync. stale: rollout never
+    waits for training; rows up to `max_staleness` versions old are admitted (not equal to sync)."""
+    max_staleness: int = 1
+    """stale mode only: the store refuses (and counts) rows more than this many versions old."""
+
+
+@dataclass
 class ResourcesConfig:
     rollout_cpus: float = 1.0
     """CPUs of the rollout pool (shared by the rollout workers)."""
@@ -146,6 +156,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     @property
@@ -265,6 +276,14 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(path, value, "one of " + ", ".join(sorted(registry)))
     if not cfg.model.hidden_sizes or not all(isinstance(h, int) and h > 0 for h in cfg.model.hidden_sizes):
         raise ConfigError("model.hidden_sizes", cfg.model.hidden_sizes, "a non-empty list of positive integers")
+    if cfg.pipeline.max_staleness < 0:
+        raise ConfigError("pipeline.max_staleness", cfg.pipeline.max_staleness, "an integer >= 0")
+    if cfg.microbatch_env_steps > cfg.run.batch_env_steps:
+        raise ConfigError(
+            "rollout.envs_per_worker", cfg.rollout.envs_per_worker,
+            f"a micro-batch (envs_per_worker * fragment_length = {cfg.microbatch_env_steps} env steps) "
+            f"no larger than run.batch_env_steps = {cfg.run.batch_env_steps}",
+        )
     if cfg.run.batch_env_steps % cfg.microbatch_env_steps:
         raise ConfigError(
             "run.batch_env_steps", cfg.run.batch_env_steps,
@@ -326,5 +345,5 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     except FileNotFoundError as exc:
         raise ConfigError("<file>", str(path), "an existing YAML file") from exc
     if not isinstance(data, dict):
-        raise ConfigError("<root>", data, "a YAML mapping of sections (run, env, model, algo, rollout, resources)")
+        raise ConfigError("<root>", data, "a YAML mapping of sections (run, env, model, algo, rollout, pipeline, resources)")
     return config_from_dict(data, overrides)

@@ -134,20 +134,33 @@ class GroupTrainer:
         self._batch: list[tuple[str, dict]] = []
         self._lags: list[int] = []
         self._per_minibatch = num_micro_batches // self.cfg.algo.num_minibatches
+        self._minibatch = 0  # epoch-0 minibatch being accumulated
+        self._waiting: dict[int, list[dict]] = {}  # micro-batches of later minibatches, held until their turn
+        self._done_in_minibatch = 0
         self._pending_active = 0.0
         self._stats, self._compute_s, self._spans = {}, 0.0, []
 
-    def consume(self, sample_id: str, version: int, micro_batch: dict) -> None:
-        """Epoch 0, in arrival order: forward/backward now; step when a minibatch is complete."""
+    def consume(self, sample_id: str, version: int, micro_batch: dict, slot: int | None = None) -> None:
+        """Epoch 0: forward/backward on a micro-batch as soon as it arrives.
+
+        `slot` (its index in the batch; default: arrival order) fixes its minibatch, slot // per_minibatch,
+        so streaming and sync use the same partition. A micro-batch of a later minibatch waits until the
+        earlier minibatches have stepped: only arrival order inside a minibatch can differ from sync.
+        """
         t0 = time.time()
+        slot = len(self._batch) if slot is None else slot
         mb = _to_tensors(micro_batch)
         self._batch.append((sample_id, mb))
         self._lags.append(self.version - version)
-        own_norm = self.value_norm.updated(_active_returns(mb))
-        self._pending_active += self.accumulate(mb, own_norm)
-        if len(self._batch) % self._per_minibatch == 0:
-            self.step(self._pending_active)
-            self._pending_active = 0.0
+        self._waiting.setdefault(slot // self._per_minibatch, []).append(mb)
+        while self._waiting.get(self._minibatch):
+            mb = self._waiting[self._minibatch].pop(0)
+            self._pending_active += self.accumulate(mb, self.value_norm.updated(_active_returns(mb)))
+            self._done_in_minibatch += 1
+            if self._done_in_minibatch == self._per_minibatch:
+                self.step(self._pending_active)
+                self._pending_active, self._done_in_minibatch = 0.0, 0
+                self._minibatch += 1
         self._record("consume", t0)
 
     def finish_update(self) -> dict:
@@ -194,6 +207,7 @@ class GroupTrainer:
     def update(self, sample_ids: list[str], versions: list[int], *micro_batches: dict) -> dict:
         """The whole batch at once (sync pipeline): the same calls as streaming, in sample_id order."""
         self.begin_update(len(micro_batches))
-        for sample_id, version, mb in sorted(zip(sample_ids, versions, micro_batches), key=lambda x: x[0]):
-            self.consume(sample_id, version, mb)
+        ordered = sorted(zip(sample_ids, versions, micro_batches), key=lambda x: x[0])
+        for slot, (sample_id, version, mb) in enumerate(ordered):
+            self.consume(sample_id, version, mb, slot)
         return self.finish_update()

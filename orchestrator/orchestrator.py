@@ -1,9 +1,12 @@
 """Joint orchestrator: rollout -> experience store -> trainers -> weight sync -> rollout.
 
-Rollout workers and group trainers live on separate resource pools (see `runtime.py`). Each iteration k
-dispatches `requests_per_iteration` rollout requests to the workers (all holding policy version k), opens
-a pending store row per (request, group), publishes rows as their payload references complete, hands each
-group's complete version-k rows to its trainer as micro-batches, and pushes the new weights to every worker.
+Rollout workers and group trainers live on separate resource pools (see `runtime.py`). Three pipelines
+(`pipeline.mode`, timelines in docs/pipeline.md):
+- sync: collect the whole global batch k, then every group trainer updates on it;
+- microbatch: each trainer consumes a request's rows as soon as they are complete (forward/backward on
+  the current parameters, gradients accumulated, one step per minibatch as in sync), while the rest of
+  batch k is still being sampled. Every row of batch k comes from version k: zero policy lag;
+- stale: workers never wait for training; rows at most `max_staleness` versions old are admitted.
 """
 
 from __future__ import annotations
@@ -35,10 +38,12 @@ class _InFlight:
     worker: int
     meta_ref: object
     row_refs: list
+    slot: int | None = None
+    """Position of the request in its global batch (fixes its minibatch); None: arrival order."""
 
 
-def request_seed(seed: int, iteration: int, index: int) -> int:
-    return int(np.random.SeedSequence([seed, iteration, index]).generate_state(1)[0])
+def request_seed(seed: int, *index: int) -> int:
+    return int(np.random.SeedSequence([seed, *index]).generate_state(1)[0])
 
 
 class JointOrchestrator:
@@ -59,27 +64,36 @@ class JointOrchestrator:
         self.iteration = 0
         self.env_steps = 0
         self.worker_restarts = 0
+        self.timeline: dict = {}
+        """Wall-clock spans of the last iteration: rollout per worker, train per group, weight sync."""
         self._weights_ref = None
+        self._stale_in_flight: dict[int, _InFlight] = {}
+        self._stale_requests = 0
         self.sync_weights()
 
     # -- weights ----------------------------------------------------------------------------------
-    def sync_weights(self, workers: list[int] | None = None) -> None:
-        """Push the trainers' current weights (policy version = iteration) to workers; waits for them."""
+    def sync_weights(self, workers: list[int] | None = None, wait: bool = True) -> None:
+        """Push the trainers' current weights (policy version = iteration) to workers."""
         if workers is None:
             names = list(self.trainers)
             weights = self.runtime.get([self.runtime.call(self.trainers[n], "get_weights") for n in names])
             self._weights_ref = self.runtime.put(dict(zip(names, weights)))
             workers = list(range(len(self.workers)))
         acks = [self.runtime.call(self.workers[i], "set_weights", self._weights_ref, self.iteration) for i in workers]
-        self.runtime.get(acks)
+        if wait:
+            self.runtime.get(acks)
 
     # -- rollout ----------------------------------------------------------------------------------
-    def _dispatch(self, request: RolloutRequest, worker: int) -> _InFlight:
+    def _row_id(self, request: RolloutRequest, group: str) -> str:
+        return f"{request.request_id}-{group}"
+
+    def _dispatch(self, request: RolloutRequest, worker: int, slot: int | None = None) -> _InFlight:
         refs = self.runtime.call(self.workers[worker], "sample_rows", request, num_returns=1 + len(self.groups))
         for g, ref in zip(self.groups, refs[1:]):
-            self.store.begin(g.name, f"{request.request_id}-{g.name}", request.version, meta={"worker": worker})
-            self.store.write(g.name, f"{request.request_id}-{g.name}", "payload", ref, ready=False)
-        return _InFlight(request, worker, refs[0], refs[1:])
+            version = -1 if request.version is None else request.version
+            self.store.begin(g.name, self._row_id(request, g.name), version, meta={"worker": worker})
+            self.store.write(g.name, self._row_id(request, g.name), "payload", ref, ready=False)
+        return _InFlight(request, worker, refs[0], refs[1:], slot)
 
     def dispatch(self) -> list[_InFlight]:
         """Send this iteration's requests round-robin over the workers (each worker runs its queue in order)."""
@@ -89,7 +103,7 @@ class JointOrchestrator:
                            request_seed(cfg.run.seed, self.iteration, r), cfg.rollout.fragment_length)
             for r in range(cfg.requests_per_iteration)
         ]
-        return [self._dispatch(req, r % len(self.workers)) for r, req in enumerate(requests)]
+        return [self._dispatch(req, r % len(self.workers), slot=r) for r, req in enumerate(requests)]
 
     def _replace_worker(self, index: int, reason: str) -> None:
         self.worker_restarts += 1
@@ -105,36 +119,83 @@ class JointOrchestrator:
         )
         self.sync_weights(workers=[index])
 
-    def collect(self, in_flight: list[_InFlight]) -> list[RolloutResult]:
-        """Publish rows as requests complete; regenerate the rows of requests whose worker died."""
+    def _next_result(self, pending: dict) -> tuple[_InFlight, RolloutResult] | None:
+        """Wait for one in-flight request. A dead worker's requests are aborted and sent again (same ids,
+        same versions) to its replacement; returns None in that case."""
+        ready, _ = self.runtime.wait([f.meta_ref for f in pending.values()])
+        flight = pending.pop(id(ready[0]))
+        try:
+            return flight, self.runtime.get(flight.meta_ref)
+        except WorkerDiedError as exc:
+            dead = [flight] + [f for f in pending.values() if f.worker == flight.worker]
+            for f in dead:
+                pending.pop(id(f.meta_ref), None)
+                for g in self.groups:
+                    self.store.abort(g.name, self._row_id(f.request, g.name))
+            self._replace_worker(flight.worker, str(exc))
+            for f in dead:
+                new = self._dispatch(f.request, f.worker, f.slot)
+                pending[id(new.meta_ref)] = new
+            return None
+
+    def _publish(self, flight: _InFlight, result: RolloutResult) -> None:
+        for g in self.groups:
+            self.store.mark_ready(g.name, self._row_id(flight.request, g.name), "payload", policy_version=result.version,
+                                  meta={"num_active": result.num_active[g.name], "env_steps": result.env_steps})
+
+    def collect(self, in_flight: list[_InFlight], on_publish=None) -> list[RolloutResult]:
+        """Publish rows as requests complete (calling `on_publish(flight, result)`); regenerate the rows
+        of requests whose worker died."""
         results: list[RolloutResult] = []
         pending = {id(f.meta_ref): f for f in in_flight}
         while pending:
-            ready, _ = self.runtime.wait([f.meta_ref for f in pending.values()])
-            for ref in ready:
-                flight = pending.pop(id(ref))
-                try:
-                    result: RolloutResult = self.runtime.get(ref)
-                except WorkerDiedError as exc:
-                    dead = [f for f in [flight, *pending.values()] if f.worker == flight.worker]
-                    for f in dead:
-                        pending.pop(id(f.meta_ref), None)
-                        for g in self.groups:
-                            self.store.abort(g.name, f"{f.request.request_id}-{g.name}")
-                    self._replace_worker(flight.worker, str(exc))
-                    for f in dead:
-                        new = self._dispatch(f.request, f.worker)
-                        pending[id(new.meta_ref)] = new
-                    continue
-                for g in self.groups:
-                    self.store.mark_ready(g.name, f"{flight.request.request_id}-{g.name}", "payload",
-                                          meta={"num_active": result.num_active[g.name], "env_steps": result.env_steps})
-                results.append(result)
+            done = self._next_result(pending)
+            if done is None:
+                continue
+            flight, result = done
+            self._publish(flight, result)
+            results.append(result)
+            if on_publish is not None:
+                on_publish(flight, result)
         return results
 
     # -- training ---------------------------------------------------------------------------------
+    def _feed(self, flight: _InFlight, result: RolloutResult) -> None:
+        """Hand a request's freshly published rows to the trainers (they queue in arrival order)."""
+        for g in self.groups:
+            sid = self._row_id(flight.request, g.name)
+            row = self.store.tables[g.name].visible[sid]
+            self._consume_refs.append(
+                self.runtime.call(self.trainers[g.name], "consume", sid, row.policy_version, row.fields["payload"],
+                                  flight.slot))
+            self.store.consume(g.name, [sid])
+
+    def _begin_updates(self) -> None:
+        self._consume_refs: list = []
+        self.runtime.get([self.runtime.call(t, "begin_update", self.cfg.requests_per_iteration)
+                          for t in self.trainers.values()])
+
+    def _finish_updates(self) -> dict:
+        self.runtime.get(self._consume_refs)  # surfaces a failed consume with its own error
+        names = list(self.trainers)
+        finished = self.runtime.get([self.runtime.call(self.trainers[n], "finish_update") for n in names])
+        spans = self.runtime.get([self.runtime.call(self.trainers[n], "spans") for n in names])
+        self.timeline["train"] = dict(zip(names, spans))
+        return self._group_metrics(dict(zip(names, finished)))
+
+    def _group_metrics(self, per_group: dict) -> dict:
+        metrics: dict = {}
+        for name, group_metrics in per_group.items():
+            for key, value in group_metrics.items():
+                prefix, _, rest = key.partition("/")
+                metrics[f"{prefix}/{name}/{rest}"] = value
+        for stat, reduce in (("policy_lag_min", min), ("policy_lag_mean", max), ("policy_lag_max", max), ("train_s", max)):
+            metrics[f"perf/{stat}"] = reduce(metrics[f"perf/{g.name}/{stat}"] for g in self.groups)
+        metrics["perf/trainer_busy_s"] = sum(metrics[f"perf/{g.name}/train_s"] for g in self.groups)
+        return metrics
+
     def train(self) -> dict:
-        """Every group trainer consumes its complete version-k rows as micro-batches (in parallel)."""
+        """Sync pipeline: every group trainer gets all of its complete version-k rows at once."""
         calls = {}
         for g in self.groups:
             rows = self.store.ready_rows(g.name, policy_version=self.iteration)
@@ -145,27 +206,70 @@ class JointOrchestrator:
                 self.trainers[g.name], "update", [r.sample_id for r in rows], [r.policy_version for r in rows],
                 *[r.fields["payload"] for r in rows],
             ))
-        metrics: dict = {}
+        finished = {}
         for name, (rows, ref) in calls.items():
-            group_metrics = self.runtime.get(ref)
+            finished[name] = self.runtime.get(ref)
             self.store.consume(name, [r.sample_id for r in rows])
-            for key, value in group_metrics.items():
-                prefix, _, rest = key.partition("/")
-                metrics[f"{prefix}/{name}/{rest}"] = value
-        for stat in ("policy_lag_max", "train_s"):
-            metrics[f"perf/{stat}"] = max(metrics[f"perf/{g.name}/{stat}"] for g in self.groups)
-        self.store.evict(older_than_version=self.iteration + 1)
-        return metrics
+        spans = self.runtime.get([self.runtime.call(self.trainers[n], "spans") for n in calls])
+        self.timeline["train"] = dict(zip(calls, spans))
+        return self._group_metrics(finished)
 
-    # -- one iteration ----------------------------------------------------------------------------
-    def step(self) -> dict:
-        start = time.perf_counter()
+    # -- one iteration per pipeline -------------------------------------------------------------
+    def _iteration_sync(self) -> list[RolloutResult]:
         results = self.collect(self.dispatch())
-        rollout_s = time.perf_counter() - start
-        metrics = self.train()
+        self._metrics = self.train()
+        return results
+
+    def _iteration_microbatch(self) -> list[RolloutResult]:
+        self._begin_updates()
+        results = self.collect(self.dispatch(), on_publish=self._feed)
+        self._metrics = self._finish_updates()
+        return results
+
+    def _iteration_stale(self) -> list[RolloutResult]:
+        """Keep one request in flight per worker at all times; admit rows at most s versions old."""
+        cfg, s = self.cfg, self.cfg.pipeline.max_staleness
+        self._begin_updates()
+        results: list[RolloutResult] = []
+        pending = self._stale_in_flight
+        while len(results) < cfg.requests_per_iteration:
+            busy = {f.worker for f in pending.values()}
+            for w in range(len(self.workers)):
+                if w not in busy:
+                    n = self._stale_requests
+                    self._stale_requests += 1
+                    req = RolloutRequest(f"st{n:08d}", None, request_seed(cfg.run.seed, 1 << 30, n), cfg.rollout.fragment_length)
+                    flight = self._dispatch(req, w)
+                    pending[id(flight.meta_ref)] = flight
+            done = self._next_result(pending)
+            if done is None:
+                continue
+            flight, result = done
+            admitted = [self.store.admit(g.name, self._row_id(flight.request, g.name), result.version, self.iteration, s)
+                        for g in self.groups]
+            if all(admitted):
+                self._publish(flight, result)
+                self._feed(flight, result)
+                results.append(result)
+        self._metrics = self._finish_updates()
+        return results
+
+    def step(self) -> dict:
+        start = time.time()
+        run_iteration = {"sync": self._iteration_sync, "microbatch": self._iteration_microbatch,
+                         "stale": self._iteration_stale}[self.cfg.pipeline.mode]
+        results = run_iteration()
+        rollout_done = time.time()
+        metrics = self._metrics
         self.iteration += 1
-        self.sync_weights()
-        elapsed = time.perf_counter() - start
+        sync_start = time.time()
+        self.sync_weights(wait=self.cfg.pipeline.mode != "stale")
+        end = time.time()
+        elapsed = end - start
+        self.timeline.update({
+            "start": start, "end": end, "sync": (sync_start, end),
+            "rollout": [(r.worker, r.request_id, r.started_at, r.finished_at) for r in results],
+        })
         steps = sum(r.env_steps for r in results)
         self.env_steps += steps
         returns = [x for r in results for x in r.episode_returns]
@@ -179,13 +283,17 @@ class JointOrchestrator:
             "episode_length_mean": float(np.mean(lengths)) if lengths else float("nan"),
             "env_steps_per_s": steps / elapsed,
             "perf/iteration_s": elapsed,
-            "perf/rollout_s": rollout_s,
+            "perf/rollout_s": rollout_done - start,
             "perf/sample_s": sum(r.sample_s for r in results),
+            "perf/rollout_busy": min(1.0, sum(r.sample_s for r in results) / (elapsed * len(self.workers))),
+            "perf/trainer_busy": min(1.0, metrics["perf/trainer_busy_s"] / (elapsed * len(self.trainers))),
             "perf/worker_restarts": self.worker_restarts,
             "store/aborted_rows": sum(t.aborted for t in self.store.tables.values()),
+            "store/stale_rows_refused": sum(t.refused_stale for t in self.store.tables.values()),
         })
         if wins:
             metrics["charts/train_win_rate"] = float(np.mean(wins))
+        self.store.evict(older_than_version=self.iteration)
         return metrics
 
     def evaluate(self, episodes: int) -> dict:

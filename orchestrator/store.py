@@ -40,6 +40,7 @@ class Table:
         self.pending: dict[str, Row] = {}
         self.visible: dict[str, Row] = {}
         self.aborted = 0
+        self.refused_stale = 0
 
     def __len__(self) -> int:
         return len(self.visible)
@@ -76,12 +77,18 @@ class ExperienceStore:
         row.fields[field_name] = value
         row.ready[field_name] = ready
 
-    def mark_ready(self, group: str, sample_id: str, field_name: str, meta: dict | None = None) -> bool:
-        """Flag one field ready; publishes the row when it is complete. Returns whether it was published."""
+    def mark_ready(self, group: str, sample_id: str, field_name: str, meta: dict | None = None,
+                   policy_version: int | None = None) -> bool:
+        """Flag one field ready; publishes the row when it is complete. Returns whether it was published.
+
+        `policy_version` records the version that produced the row when it was not known at `begin`.
+        """
         table = self._table(group)
         row = table.pending.get(sample_id)
         if row is None:
             raise StoreError(f"no pending row {sample_id!r} in table {group!r}")
+        if policy_version is not None:
+            row.policy_version = policy_version
         if field_name not in row.fields:
             raise StoreError(f"row {sample_id!r}: field {field_name!r} has no value yet")
         row.ready[field_name] = True
@@ -97,6 +104,15 @@ class ExperienceStore:
         table = self._table(group)
         if table.pending.pop(sample_id, None) is not None:
             table.aborted += 1
+
+    def admit(self, group: str, sample_id: str, policy_version: int, current_version: int, max_staleness: int) -> bool:
+        """Bounded staleness: drop (and count) a pending row more than `max_staleness` versions old."""
+        if current_version - policy_version <= max_staleness:
+            return True
+        table = self._table(group)
+        if table.pending.pop(sample_id, None) is not None:
+            table.refused_stale += 1
+        return False
 
     # -- consumers ------------------------------------------------------------------------------
     def ready_rows(self, group: str, policy_version: int | None = None, include_consumed: bool = False) -> list[Row]:
@@ -127,5 +143,6 @@ class ExperienceStore:
         return {
             f"store/{g}/{k}": v
             for g, t in self.tables.items()
-            for k, v in (("visible", len(t.visible)), ("pending", len(t.pending)), ("aborted", t.aborted))
+            for k, v in (("visible", len(t.visible)), ("pending", len(t.pending)), ("aborted", t.aborted),
+                         ("refused_stale", t.refused_stale))
         }

@@ -28,8 +28,8 @@ from flexmarl.rollout.evaluate import evaluate_policy
 class RolloutRequest:
     request_id: str
     """Prefix of the rows' sample ids: rows are `{request_id}-{group}`."""
-    version: int
-    """Policy version the worker must hold when it samples."""
+    version: int | None
+    """Policy version the worker must hold when it samples; None: whatever it holds (stale pipeline)."""
     seed: int
     num_steps: int
 
@@ -45,6 +45,10 @@ class RolloutResult:
     wins: list[float] = field(default_factory=list)
     """Per ended episode, where the env reports "win" or "battle_won" in infos."""
     sample_s: float = 0.0
+    started_at: float = 0.0
+    """Wall-clock start and end of the sampling (for timelines)."""
+    finished_at: float = 0.0
+    worker: int = 0
     rows: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     """Group -> payload arrays (time-major [T, C, ...]); moved to the store by reference."""
     num_active: dict[str, int] = field(default_factory=dict)
@@ -78,14 +82,15 @@ class RolloutWorker:
         return {"requests_served": self.requests_served, "env_steps": self.total_env_steps}
 
     def sample(self, request: RolloutRequest) -> RolloutResult:
-        if request.version != self.backend.version:
+        if request.version is not None and request.version != self.backend.version:
             raise RuntimeError(
                 f"worker {self.worker_index} holds policy version {self.backend.version}, "
                 f"request {request.request_id} needs {request.version}"
             )
-        start = time.perf_counter()
+        started_at, start = time.time(), time.perf_counter()
         result = _Sampler(self, request).run()
         result.sample_s = time.perf_counter() - start
+        result.started_at, result.finished_at, result.worker = started_at, time.time(), self.worker_index
         self.requests_served += 1
         self.total_env_steps += result.env_steps
         return result
@@ -115,7 +120,7 @@ class _Sampler:
         self.buffers = {g.name: self._allocate(g) for g in worker.groups}
         self.episode_returns = np.zeros(self.E)
         self.episode_lengths = np.zeros(self.E, dtype=int)
-        self.result = RolloutResult(request.request_id, request.version, env_steps=self.T * self.E)
+        self.result = RolloutResult(request.request_id, worker.backend.version, env_steps=self.T * self.E)
 
     def _allocate(self, g: GroupLayout) -> dict:
         T, C = self.T, self.E * len(g.agents)
