@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from envs import mpe
+from envs import mpe, wrappers
 
 EnvFactory = Callable[..., Any]
 
@@ -18,7 +18,7 @@ class UnknownEnvError(ValueError):
     """An env name that is neither registered nor an importable `module:callable`."""
 
 
-ENV_REGISTRY: dict[str, EnvFactory] = {**mpe.FACTORIES}
+ENV_REGISTRY: dict[str, EnvFactory] = {**mpe.FACTORIES, **wrappers.FACTORIES}
 
 
 def register_env(name: str, factory: EnvFactory) -> None:

@@ -125,6 +125,11 @@ class RolloutConfig:
     """Env copies each worker steps together (one batched policy call per step)."""
     fragment_length: int = 25
     """Env steps per env copy in one rollout request; every request starts fresh episodes."""
+    request_unit: Literal["steps", "episodes"] = "steps"
+    """steps: every env copy steps `fragment_length` times (episodes restart inside the request).
+    episodes: every env copy plays one episode (at most `fragment_length` steps) and the request ends when
+    the last one does, so long episodes make long requests (a long tail, as in GRF or LLM responses);
+    `run.batch_env_steps` then counts capacity, and fewer steps are actually taken."""
     backend: Literal["torch", "random"] = "torch"
     """Inference backend that computes actions ("random": uniform baseline, nothing to train)."""
     max_worker_restarts: int = 3

@@ -74,7 +74,13 @@ def _cmd_bench(args) -> int:
         result = run_throughput_bench(duration_s=args.duration, out=Path(args.out) if args.out else None)
         print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=1))
         return 0
-    raise SystemExit(f"unknown benchmark {args.what!r}; available: throughput")
+    if args.what == "pipeline":
+        from orchestrator.bench.pipeline import run_pipeline_bench
+
+        result = run_pipeline_bench(iterations=args.iterations, out=Path(args.out) if args.out else None)
+        print(json.dumps({k: v for k, v in result.items() if not k.startswith("workload")}, indent=1))
+        return 0
+    raise SystemExit(f"unknown benchmark {args.what!r}; available: throughput, pipeline")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=12345)
     e.set_defaults(fn=_cmd_eval)
     b = sub.add_parser("bench", help="benchmarks that write benchmarks/results/*.json")
-    b.add_argument("what", choices=["throughput"])
+    b.add_argument("what", choices=["throughput", "pipeline"])
     b.add_argument("--duration", type=float, default=60.0, help="timed seconds per system")
+    b.add_argument("--iterations", type=int, default=6, help="timed iterations per mode (pipeline)")
     b.add_argument("--out", help="result file (default benchmarks/results/<what>.json)")
     b.set_defaults(fn=_cmd_bench)
     return parser

@@ -226,21 +226,26 @@ class JointOrchestrator:
         self._metrics = self._finish_updates()
         return results
 
+    def _top_up_stale(self, pending: dict) -> None:
+        """Give every idle worker a request that runs on whatever weights it holds."""
+        cfg, busy = self.cfg, {f.worker for f in pending.values()}
+        for w in range(len(self.workers)):
+            if w not in busy:
+                n, self._stale_requests = self._stale_requests, self._stale_requests + 1
+                per_batch = cfg.requests_per_iteration  # same seeds as sync when nothing is refused
+                seed = request_seed(cfg.run.seed, n // per_batch, n % per_batch)
+                flight = self._dispatch(RolloutRequest(f"st{n:08d}", None, seed, cfg.rollout.fragment_length), w)
+                pending[id(flight.meta_ref)] = flight
+
     def _iteration_stale(self) -> list[RolloutResult]:
-        """Keep one request in flight per worker at all times; admit rows at most s versions old."""
+        """Workers never idle: one request in flight per worker at all times, also while the trainers
+        finish the update; rows more than `max_staleness` versions old are refused."""
         cfg, s = self.cfg, self.cfg.pipeline.max_staleness
         self._begin_updates()
         results: list[RolloutResult] = []
         pending = self._stale_in_flight
         while len(results) < cfg.requests_per_iteration:
-            busy = {f.worker for f in pending.values()}
-            for w in range(len(self.workers)):
-                if w not in busy:
-                    n = self._stale_requests
-                    self._stale_requests += 1
-                    req = RolloutRequest(f"st{n:08d}", None, request_seed(cfg.run.seed, 1 << 30, n), cfg.rollout.fragment_length)
-                    flight = self._dispatch(req, w)
-                    pending[id(flight.meta_ref)] = flight
+            self._top_up_stale(pending)
             done = self._next_result(pending)
             if done is None:
                 continue
@@ -251,6 +256,7 @@ class JointOrchestrator:
                 self._publish(flight, result)
                 self._feed(flight, result)
                 results.append(result)
+        self._top_up_stale(pending)
         self._metrics = self._finish_updates()
         return results
 

@@ -109,6 +109,10 @@ class RolloutWorker:
                                self.cfg.env.global_state, episodes, seed)
 
 
+_TIME_MAJOR = ("obs", "critic_in", "actions", "logp", "values_norm", "values", "rewards", "terminated",
+               "episode_end", "truncation_values", "active", "episode_start", "action_mask")
+
+
 class _Sampler:
     """The state of one request: per-group [T, C] buffers, current observations, episode tallies."""
 
@@ -120,7 +124,10 @@ class _Sampler:
         self.buffers = {g.name: self._allocate(g) for g in worker.groups}
         self.episode_returns = np.zeros(self.E)
         self.episode_lengths = np.zeros(self.E, dtype=int)
-        self.result = RolloutResult(request.request_id, worker.backend.version, env_steps=self.T * self.E)
+        self.one_episode = worker.cfg.rollout.request_unit == "episodes"
+        self.finished = np.zeros(self.E, dtype=bool)  # episodes mode: env copies whose episode is over
+        self.t_used = 0
+        self.result = RolloutResult(request.request_id, worker.backend.version, env_steps=0)
 
     def _allocate(self, g: GroupLayout) -> dict:
         T, C = self.T, self.E * len(g.agents)
@@ -203,12 +210,18 @@ class _Sampler:
     def run(self) -> RolloutResult:
         for e in range(self.E):
             self._reset(e, 0)
+        steps_taken = 0
         for t in range(self.T):
+            live = np.flatnonzero(~self.finished)
+            if live.size == 0:
+                break
             env_actions = [dict() for _ in range(self.E)]
             for g in self.w.groups:
                 self._act(g, t, env_actions)
-            for e in range(self.E):
-                self._step_env(e, t, env_actions[e])
+            for e in live:
+                self._step_env(int(e), t, env_actions[e])
+            steps_taken, self.t_used = steps_taken + live.size, t + 1
+        self.result.env_steps = steps_taken
         self._finish()
         return self.result
 
@@ -271,10 +284,20 @@ class _Sampler:
             win = win_flag(infos)
             if win is not None:
                 self.result.wins.append(win)
-            self._reset(e, t + 1)
+            if self.one_episode:
+                self._stop(e)
+            else:
+                self._reset(e, t + 1)
         else:
             flat = self._load_obs(e, live_obs, t + 1)
             self._set_critic(e, self._critic_rows(env, flat))
+
+    def _stop(self, e: int) -> None:
+        """Episodes mode: env copy e played its episode; its columns stay inactive for the rest."""
+        self.finished[e] = True
+        for g in self.w.groups:
+            k = len(g.agents)
+            self.buffers[g.name]["cur_active"][e * k : (e + 1) * k] = 0.0
 
     def _truncation_values(self, e: int, t: int, raw_obs: dict, trunc_rows: dict) -> None:
         """V(final observation) of agents cut by a time limit: they bootstrap instead of ending at 0."""
@@ -295,7 +318,7 @@ class _Sampler:
     def _finish(self) -> None:
         cfg = self.w.cfg.algo
         for g in self.w.groups:
-            buf = self.buffers[g.name]
+            buf = {k: (v[: self.t_used] if k in _TIME_MAJOR else v) for k, v in self.buffers[g.name].items()}
             # Bootstrap at the fragment's end from the next observation.
             last_values = self.w.backend.value(g.name, buf["cur_critic"], buf["h_critic"], buf["cur_start"])
             next_values = np.empty_like(buf["values"])

@@ -36,3 +36,24 @@ def test_unknown_env_lists_registered_names():
 def test_register_refuses_a_taken_name():
     with pytest.raises(ValueError, match="already registered"):
         register_env("mpe/simple_spread", lambda: None)
+
+
+def test_heavy_tail_wrapper_gives_long_tailed_episode_lengths():
+    env = make_env("wrappers/heavy_tail", env="mpe/simple_spread", env_kwargs={"N": 2, "max_cycles": 300},
+                   min_length=5, alpha=1.2, max_length=300)
+    lengths = []
+    for episode in range(150):
+        env.reset(seed=episode)
+        steps = 0
+        while env.agents:
+            _, _, _, truncs, _ = env.step({a: 0 for a in env.agents})
+            steps += 1
+        assert all(truncs.values())
+        lengths.append(steps)
+    assert min(lengths) >= 5 and max(lengths) <= 300
+    assert max(lengths) > 8 * sorted(lengths)[len(lengths) // 2]  # the tail is far from the median
+
+
+def test_heavy_tail_rejects_bad_parameters():
+    with pytest.raises(ValueError, match="min_length <= max_length"):
+        make_env("wrappers/heavy_tail", env="mpe/simple_spread", min_length=50, max_length=10)

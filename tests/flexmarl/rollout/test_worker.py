@@ -97,3 +97,18 @@ def test_action_masks_from_dict_observations_are_respected(make_cfg):
     assert not row["action_mask"][..., 0].any() and row["action_mask"][..., 1:].all()
     assert np.all(row["actions"] != 0)
     assert np.isfinite(worker.evaluate(episodes=1, seed=0)["eval/return_mean"])
+
+
+def test_episodes_request_unit_plays_one_episode_per_env_copy(make_cfg):
+    cfg = make_cfg(
+        env={"name": "wrappers/heavy_tail",
+             "kwargs": {"env": "mpe/simple_spread", "env_kwargs": {"N": 3, "max_cycles": 200},
+                        "min_length": 3, "alpha": 1.2, "max_length": 200}},
+        rollout={"request_unit": "episodes", "fragment_length": 200}, run={"batch_env_steps": 800},
+    )
+    worker = _worker(cfg)
+    result = worker.sample(RolloutRequest("r0", 0, seed=3, num_steps=200))
+    assert len(result.episode_lengths) == 4 and result.env_steps == sum(result.episode_lengths)
+    row = result.rows["shared"]
+    assert row["obs"].shape[0] == max(result.episode_lengths)  # trimmed to the longest episode
+    assert result.num_active["shared"] == 3 * sum(result.episode_lengths)

@@ -1,0 +1,157 @@
+"""`flexmarl bench pipeline`: the same config under sync, microbatch and stale(1) pipelines, side by side.
+
+Workloads (2 CPUs: one for the rollout pool, one for the training pool):
+- long_tail: simple_spread under `wrappers/heavy_tail` (Pareto episode lengths), one episode per env
+  copy per request, so requests have long-tailed durations; one PPO epoch (the GRPO-like single pass),
+  networks wide enough that training a batch costs about as much as sampling it;
+- simple_spread: the real env with fixed-length requests, same one-epoch update;
+- long_tail_4_epochs: long_tail with 4 PPO epochs: only the first epoch can overlap rollout.
+Each (workload, mode) runs one warm-up iteration, then `iterations` timed ones; the timeline of the last
+timed iteration per mode of the first workload is drawn to docs/pipeline_timeline.png.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from flexmarl.config import config_from_dict
+from orchestrator.orchestrator import JointOrchestrator
+from orchestrator.runtime import RayRuntime
+
+log = logging.getLogger(__name__)
+
+_BASE = {
+    "run": {"mode": "ray", "batch_env_steps": 3200, "progress": False, "seed": 0},
+    "env": {"name": "mpe/simple_spread", "kwargs": {"N": 3, "max_cycles": 25}, "global_state": "concat_obs"},
+    "model": {"hidden_sizes": [512, 512]},
+    "algo": {"name": "mappo", "epochs": 1, "num_minibatches": 1},
+    "rollout": {"num_workers": 1, "envs_per_worker": 16, "fragment_length": 25},
+    "resources": {"rollout_cpus": 1, "trainer_cpus": 1},
+}
+_LONG_TAIL_ENV = {
+    "name": "wrappers/heavy_tail", "global_state": "concat_obs",
+    "kwargs": {"env": "mpe/simple_spread", "env_kwargs": {"N": 3, "max_cycles": 400},
+               "min_length": 10, "alpha": 1.2, "max_length": 400},
+}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+WORKLOADS = {
+    "long_tail": {**_merge(_BASE, {"run": {"batch_env_steps": 16 * 400 * 8},
+                                   "rollout": {"request_unit": "episodes", "fragment_length": 400}}),
+                  "env": _LONG_TAIL_ENV},
+    "simple_spread": _merge(_BASE, {"run": {"batch_env_steps": 16 * 25 * 8}}),
+    "long_tail_4_epochs": {**_merge(_BASE, {"run": {"batch_env_steps": 16 * 400 * 8},
+                                            "rollout": {"request_unit": "episodes", "fragment_length": 400},
+                                            "algo": {"epochs": 4}}),
+                           "env": _LONG_TAIL_ENV},
+}
+MODES = {"sync": {"mode": "sync"}, "microbatch": {"mode": "microbatch"}, "stale1": {"mode": "stale", "max_staleness": 1}}
+
+
+def measure(config: dict, pipeline: dict, iterations: int) -> dict:
+    cfg = config_from_dict(_merge(config, {"pipeline": pipeline}))
+    orch = JointOrchestrator(cfg, RayRuntime(cfg))
+    try:
+        orch.step()  # warm-up
+        rows = [orch.step() for _ in range(iterations)]
+        timeline = copy.deepcopy(orch.timeline)
+    finally:
+        orch.shutdown()
+    mean = lambda key: float(np.mean([r[key] for r in rows]))  # noqa: E731
+    return {
+        "iteration_s": mean("perf/iteration_s"), "rollout_busy": mean("perf/rollout_busy"),
+        "trainer_busy": mean("perf/trainer_busy"), "train_s": mean("perf/train_s"),
+        "sample_s": mean("perf/sample_s"), "env_steps_per_s": mean("env_steps_per_s"),
+        "policy_lag_max": max(r["perf/policy_lag_max"] for r in rows),
+        "policy_lag_mean": mean("perf/policy_lag_mean"),
+        "stale_rows_refused": rows[-1]["store/stale_rows_refused"], "iterations": iterations,
+        "timeline": timeline,
+    }
+
+
+def draw_timelines(timelines: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(timelines), 1, figsize=(11, 1.6 * len(timelines) + 0.8), sharex=False)
+    for ax, (mode, tl) in zip(np.atleast_1d(axes), timelines.items()):
+        t0 = tl["start"]
+        for worker, request_id, start, end in tl["rollout"]:
+            ax.barh(1, end - start, left=start - t0, height=0.6, color="tab:blue", edgecolor="white")
+        for group, spans in tl["train"].items():
+            for kind, start, end in spans:
+                ax.barh(0, end - start, left=start - t0, height=0.6,
+                        color="tab:orange" if kind == "consume" else "tab:red", edgecolor="white")
+        sync_start, sync_end = tl["sync"]
+        ax.barh(0.5, sync_end - sync_start, left=sync_start - t0, height=0.3, color="tab:green")
+        ax.set_yticks([0, 0.5, 1], ["train", "weights", "rollout"])
+        ax.set_xlim(0, tl["end"] - t0)
+        ax.set_title(f"{mode}: one iteration, {tl['end'] - t0:.2f} s", fontsize=10, loc="left")
+    np.atleast_1d(axes)[-1].set_xlabel("seconds since the iteration started (blue: rollout requests; "
+                                       "orange: epoch-0 micro-batches; red: later epochs; green: weight sync)")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_pipeline_bench(iterations: int = 6, out: Path | None = None, workloads: list[str] | None = None,
+                       timeline_png: Path | None = None) -> dict:
+    import ray
+
+    out = out or Path("benchmarks/results/pipeline.json")
+    timeline_png = timeline_png or Path("docs/pipeline_timeline.png")
+    names = workloads or list(WORKLOADS)
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=400 * 1024 * 1024)
+    results: dict = {}
+    try:
+        for name in names:
+            results[name] = {}
+            for mode, pipeline in MODES.items():
+                if name.endswith("epochs") and mode == "stale1":
+                    continue
+                results[name][mode] = measure(WORKLOADS[name], pipeline, iterations)
+                log.info("%s / %s: %.2f s per iteration", name, mode, results[name][mode]["iteration_s"])
+    finally:
+        ray.shutdown()
+    primary = results[names[0]]
+    draw_timelines({m: r["timeline"] for m, r in primary.items()}, timeline_png,
+                   f"workload {names[0]}: rollout pool (1 CPU) and training pool (1 CPU)")
+    summary = {
+        "iteration_s_sync": primary["sync"]["iteration_s"],
+        "iteration_s_microbatch": primary["microbatch"]["iteration_s"],
+        "iteration_s_stale1": primary["stale1"]["iteration_s"],
+        "speedup_microbatch_vs_sync": primary["sync"]["iteration_s"] / primary["microbatch"]["iteration_s"],
+        "speedup_stale1_vs_sync": primary["sync"]["iteration_s"] / primary["stale1"]["iteration_s"],
+        "policy_lag_max_microbatch": primary["microbatch"]["policy_lag_max"],
+        **{f"rollout_busy_{m}": r["rollout_busy"] for m, r in primary.items()},
+        **{f"trainer_busy_{m}": r["trainer_busy"] for m, r in primary.items()},
+        "workload": names[0],
+        "workload_settings": {n: WORKLOADS[n] for n in names},
+        "workloads": {n: {m: {k: v for k, v in r.items() if k != "timeline"} for m, r in modes.items()}
+                      for n, modes in results.items()},
+        "speedups_microbatch_vs_sync": {n: modes["sync"]["iteration_s"] / modes["microbatch"]["iteration_s"]
+                                        for n, modes in results.items()},
+        "timeline_png": str(timeline_png),
+        "machine": "2 CPU cores (1 rollout pool, 1 training pool), no GPU",
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    return summary
