@@ -50,7 +50,8 @@ class RolloutResult:
     finished_at: float = 0.0
     worker: int = 0
     rows: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    """Group -> payload arrays (time-major [T, C, ...]); moved to the store by reference."""
+    """Group -> payload arrays, time-major [T, C, ...] for recurrent policies; for feed-forward ones only
+    the active samples, as [1, N, ...]. Moved to the store by reference."""
     num_active: dict[str, int] = field(default_factory=dict)
 
 
@@ -111,6 +112,16 @@ class RolloutWorker:
 
 _TIME_MAJOR = ("obs", "critic_in", "actions", "logp", "values_norm", "values", "rewards", "terminated",
                "episode_end", "truncation_values", "active", "episode_start", "action_mask")
+
+
+def _pack_active(row: dict) -> dict:
+    """Feed-forward policies need no time structure: keep only active samples, as one [1, N] sequence,
+    so training cost follows the steps actually played (not the padded length of a long-tail request)."""
+    keep = row["active"] > 0
+    packed = {k: (v[keep][None] if k in _TIME_MAJOR or k in ("advantages", "returns") else v) for k, v in row.items()}
+    packed["h0_actor"] = np.zeros((int(keep.sum()), row["h0_actor"].shape[1]), np.float32)
+    packed["h0_critic"] = np.zeros((int(keep.sum()), row["h0_critic"].shape[1]), np.float32)
+    return packed
 
 
 class _Sampler:
@@ -335,5 +346,7 @@ class _Sampler:
             row["advantages"], row["returns"] = advantages.astype(np.float32), returns.astype(np.float32)
             if "action_mask" in buf:
                 row["action_mask"] = buf["action_mask"]
+            if not self.w.cfg.model.use_gru:
+                row = _pack_active(row)
             self.result.rows[g.name] = row
             self.result.num_active[g.name] = int(buf["active"].sum())

@@ -12,17 +12,18 @@ def _worker(cfg):
     return worker
 
 
-def test_rows_have_time_major_shapes_and_counts(make_cfg):
+def test_rows_pack_active_samples_for_feed_forward_policies(make_cfg):
     worker = _worker(make_cfg())
     result = worker.sample(RolloutRequest("r0", 0, seed=1, num_steps=25))
     row = result.rows["shared"]
-    assert row["obs"].shape == (25, 12, 18) and row["critic_in"].shape == (25, 12, 54)
-    assert row["actions"].shape == (25, 12) and row["advantages"].shape == (25, 12)
+    assert row["obs"].shape == (1, 300, 18) and row["critic_in"].shape == (1, 300, 54)
+    assert row["actions"].shape == (1, 300) and row["advantages"].shape == (1, 300)
+    assert row["h0_actor"].shape == (300, 0) and row["active"].all()
     assert result.env_steps == 100 and len(result.episode_returns) == 4
     assert result.num_active["shared"] == 25 * 12
     assert np.all(np.isfinite(row["returns"]))
-    # concat_obs global state is the agents' observations side by side
-    assert np.allclose(row["critic_in"][3, 0], np.concatenate(row["obs"][3, 0:3]))
+    # concat_obs global state is the agents' observations side by side (columns env-major, 12 per step)
+    assert np.allclose(row["critic_in"][0, 36], np.concatenate(row["obs"][0, 36:39]))
 
 
 def test_a_request_is_a_pure_function_of_weights_and_seed(make_cfg):
@@ -45,13 +46,13 @@ def test_independent_groups_and_ippo_critic(make_cfg):
     worker = _worker(make_cfg(env={"groups": "independent"}, algo={"name": "ippo"}))
     result = worker.sample(RolloutRequest("r0", 0, seed=1, num_steps=10))
     assert sorted(result.rows) == ["agent_0", "agent_1", "agent_2"]
-    assert result.rows["agent_1"]["critic_in"].shape == (10, 4, 18)
+    assert result.rows["agent_1"]["critic_in"].shape == (1, 40, 18)
 
 
 def test_box_actions_are_sampled_and_clipped_for_the_env(make_cfg):
     worker = _worker(make_cfg(env={"kwargs": {"N": 2, "continuous_actions": True}}))
     row = worker.sample(RolloutRequest("r0", 0, seed=1, num_steps=10)).rows["shared"]
-    assert row["actions"].shape == (10, 8, 5) and np.all(np.isfinite(row["logp"]))
+    assert row["actions"].shape == (1, 80, 5) and np.all(np.isfinite(row["logp"]))
 
 
 def test_gru_policy_records_initial_states(make_cfg):
@@ -94,6 +95,7 @@ def test_action_masks_from_dict_observations_are_respected(make_cfg):
     worker = _worker(cfg)
     assert worker.groups[0].has_action_mask
     row = worker.sample(RolloutRequest("r0", 0, seed=1, num_steps=25)).rows["shared"]
+    assert row["action_mask"].shape == (1, 300, 5)
     assert not row["action_mask"][..., 0].any() and row["action_mask"][..., 1:].all()
     assert np.all(row["actions"] != 0)
     assert np.isfinite(worker.evaluate(episodes=1, seed=0)["eval/return_mean"])
@@ -110,5 +112,5 @@ def test_episodes_request_unit_plays_one_episode_per_env_copy(make_cfg):
     result = worker.sample(RolloutRequest("r0", 0, seed=3, num_steps=200))
     assert len(result.episode_lengths) == 4 and result.env_steps == sum(result.episode_lengths)
     row = result.rows["shared"]
-    assert row["obs"].shape[0] == max(result.episode_lengths)  # trimmed to the longest episode
+    assert row["obs"].shape[1] == 3 * sum(result.episode_lengths)  # only steps actually played
     assert result.num_active["shared"] == 3 * sum(result.episode_lengths)
