@@ -18,7 +18,7 @@ from envs import EnvSpec, describe_env, make_env, split_observation
 from flexmarl.algorithms import ADVANTAGE_ESTIMATORS
 from flexmarl.config import Config
 from flexmarl.groups import GroupLayout, build_groups, critic_uses_state
-from flexmarl.rollout.backend import make_backend
+from flexmarl.rollout.backend import ActOutput, make_backend
 from flexmarl.rollout.checks import EnvStepError, check_actions, check_observation, check_reward
 from flexmarl.rollout.env_io import critic_input, win_flag
 from flexmarl.rollout.evaluate import evaluate_policy
@@ -238,10 +238,11 @@ class _Sampler:
 
     def _act(self, g: GroupLayout, t: int, env_actions: list[dict]) -> None:
         buf = self.buffers[g.name]
-        out = self.w.backend.act(
-            g.name, buf["cur_obs"], buf["cur_critic"], buf["cur_mask"], buf["h_actor"], buf["h_critic"],
-            buf["cur_start"], deterministic=False, generator=self.generator,
-        )
+        live = np.flatnonzero(buf["cur_active"])
+        if live.size == 0:
+            buf["active"][t] = 0.0
+            return
+        out = self._act_live(g.name, buf, live)
         check_actions(out.actions, g.action.kind, g.action.n, g.action.low, g.action.high, g.agents, t, self.req.request_id)
         buf["obs"][t], buf["critic_in"][t] = buf["cur_obs"], buf["cur_critic"]
         buf["actions"][t], buf["logp"][t] = out.actions, out.logp
@@ -255,9 +256,25 @@ class _Sampler:
         env_action = out.actions
         if g.action.kind == "box":
             env_action = np.clip(env_action, g.action.low, g.action.high).reshape(-1, *g.action.shape)
-        for col in np.flatnonzero(buf["cur_active"]):
+        for col in live:
             e, j = divmod(int(col), k)
             env_actions[e][g.agents[j]] = env_action[col]
+
+    def _act_live(self, group: str, buf: dict, live: np.ndarray):
+        """Policy call on the live columns only (long-tail requests end with few live env copies);
+        finished columns keep their recurrent state and get zeros, which the active mask hides."""
+        args = [buf["cur_obs"], buf["cur_critic"], buf["cur_mask"], buf["h_actor"], buf["h_critic"], buf["cur_start"]]
+        if live.size == len(buf["cur_active"]):
+            return self.w.backend.act(group, *args, deterministic=False, generator=self.generator)
+        out = self.w.backend.act(group, *[None if a is None else a[live] for a in args],
+                                 deterministic=False, generator=self.generator)
+        full = {}
+        for name, like in (("actions", out.actions), ("logp", out.logp), ("values_norm", out.values_norm), ("values", out.values)):
+            full[name] = np.zeros((len(buf["cur_active"]), *like.shape[1:]), like.dtype)
+            full[name][live] = like
+        h_actor, h_critic = buf["h_actor"].copy(), buf["h_critic"].copy()
+        h_actor[live], h_critic[live] = out.h_actor, out.h_critic
+        return ActOutput(h_actor=h_actor, h_critic=h_critic, **full)
 
     def _step_env(self, e: int, t: int, actions: dict) -> None:
         env = self.w.envs[e]
