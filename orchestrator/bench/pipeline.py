@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 _BASE = {
     "run": {"mode": "ray", "batch_env_steps": 3200, "progress": False, "seed": 0},
     "env": {"name": "mpe/simple_spread", "kwargs": {"N": 3, "max_cycles": 25}, "global_state": "concat_obs"},
-    "model": {"hidden_sizes": [512, 512]},
+    "model": {"hidden_sizes": [1024, 1024]},
     "algo": {"name": "mappo", "epochs": 1, "num_minibatches": 1},
     "rollout": {"num_workers": 1, "envs_per_worker": 16, "fragment_length": 25},
     "resources": {"rollout_cpus": 1, "trainer_cpus": 1},
