@@ -17,22 +17,17 @@ from typing import Any
 import numpy as np
 
 
-class HeavyTailEpisodes:
-    def __init__(self, env: Any, min_length: int = 10, alpha: float = 1.2, max_length: int = 400, seed: int = 0):
-        if min_length < 1 or max_length < min_length or alpha <= 0:
-            raise ValueError(f"heavy_tail needs 1 <= min_length <= max_length and alpha > 0; got "
-                             f"min_length={min_length}, max_length={max_length}, alpha={alpha}")
-        self.env, self.min_length, self.alpha, self.max_length = env, min_length, alpha, max_length
+class ParallelEnvWrapper:
+    """Delegates the whole ParallelEnv API to `self.env`; subclasses override what they change."""
+
+    def __init__(self, env: Any):
+        self.env = env
         self.possible_agents = env.possible_agents
         self.metadata = getattr(env, "metadata", {})
-        self._rng = np.random.default_rng(seed)
-        self._limit = max_length
-        self._t = 0
-        self._cut = False
 
     @property
     def agents(self):
-        return [] if self._cut else self.env.agents
+        return self.env.agents
 
     def observation_space(self, agent):
         return self.env.observation_space(agent)
@@ -42,6 +37,33 @@ class HeavyTailEpisodes:
 
     def state(self):
         return self.env.state()
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, actions: dict):
+        return self.env.step(actions)
+
+    def close(self):
+        if hasattr(self.env, "close"):
+            self.env.close()
+
+
+class HeavyTailEpisodes(ParallelEnvWrapper):
+    def __init__(self, env: Any, min_length: int = 10, alpha: float = 1.2, max_length: int = 400, seed: int = 0):
+        if min_length < 1 or max_length < min_length or alpha <= 0:
+            raise ValueError(f"heavy_tail needs 1 <= min_length <= max_length and alpha > 0; got "
+                             f"min_length={min_length}, max_length={max_length}, alpha={alpha}")
+        super().__init__(env)
+        self.min_length, self.alpha, self.max_length = min_length, alpha, max_length
+        self._rng = np.random.default_rng(seed)
+        self._limit = max_length
+        self._t = 0
+        self._cut = False
+
+    @property
+    def agents(self):
+        return [] if self._cut else self.env.agents
 
     def draw_length(self) -> int:
         return min(self.max_length, math.ceil(self.min_length * (1.0 + self._rng.pareto(self.alpha))))
@@ -59,10 +81,6 @@ class HeavyTailEpisodes:
             truncs = {a: True for a in obs}
             self._cut = True
         return obs, rewards, terms, truncs, infos
-
-    def close(self):
-        if hasattr(self.env, "close"):
-            self.env.close()
 
 
 def heavy_tail(env: str, env_kwargs: dict | None = None, **wrapper_kwargs: Any) -> HeavyTailEpisodes:

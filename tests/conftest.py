@@ -27,3 +27,19 @@ def small_config(**sections) -> "Config":  # noqa: F821
 @pytest.fixture
 def make_cfg():
     return small_config
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray instance (2 CPUs) for a test module."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024)
+    yield
+    ray.shutdown()
+
+
+def policy_params(orch) -> dict:
+    """{group: {parameter name: numpy array}} of every trainer of an orchestrator."""
+    state = orch.get_state()["trainers"]
+    return {g: {k: v.numpy() for k, v in s["policy"].items()} for g, s in state.items()}

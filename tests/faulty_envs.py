@@ -5,32 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from envs import make_env
+from envs.wrappers import ParallelEnvWrapper
 
 
-class FaultyEnv:
+class FaultyEnv(ParallelEnvWrapper):
     """fault: 'nan_reward' | 'nan_obs' | 'wrong_obs_shape' | 'raise' | 'die' (exits the process)."""
 
     def __init__(self, fault: str, at_step: int, agent: str = "agent_1", **kwargs):
-        self.env = make_env("mpe/simple_spread", **kwargs)
+        super().__init__(make_env("mpe/simple_spread", **kwargs))
         self.fault, self.at_step, self.agent = fault, at_step, agent
-        self.possible_agents = self.env.possible_agents
         self.t = 0
-
-    @property
-    def agents(self):
-        return self.env.agents
-
-    def observation_space(self, agent):
-        return self.env.observation_space(agent)
-
-    def action_space(self, agent):
-        return self.env.action_space(agent)
-
-    def state(self):
-        return self.env.state()
-
-    def reset(self, seed=None, options=None):
-        return self.env.reset(seed=seed, options=options)
 
     def step(self, actions):
         obs, rewards, terms, truncs, infos = self.env.step(actions)

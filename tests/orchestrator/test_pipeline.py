@@ -7,18 +7,7 @@ import ray
 from flexmarl.config import ConfigError
 from orchestrator.orchestrator import JointOrchestrator
 from orchestrator.runtime import RayRuntime, SerialRuntime
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024)
-    yield
-    ray.shutdown()
-
-
-def _params(orch):
-    state = orch.get_state()["trainers"]
-    return {g: {k: v.numpy() for k, v in s["policy"].items()} for g, s in state.items()}
+from tests.conftest import policy_params
 
 
 def _close(a, b, atol=1e-5):
@@ -36,7 +25,7 @@ def test_microbatch_equals_sync_in_serial_mode_exactly(make_cfg):
     for mode in ("sync", "microbatch"):
         orch = JointOrchestrator(_cfg(make_cfg, mode), SerialRuntime())
         metrics = [orch.step() for _ in range(3)]
-        runs[mode] = (_params(orch), metrics)
+        runs[mode] = (policy_params(orch), metrics)
     assert _close(runs["sync"][0], runs["microbatch"][0], atol=0.0)
     assert all(m["perf/policy_lag_max"] == 0 for m in runs["microbatch"][1])
 
@@ -53,7 +42,7 @@ def test_microbatch_on_ray_equals_sync_and_has_zero_lag(make_cfg, ray_cluster):
             for key in ("perf/rollout_busy", "perf/trainer_busy", "perf/iteration_s", "perf/policy_lag_min"):
                 assert 0.0 <= metrics[key] < 1e6, key
         # arrival order differs between workers, so only float summation order differs
-        assert _close(_params(reference), _params(orch))
+        assert _close(policy_params(reference), policy_params(orch))
         assert len(orch.timeline["rollout"]) == 4 and orch.timeline["train"]["shared"]
     finally:
         orch.shutdown()
@@ -73,7 +62,7 @@ def test_killed_worker_mid_stream_trains_whole_micro_batches_only(make_cfg, ray_
         assert orch.worker_restarts == 1 and len(results) == 4
         assert metrics["perf/policy_lag_max"] == 0.0  # regenerated rows keep version 0
         orch.iteration += 1
-        assert _close(_params(reference), _params(orch))
+        assert _close(policy_params(reference), policy_params(orch))
     finally:
         orch.shutdown()
 

@@ -6,18 +6,12 @@ import ray
 
 from orchestrator.orchestrator import JointOrchestrator, WorkerFailure
 from orchestrator.runtime import RayRuntime, SerialRuntime
+from tests.conftest import policy_params
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024)
+@pytest.fixture(autouse=True)
+def _cluster(ray_cluster):
     yield
-    ray.shutdown()
-
-
-def _params(orch):
-    state = orch.get_state()["trainers"]
-    return {g: {k: v.numpy() for k, v in s["policy"].items()} for g, s in state.items()}
 
 
 def _same(a, b):
@@ -32,7 +26,7 @@ def test_ray_mode_equals_serial_mode(make_cfg):
         for _ in range(2):
             m_serial, m_ray = serial.step(), distributed.step()
             assert m_serial["episode_return_mean"] == m_ray["episode_return_mean"]
-        assert _same(_params(serial), _params(distributed))
+        assert _same(policy_params(serial), policy_params(distributed))
         assert m_ray["perf/policy_lag_max"] == 0.0
     finally:
         distributed.shutdown()
@@ -69,7 +63,7 @@ def test_killed_worker_rows_are_regenerated_without_duplicates(make_cfg):
         orch.train()
         orch.iteration += 1
         # requests are pure functions of (weights, seed): the regenerated batch trains identically
-        assert _same(_params(orch), _params(reference))
+        assert _same(policy_params(orch), policy_params(reference))
     finally:
         orch.shutdown()
 
