@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/flexmarl bench throughput
+	$(VENV)/bin/flexmarl bench pipeline
 
 clean:
 	rm -rf $(VENV) runs

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks that write benchmarks/results/*.json")
     b.add_argument("what", choices=["throughput", "pipeline"])
     b.add_argument("--duration", type=float, default=60.0, help="timed seconds per system")
-    b.add_argument("--iterations", type=int, default=6, help="timed iterations per mode (pipeline)")
+    b.add_argument("--iterations", type=int, default=4, help="timed iterations per mode and round (pipeline)")
     b.add_argument("--out", help="result file (default benchmarks/results/<what>.json)")
     b.set_defaults(fn=_cmd_bench)
     return parser

@@ -85,6 +85,7 @@ class RayRuntime(Runtime):
         from ray.util.placement_group import placement_group
 
         self.ray = ray
+        self._actor_classes: dict[type, Any] = {}
         address = address or os.environ.get("RAY_ADDRESS")
         if not ray.is_initialized():
             if address:
@@ -111,7 +112,7 @@ class RayRuntime(Runtime):
     def create(self, cls, *args, pool, share=1.0):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        actor_cls = self.ray.remote(cls)
+        actor_cls = self._actor_classes.setdefault(cls, self.ray.remote(cls))
         strategy = PlacementGroupSchedulingStrategy(placement_group=self.pools[pool], placement_group_bundle_index=0)
         cpus = round(self.pool_cpus[pool] * share, 4)
         return actor_cls.options(num_cpus=cpus, scheduling_strategy=strategy, max_restarts=0).remote(*args)

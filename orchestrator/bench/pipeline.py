@@ -1,13 +1,14 @@
 """`flexmarl bench pipeline`: the same config under sync, microbatch and stale(1) pipelines, side by side.
 
 Workloads (2 CPUs: one for the rollout pool, one for the training pool):
+- simple_spread: the real env with fixed-length requests (the primary workload: sampling and training
+  take comparable time here);
 - long_tail: simple_spread under `wrappers/heavy_tail` (Pareto episode lengths), one episode per env
   copy per request, so requests have long-tailed durations; one PPO epoch (the GRPO-like single pass),
   networks wide enough that training a batch costs about as much as sampling it;
-- simple_spread: the real env with fixed-length requests, same one-epoch update;
 - long_tail_4_epochs: long_tail with 4 PPO epochs: only the first epoch can overlap rollout.
-Each (workload, mode) runs one warm-up iteration, then `iterations` timed ones; the timeline of the last
-timed iteration per mode of the first workload is drawn to docs/pipeline_timeline.png.
+Modes run interleaved in rounds; each run has one warm-up iteration, then `iterations` timed ones. The
+timeline of the last timed iteration per mode of the first workload is drawn to docs/pipeline_timeline.png.
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 WORKLOADS = {
+    "simple_spread": _merge(_BASE, {"run": {"batch_env_steps": 16 * 25 * 8}}),
     "long_tail": {**_merge(_BASE, {"run": {"batch_env_steps": 16 * 400 * 8},
                                    "rollout": {"request_unit": "episodes", "fragment_length": 400}}),
                   "env": _LONG_TAIL_ENV},
-    "simple_spread": _merge(_BASE, {"run": {"batch_env_steps": 16 * 25 * 8}}),
     "long_tail_4_epochs": {**_merge(_BASE, {"run": {"batch_env_steps": 16 * 400 * 8},
                                             "rollout": {"request_unit": "episodes", "fragment_length": 400},
                                             "algo": {"epochs": 4}}),
@@ -61,15 +62,18 @@ WORKLOADS = {
 MODES = {"sync": {"mode": "sync"}, "microbatch": {"mode": "microbatch"}, "stale1": {"mode": "stale", "max_staleness": 1}}
 
 
-def measure(config: dict, pipeline: dict, iterations: int) -> dict:
+def _run(config: dict, pipeline: dict, iterations: int) -> tuple[list[dict], dict]:
     cfg = config_from_dict(_merge(config, {"pipeline": pipeline}))
     orch = JointOrchestrator(cfg, RayRuntime(cfg))
     try:
         orch.step()  # warm-up
         rows = [orch.step() for _ in range(iterations)]
-        timeline = copy.deepcopy(orch.timeline)
+        return rows, copy.deepcopy(orch.timeline)
     finally:
         orch.shutdown()
+
+
+def summarize(rows: list[dict], timeline: dict, refused: int) -> dict:
     mean = lambda key: float(np.mean([r[key] for r in rows]))  # noqa: E731
     return {
         "iteration_s": mean("perf/iteration_s"), "rollout_busy": mean("perf/rollout_busy"),
@@ -77,7 +81,7 @@ def measure(config: dict, pipeline: dict, iterations: int) -> dict:
         "sample_s": mean("perf/sample_s"), "env_steps_per_s": mean("env_steps_per_s"),
         "policy_lag_max": max(r["perf/policy_lag_max"] for r in rows),
         "policy_lag_mean": mean("perf/policy_lag_mean"),
-        "stale_rows_refused": rows[-1]["store/stale_rows_refused"], "iterations": iterations,
+        "stale_rows_refused": refused, "iterations": len(rows),
         "timeline": timeline,
     }
 
@@ -111,8 +115,10 @@ def draw_timelines(timelines: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run_pipeline_bench(iterations: int = 6, out: Path | None = None, workloads: list[str] | None = None,
-                       timeline_png: Path | None = None) -> dict:
+def run_pipeline_bench(iterations: int = 4, out: Path | None = None, workloads: list[str] | None = None,
+                       timeline_png: Path | None = None, rounds: int = 3) -> dict:
+    """Modes are interleaved (sync, microbatch, stale1, sync, ...) over `rounds` rounds of `iterations`
+    timed iterations each, so slow phases of a shared machine hit every mode alike."""
     import ray
 
     out = out or Path("benchmarks/results/pipeline.json")
@@ -122,12 +128,16 @@ def run_pipeline_bench(iterations: int = 6, out: Path | None = None, workloads: 
     results: dict = {}
     try:
         for name in names:
-            results[name] = {}
-            for mode, pipeline in MODES.items():
-                if name.endswith("epochs") and mode == "stale1":
-                    continue
-                results[name][mode] = measure(WORKLOADS[name], pipeline, iterations)
-                log.info("%s / %s: %.2f s per iteration", name, mode, results[name][mode]["iteration_s"])
+            modes = {m: p for m, p in MODES.items() if not (name.endswith("epochs") and m == "stale1")}
+            collected: dict = {m: ([], None, 0) for m in modes}
+            for _ in range(1 if name.endswith("epochs") else rounds):  # the slow one: one round
+                for mode, pipeline in modes.items():
+                    rows, timeline = _run(WORKLOADS[name], pipeline, iterations)
+                    before, _, refused = collected[mode]
+                    collected[mode] = (before + rows, timeline, refused + rows[-1]["store/stale_rows_refused"])
+            results[name] = {m: summarize(*collected[m]) for m in modes}
+            for mode, r in results[name].items():
+                log.info("%s / %s: %.2f s per iteration", name, mode, r["iteration_s"])
     finally:
         ray.shutdown()
     primary = results[names[0]]
@@ -149,6 +159,7 @@ def run_pipeline_bench(iterations: int = 6, out: Path | None = None, workloads: 
         "speedups_microbatch_vs_sync": {n: modes["sync"]["iteration_s"] / modes["microbatch"]["iteration_s"]
                                         for n, modes in results.items()},
         "timeline_png": str(timeline_png),
+        "rounds": rounds, "iterations_per_round": iterations,
         "machine": "2 CPU cores (1 rollout pool, 1 training pool), no GPU",
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
