@@ -179,11 +179,14 @@ class JointOrchestrator:
         self.runtime.get(self._consume_refs)  # surfaces a failed consume with its own error
         names = list(self.trainers)
         finished = self.runtime.get([self.runtime.call(self.trainers[n], "finish_update") for n in names])
-        spans = self.runtime.get([self.runtime.call(self.trainers[n], "spans") for n in names])
-        self.timeline["train"] = dict(zip(names, spans))
         return self._group_metrics(dict(zip(names, finished)))
 
     def _group_metrics(self, per_group: dict) -> dict:
+        """Per-group trainer metrics as `prefix/<group>/name`, plus pool-wide lag and busy time; records
+        the trainers' compute spans for the timeline."""
+        names = list(per_group)
+        spans = self.runtime.get([self.runtime.call(self.trainers[n], "spans") for n in names])
+        self.timeline["train"] = dict(zip(names, spans))
         metrics: dict = {}
         for name, group_metrics in per_group.items():
             for key, value in group_metrics.items():
@@ -210,21 +213,17 @@ class JointOrchestrator:
         for name, (rows, ref) in calls.items():
             finished[name] = self.runtime.get(ref)
             self.store.consume(name, [r.sample_id for r in rows])
-        spans = self.runtime.get([self.runtime.call(self.trainers[n], "spans") for n in calls])
-        self.timeline["train"] = dict(zip(calls, spans))
         return self._group_metrics(finished)
 
     # -- one iteration per pipeline -------------------------------------------------------------
-    def _iteration_sync(self) -> list[RolloutResult]:
+    def _iteration_sync(self) -> tuple[list[RolloutResult], dict]:
         results = self.collect(self.dispatch())
-        self._metrics = self.train()
-        return results
+        return results, self.train()
 
-    def _iteration_microbatch(self) -> list[RolloutResult]:
+    def _iteration_microbatch(self) -> tuple[list[RolloutResult], dict]:
         self._begin_updates()
         results = self.collect(self.dispatch(), on_publish=self._feed)
-        self._metrics = self._finish_updates()
-        return results
+        return results, self._finish_updates()
 
     def _top_up_stale(self, pending: dict) -> None:
         """Give every idle worker a request that runs on whatever weights it holds."""
@@ -237,7 +236,7 @@ class JointOrchestrator:
                 flight = self._dispatch(RolloutRequest(f"st{n:08d}", None, seed, cfg.rollout.fragment_length), w)
                 pending[id(flight.meta_ref)] = flight
 
-    def _iteration_stale(self) -> list[RolloutResult]:
+    def _iteration_stale(self) -> tuple[list[RolloutResult], dict]:
         """Workers never idle: one request in flight per worker at all times, also while the trainers
         finish the update; rows more than `max_staleness` versions old are refused."""
         cfg, s = self.cfg, self.cfg.pipeline.max_staleness
@@ -257,16 +256,13 @@ class JointOrchestrator:
                 self._feed(flight, result)
                 results.append(result)
         self._top_up_stale(pending)
-        self._metrics = self._finish_updates()
-        return results
+        return results, self._finish_updates()
 
     def step(self) -> dict:
         start = time.time()
         run_iteration = {"sync": self._iteration_sync, "microbatch": self._iteration_microbatch,
                          "stale": self._iteration_stale}[self.cfg.pipeline.mode]
-        results = run_iteration()
-        rollout_done = time.time()
-        metrics = self._metrics
+        results, metrics = run_iteration()
         self.iteration += 1
         sync_start = time.time()
         self.sync_weights(wait=self.cfg.pipeline.mode != "stale")
@@ -289,7 +285,7 @@ class JointOrchestrator:
             "episode_length_mean": float(np.mean(lengths)) if lengths else float("nan"),
             "env_steps_per_s": steps / elapsed,
             "perf/iteration_s": elapsed,
-            "perf/rollout_s": rollout_done - start,
+            "perf/rollout_s": max(r.finished_at for r in results) - start,  # until the last request ended
             "perf/sample_s": sum(r.sample_s for r in results),
             "perf/rollout_busy": min(1.0, sum(r.sample_s for r in results) / (elapsed * len(self.workers))),
             "perf/trainer_busy": min(1.0, metrics["perf/trainer_busy_s"] / (elapsed * len(self.trainers))),
