@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from envs import mpe, wrappers
+from envs import grf, mpe, smacv2, smax, wrappers
 
 EnvFactory = Callable[..., Any]
 
@@ -18,7 +18,10 @@ class UnknownEnvError(ValueError):
     """An env name that is neither registered nor an importable `module:callable`."""
 
 
-ENV_REGISTRY: dict[str, EnvFactory] = {**mpe.FACTORIES, **wrappers.FACTORIES}
+# The one list to edit when adding an env family.
+ENV_REGISTRY: dict[str, EnvFactory] = {
+    **mpe.FACTORIES, **smax.FACTORIES, **grf.FACTORIES, **smacv2.FACTORIES, **wrappers.FACTORIES,
+}
 
 
 def register_env(name: str, factory: EnvFactory) -> None:

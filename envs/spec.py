@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from envs.batched import is_batched
+
 
 @dataclass(frozen=True)
 class ActionSpec:
@@ -78,7 +80,14 @@ def split_observation(obs: Any) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def describe_env(env: Any, seed: int = 0) -> EnvSpec:
-    """Inspect a ParallelEnv (resets it once to probe `state()`)."""
+    """Inspect a ParallelEnv (resets it once to probe `state()`) or a `BatchedEnv`."""
+    if is_batched(env):
+        agents = tuple(env.possible_agents)
+        per_agent = {}
+        for agent in agents:
+            obs_dim, has_mask = _obs_dim(env.observation_space(agent), agent)
+            per_agent[agent] = AgentSpec(obs_dim, _action_spec(env.action_space(agent), agent), has_mask)
+        return EnvSpec(agents=agents, per_agent=per_agent, state_dim=int(env.state_dim))
     env.reset(seed=seed)
     agents = tuple(env.possible_agents)
     per_agent = {}

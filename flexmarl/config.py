@@ -85,6 +85,9 @@ class AlgoConfig:
     """Registered policy loss (flexmarl.algorithms.POLICY_LOSSES)."""
     value_loss: str = "clipped_huber"
     """Registered value loss (flexmarl.algorithms.VALUE_LOSSES)."""
+    gradient_aggregator: str = "mean"
+    """How a shared actor combines its agents' gradients (flexmarl.algorithms.GRADIENT_AGGREGATORS):
+    mean (= MAPPO/IPPO), grasp (consensus gradient, arXiv:2604.00717), pcgrad, cagrad."""
     gamma: float = 0.99
     """Discount factor."""
     gae_lambda: float = 0.95
@@ -134,6 +137,9 @@ class RolloutConfig:
     """Inference backend that computes actions ("random": uniform baseline, nothing to train)."""
     max_worker_restarts: int = 3
     """How many times a dead rollout worker is replaced before the run fails."""
+    max_env_restarts: int = 3
+    """Per request: how many env copies that raise mid-episode (a crashed GRF engine or SC2 client) are
+    rebuilt, their episode discarded, before the request fails."""
 
 
 @dataclass
@@ -248,7 +254,7 @@ def _positive(path: str, value: float, allow_zero: bool = False) -> None:
 
 def validate(cfg: Config) -> Config:
     """Semantic checks that types alone cannot express."""
-    from flexmarl.algorithms import ADVANTAGE_ESTIMATORS, POLICY_LOSSES, VALUE_LOSSES
+    from flexmarl.algorithms import ADVANTAGE_ESTIMATORS, GRADIENT_AGGREGATORS, POLICY_LOSSES, VALUE_LOSSES
 
     for path, value in [
         ("run.iterations", cfg.run.iterations), ("run.batch_env_steps", cfg.run.batch_env_steps),
@@ -264,6 +270,7 @@ def validate(cfg: Config) -> Config:
     for path, value in [
         ("run.checkpoint_every", cfg.run.checkpoint_every), ("run.eval_every", cfg.run.eval_every),
         ("rollout.max_worker_restarts", cfg.rollout.max_worker_restarts),
+        ("rollout.max_env_restarts", cfg.rollout.max_env_restarts),
         ("algo.entropy_coef", cfg.algo.entropy_coef), ("algo.value_coef", cfg.algo.value_coef),
         ("algo.max_grad_norm", cfg.algo.max_grad_norm), ("algo.clip_eps", cfg.algo.clip_eps),
         ("algo.value_clip_eps", cfg.algo.value_clip_eps),
@@ -276,6 +283,7 @@ def validate(cfg: Config) -> Config:
         ("algo.advantage_estimator", cfg.algo.advantage_estimator, ADVANTAGE_ESTIMATORS),
         ("algo.policy_loss", cfg.algo.policy_loss, POLICY_LOSSES),
         ("algo.value_loss", cfg.algo.value_loss, VALUE_LOSSES),
+        ("algo.gradient_aggregator", cfg.algo.gradient_aggregator, GRADIENT_AGGREGATORS),
     ]:
         if value not in registry:
             raise ConfigError(path, value, "one of " + ", ".join(sorted(registry)))

@@ -23,8 +23,9 @@ from flexmarl.algorithms import POLICY_LOSSES, VALUE_LOSSES, ValueNorm
 from flexmarl.config import Config
 from flexmarl.groups import GroupLayout
 from flexmarl.models import GroupPolicy, to_numpy_state
+from flexmarl.per_agent_grads import PerAgentGradients
 
-_TENSOR_FIELDS = ("obs", "critic_in", "actions", "logp", "values_norm", "active", "episode_start",
+_TENSOR_FIELDS = ("agent_index", "obs", "critic_in", "actions", "logp", "values_norm", "active", "episode_start",
                   "h0_actor", "h0_critic", "advantages", "returns", "action_mask")
 
 
@@ -47,6 +48,10 @@ class GroupTrainer:
         self.value_norm = ValueNorm(enabled=a.value_norm)
         self.policy_loss = POLICY_LOSSES[a.policy_loss]
         self.value_loss = VALUE_LOSSES[a.value_loss]
+        # A shared actor with a non-mean aggregator needs each agent's own gradient (GRASP and ablations).
+        self.per_agent = None
+        if a.gradient_aggregator != "mean" and len(group.agents) > 1:
+            self.per_agent = PerAgentGradients(list(self.policy.actor.parameters()), len(group.agents), a.gradient_aggregator)
         self.version = 0
         self._stats: dict[str, list[float]] = {}
 
@@ -95,9 +100,13 @@ class GroupTrainer:
         values, _ = self.policy.critic(mb["critic_in"], mb["h0_critic"], mb["episode_start"])
         value_loss = self.value_loss(values, mb["values_norm"], targets, a.value_clip_eps, a.huber_delta)
 
-        actor_loss = ((policy_loss - a.entropy_coef * entropy) * active).sum()
+        sample_actor_loss = (policy_loss - a.entropy_coef * entropy) * active
         critic_loss = a.value_coef * (value_loss * active).sum()
-        (actor_loss + critic_loss).backward()
+        if self.per_agent is None:
+            (sample_actor_loss.sum() + critic_loss).backward()
+        else:
+            critic_loss.backward()
+            self.per_agent.accumulate(sample_actor_loss, mb["agent_index"], active)
 
         with torch.no_grad():
             log_ratio = logp - mb["logp"]
@@ -116,10 +125,14 @@ class GroupTrainer:
         """Average the accumulated gradient over `denominator` samples, clip, and apply it."""
         max_norm = self.cfg.algo.max_grad_norm
         scale = 1.0 / max(denominator, 1.0)
+        if self.per_agent is not None:  # the actor's gradient is the aggregate of per-agent means
+            for name, value in self.per_agent.apply().items():
+                self._stats.setdefault(name, []).append(value)
         for name, module, opt in [("actor", self.policy.actor, self.actor_opt), ("critic", self.policy.critic, self.critic_opt)]:
-            for p in module.parameters():
-                if p.grad is not None:
-                    p.grad.mul_(scale)
+            if not (name == "actor" and self.per_agent is not None):
+                for p in module.parameters():
+                    if p.grad is not None:
+                        p.grad.mul_(scale)
             if max_norm > 0:
                 norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
                 self._stats.setdefault(f"losses/grad_norm_{name}", []).append(float(norm))
@@ -187,6 +200,8 @@ class GroupTrainer:
         self._batch = []
         self._record("finish", t0)
         metrics = {name: float(np.mean(values)) for name, values in self._stats.items()}
+        if self.per_agent is not None:
+            metrics.update(self.per_agent.pop_times())
         metrics.update({
             "perf/train_s": self._compute_s,
             "perf/policy_lag_min": float(min(self._lags)),

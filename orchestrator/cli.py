@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from flexmarl.config import ConfigError, load_config
+from orchestrator.bench.suite import SuiteError
 from orchestrator.run_dir import CheckpointError, load_run_config, new_run_dir, save_run_config
 
 
@@ -80,7 +81,24 @@ def _cmd_bench(args) -> int:
         result = run_pipeline_bench(iterations=args.iterations, out=Path(args.out) if args.out else None)
         print(json.dumps({k: v for k, v in result.items() if not k.startswith("workload")}, indent=1))
         return 0
-    raise SystemExit(f"unknown benchmark {args.what!r}; available: throughput, pipeline")
+    if args.what == "suite":
+        from orchestrator.bench.suite import load_suite, run_suite
+
+        if not args.name:
+            raise SystemExit("flexmarl bench suite NAME: give a built-in suite (smax, grf, mpe) or a suite YAML")
+        suite = load_suite(args.name)
+        split = lambda text: [x for x in text.split(",") if x] if text else None  # noqa: E731
+        if args.budget:
+            suite.budget_env_steps = args.budget
+        output = Path(args.out) if args.out else Path("benchmarks/results") / suite.name
+        runs_dir = Path(args.runs_dir) if args.runs_dir else Path("runs/suites") / suite.name
+        seeds = [int(s) for s in split(args.seeds)] if args.seeds else None
+        summary = run_suite(suite, runs_dir, output, mode=args.mode, tasks=split(args.only_tasks),
+                            algorithms=split(args.only_algorithms), seeds=seeds, report_only=args.report_only)
+        print(json.dumps(summary, indent=1))
+        print(f"report: {output / 'table.md'}")
+        return 0
+    raise SystemExit(f"unknown benchmark {args.what!r}; available: throughput, pipeline, suite")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,10 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=12345)
     e.set_defaults(fn=_cmd_eval)
     b = sub.add_parser("bench", help="benchmarks that write benchmarks/results/*.json")
-    b.add_argument("what", choices=["throughput", "pipeline"])
+    b.add_argument("what", choices=["throughput", "pipeline", "suite"])
+    b.add_argument("name", nargs="?", help="suite: a built-in name (smax, grf, mpe) or a suite YAML path")
     b.add_argument("--duration", type=float, default=60.0, help="timed seconds per system")
     b.add_argument("--iterations", type=int, default=4, help="timed iterations per mode and round (pipeline)")
-    b.add_argument("--out", help="result file (default benchmarks/results/<what>.json)")
+    b.add_argument("--out", help="result file (default benchmarks/results/<what>.json; suites: a directory)")
+    b.add_argument("--seeds", help="suite: comma-separated seeds instead of the suite's")
+    b.add_argument("--budget", type=int, help="suite: env steps per run instead of the suite's")
+    b.add_argument("--only-tasks", help="suite: comma-separated subset of tasks")
+    b.add_argument("--only-algorithms", help="suite: comma-separated subset of algorithms")
+    b.add_argument("--mode", choices=["ray", "serial"], help="suite: override run.mode")
+    b.add_argument("--runs-dir", help="suite: where run directories live (default runs/suites/<suite>)")
+    b.add_argument("--report-only", action="store_true", help="suite: rebuild the report from existing runs")
     b.set_defaults(fn=_cmd_bench)
     return parser
 
@@ -111,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, CheckpointError) as exc:
+    except (ConfigError, CheckpointError, SuiteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -290,6 +290,8 @@ class JointOrchestrator:
             "perf/rollout_busy": min(1.0, sum(r.sample_s for r in results) / (elapsed * len(self.workers))),
             "perf/trainer_busy": min(1.0, metrics["perf/trainer_busy_s"] / (elapsed * len(self.trainers))),
             "perf/worker_restarts": self.worker_restarts,
+            "rollout/env_restarts": sum(r.env_restarts for r in results),
+            "rollout/discarded_steps": sum(r.discarded_steps for r in results),
             "store/aborted_rows": sum(t.aborted for t in self.store.tables.values()),
             "store/stale_rows_refused": sum(t.refused_stale for t in self.store.tables.values()),
         })

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from envs import describe_env, make_env
+from envs import describe_env
 from flexmarl.config import Config, config_from_dict
 from flexmarl.groups import build_groups, critic_uses_state
 from flexmarl.rollout import EnvOutputError, EnvStepError, RandomPolicyBackend, TorchPolicyBackend
 from flexmarl.rollout.evaluate import evaluate_policy
+from flexmarl.rollout.worker import make_eval_env
 from orchestrator.orchestrator import JointOrchestrator, WorkerFailure
 from orchestrator.run_dir import MetricsWriter, latest_checkpoint, load_checkpoint, save_checkpoint
 from orchestrator.runtime import make_runtime
@@ -77,8 +78,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, address: str | None 
             runtime.shutdown()
 
 
-def _eval_setup(cfg: Config, seed: int):
-    env = make_env(cfg.env.name, **cfg.env.kwargs)
+def _eval_setup(cfg: Config, seed: int, episodes: int):
+    env = make_eval_env(cfg, episodes)
     spec = describe_env(env, seed=seed)
     return env, spec, build_groups(cfg, spec)
 
@@ -87,7 +88,7 @@ def evaluate_checkpoint(path: Path, episodes: int, seed: int = 12345) -> dict:
     """Greedy evaluation of a checkpoint, in this process (no Ray needed)."""
     data = load_checkpoint(path)
     cfg = config_from_dict(data["config"])
-    env, spec, groups = _eval_setup(cfg, seed)
+    env, spec, groups = _eval_setup(cfg, seed, episodes)
     load_checkpoint(path, groups)  # refuses a checkpoint whose groups no longer match the env
     backend = TorchPolicyBackend(cfg, groups)
     weights = {
@@ -102,6 +103,6 @@ def evaluate_checkpoint(path: Path, episodes: int, seed: int = 12345) -> dict:
 
 def random_policy_baseline(cfg: Config, episodes: int, seed: int = 12345) -> dict:
     """The same evaluation with uniform random actions."""
-    env, spec, groups = _eval_setup(cfg, seed)
+    env, spec, groups = _eval_setup(cfg, seed, episodes)
     backend = RandomPolicyBackend(cfg, groups)
     return evaluate_policy(env, spec, groups, backend, critic_uses_state(cfg), cfg.env.global_state, episodes, seed)

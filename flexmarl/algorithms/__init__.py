@@ -1,14 +1,17 @@
-"""Small pure functions in name-keyed registries: advantage estimators, policy losses, value losses.
+"""Small pure functions in name-keyed registries: advantage estimators, policy and value losses, gradient
+aggregators.
 
 Register a new one with the decorators in `registry.py`; a config then selects it by name.
 """
 
-from flexmarl.algorithms import advantages, losses  # noqa: F401  (registers the built-ins)
+from flexmarl.algorithms import advantages, aggregators, losses  # noqa: F401  (registers the built-ins)
 from flexmarl.algorithms.registry import (
     ADVANTAGE_ESTIMATORS,
+    GRADIENT_AGGREGATORS,
     POLICY_LOSSES,
     VALUE_LOSSES,
     register_advantage_estimator,
+    register_gradient_aggregator,
     register_policy_loss,
     register_value_loss,
 )
@@ -16,10 +19,12 @@ from flexmarl.algorithms.value_norm import ValueNorm
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
+    "GRADIENT_AGGREGATORS",
     "POLICY_LOSSES",
     "VALUE_LOSSES",
     "ValueNorm",
     "register_advantage_estimator",
+    "register_gradient_aggregator",
     "register_policy_loss",
     "register_value_loss",
 ]

@@ -7,6 +7,7 @@ from typing import Callable
 ADVANTAGE_ESTIMATORS: dict[str, Callable] = {}
 POLICY_LOSSES: dict[str, Callable] = {}
 VALUE_LOSSES: dict[str, Callable] = {}
+GRADIENT_AGGREGATORS: dict[str, Callable] = {}
 
 
 def _register(table: dict[str, Callable], kind: str):
@@ -25,3 +26,4 @@ def _register(table: dict[str, Callable], kind: str):
 register_advantage_estimator = _register(ADVANTAGE_ESTIMATORS, "advantage estimator")
 register_policy_loss = _register(POLICY_LOSSES, "policy loss")
 register_value_loss = _register(VALUE_LOSSES, "value loss")
+register_gradient_aggregator = _register(GRADIENT_AGGREGATORS, "gradient aggregator")

@@ -6,14 +6,18 @@ import numpy as np
 import torch
 
 from envs import EnvSpec, split_observation
+from envs.batched import is_batched
 from flexmarl.groups import GroupLayout
 from flexmarl.rollout.backend import InferenceBackend
+from flexmarl.rollout.batched import evaluate_batched
 from flexmarl.rollout.checks import check_observation, check_reward
 from flexmarl.rollout.env_io import critic_input, win_flag
 
 
 def evaluate_policy(env, spec: EnvSpec, groups: list[GroupLayout], backend: InferenceBackend, use_state: bool,
                     global_state: str, episodes: int, seed: int) -> dict:
+    if is_batched(env):  # a batched env plays one episode per copy: build it with num_envs=episodes
+        return evaluate_batched(env, groups, backend, use_state, global_state, seed)
     returns, wins = [], []
     generator = torch.Generator().manual_seed(seed)
     for episode in range(episodes):

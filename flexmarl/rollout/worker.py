@@ -15,10 +15,13 @@ import numpy as np
 import torch
 
 from envs import EnvSpec, describe_env, make_env, split_observation
+from envs.batched import is_batched
+from envs.registry import resolve_factory
 from flexmarl.algorithms import ADVANTAGE_ESTIMATORS
 from flexmarl.config import Config
 from flexmarl.groups import GroupLayout, build_groups, critic_uses_state
 from flexmarl.rollout.backend import ActOutput, make_backend
+from flexmarl.rollout.batched import sample_batched
 from flexmarl.rollout.checks import EnvStepError, check_actions, check_observation, check_reward
 from flexmarl.rollout.env_io import critic_input, win_flag
 from flexmarl.rollout.evaluate import evaluate_policy
@@ -53,6 +56,9 @@ class RolloutResult:
     """Group -> payload arrays, time-major [T, C, ...] for recurrent policies; for feed-forward ones only
     the active samples, as [1, N, ...]. Moved to the store by reference."""
     num_active: dict[str, int] = field(default_factory=dict)
+    env_restarts: int = 0
+    """Env copies that raised mid-episode and were rebuilt; their unfinished episodes are discarded."""
+    discarded_steps: int = 0
 
 
 class RolloutWorker:
@@ -61,8 +67,14 @@ class RolloutWorker:
     def __init__(self, cfg: Config, worker_index: int = 0):
         torch.set_num_threads(1)
         self.cfg, self.worker_index = cfg, worker_index
-        self.envs = [make_env(cfg.env.name, **cfg.env.kwargs) for _ in range(cfg.rollout.envs_per_worker)]
-        self.spec: EnvSpec = describe_env(self.envs[0], seed=cfg.run.seed)
+        self.num_envs = cfg.rollout.envs_per_worker
+        if is_batched(resolve_factory(cfg.env.name)):
+            self.envs, self.batched_env = [], make_env(cfg.env.name, num_envs=self.num_envs, **cfg.env.kwargs)
+            self.spec: EnvSpec = describe_env(self.batched_env, seed=cfg.run.seed)
+        else:
+            self.envs, self.batched_env = [make_env(cfg.env.name, **cfg.env.kwargs) for _ in range(self.num_envs)], None
+            self.spec = describe_env(self.envs[0], seed=cfg.run.seed)
+        self._eval_envs: dict[int, object] = {}
         self.groups: list[GroupLayout] = build_groups(cfg, self.spec)
         self.backend = make_backend(cfg, self.groups)
         self.estimator = ADVANTAGE_ESTIMATORS[cfg.algo.advantage_estimator]
@@ -106,11 +118,22 @@ class RolloutWorker:
 
     def evaluate(self, episodes: int, seed: int) -> dict:
         """Greedy episodes with the current weights: team return mean and, where defined, win rate."""
-        return evaluate_policy(self.envs[0], self.spec, self.groups, self.backend, self.use_state,
+        if self.batched_env is None:
+            env = self.envs[0]
+        else:  # one copy per episode; compiled once per episode count
+            env = self._eval_envs.get(episodes) or self._eval_envs.setdefault(episodes, make_eval_env(self.cfg, episodes))
+        return evaluate_policy(env, self.spec, self.groups, self.backend, self.use_state,
                                self.cfg.env.global_state, episodes, seed)
 
 
-_TIME_MAJOR = ("obs", "critic_in", "actions", "logp", "values_norm", "values", "rewards", "terminated",
+def make_eval_env(cfg: Config, episodes: int):
+    """The env greedy evaluation runs on: a plain env, or a batched one with one copy per episode."""
+    if is_batched(resolve_factory(cfg.env.name)):
+        return make_env(cfg.env.name, num_envs=episodes, **cfg.env.kwargs)
+    return make_env(cfg.env.name, **cfg.env.kwargs)
+
+
+_TIME_MAJOR = ("agent_index", "obs", "critic_in", "actions", "logp", "values_norm", "values", "rewards", "terminated",
                "episode_end", "truncation_values", "active", "episode_start", "action_mask")
 
 
@@ -129,12 +152,13 @@ class _Sampler:
 
     def __init__(self, worker: RolloutWorker, request: RolloutRequest):
         self.w, self.req = worker, request
-        self.T, self.E = request.num_steps, len(worker.envs)
+        self.T, self.E = request.num_steps, worker.num_envs
         self.generator = torch.Generator().manual_seed(request.seed)
         self.env_seeds = np.random.default_rng(request.seed)
         self.buffers = {g.name: self._allocate(g) for g in worker.groups}
         self.episode_returns = np.zeros(self.E)
         self.episode_lengths = np.zeros(self.E, dtype=int)
+        self.episode_start_t = np.zeros(self.E, dtype=int)
         self.one_episode = worker.cfg.rollout.request_unit == "episodes"
         self.finished = np.zeros(self.E, dtype=bool)  # episodes mode: env copies whose episode is over
         self.t_used = 0
@@ -145,6 +169,8 @@ class _Sampler:
         a_shape = (T, C) if g.action.kind == "discrete" else (T, C, g.action.dim)
         h_actor, h_critic = self.w.backend.initial_state(g.name, C)
         buf = {
+            # The agent behind each column (its index in the group): per-agent gradients need it.
+            "agent_index": np.tile(np.arange(len(g.agents)), (T, self.E)),
             "obs": np.zeros((T, C, g.obs_dim), np.float32),
             "critic_in": np.zeros((T, C, g.critic_dim), np.float32),
             "actions": np.zeros(a_shape, np.int64 if g.action.kind == "discrete" else np.float32),
@@ -216,9 +242,14 @@ class _Sampler:
             k = len(g.agents)
             self.buffers[g.name]["cur_start"][e * k : (e + 1) * k] = 1.0
         self.episode_returns[e], self.episode_lengths[e] = 0.0, 0
+        self.episode_start_t[e] = step
 
     # -- main loop ------------------------------------------------------------------------------
     def run(self) -> RolloutResult:
+        if self.w.batched_env is not None:
+            sample_batched(self)
+            self._finish()
+            return self.result
         for e in range(self.E):
             self._reset(e, 0)
         steps_taken = 0
@@ -281,10 +312,15 @@ class _Sampler:
         try:
             raw_obs, rewards, terms, truncs, infos = env.step(actions)
         except Exception as exc:
-            raise EnvStepError(
-                f"env copy {e} raised at step {t} (episode step {self.episode_lengths[e]}, "
-                f"request {self.req.request_id}), agents {sorted(actions)}: {exc!r}"
-            ) from exc
+            if self.result.env_restarts >= self.w.cfg.rollout.max_env_restarts:
+                raise EnvStepError(
+                    f"env copy {e} raised at step {t} (episode step {self.episode_lengths[e]}, "
+                    f"request {self.req.request_id}), agents {sorted(actions)}, after "
+                    f"{self.result.env_restarts} env restarts in this request "
+                    f"(rollout.max_env_restarts = {self.w.cfg.rollout.max_env_restarts}): {exc!r}"
+                ) from exc
+            self._restart_env(e, t)
+            return
         self.episode_lengths[e] += 1
         trunc_rows: dict[str, list[int]] = {}
         for g in self.w.groups:
@@ -319,6 +355,28 @@ class _Sampler:
         else:
             flat = self._load_obs(e, live_obs, t + 1)
             self._set_critic(e, self._critic_rows(env, flat))
+
+    def _restart_env(self, e: int, t: int) -> None:
+        """Env copy e raised mid-episode: rebuild it and drop its unfinished episode from the loss."""
+        start = self.episode_start_t[e]
+        for g in self.w.groups:
+            buf, k = self.buffers[g.name], len(g.agents)
+            cols = slice(e * k, (e + 1) * k)
+            self.result.discarded_steps += int(buf["active"][start : t + 1, cols].sum())
+            buf["active"][start : t + 1, cols] = 0.0
+            buf["episode_end"][t, cols] = 1.0  # nothing flows across the cut in GAE
+        self.result.env_restarts += 1
+        try:
+            close = getattr(self.w.envs[e], "close", None)
+            if close is not None:
+                close()
+        except Exception:  # a crashed engine may not close cleanly; it is being replaced anyway
+            pass
+        self.w.envs[e] = make_env(self.w.cfg.env.name, **self.w.cfg.env.kwargs)
+        if self.one_episode:
+            self._stop(e)
+        else:
+            self._reset(e, t + 1)
 
     def _stop(self, e: int) -> None:
         """Episodes mode: env copy e played its episode; its columns stay inactive for the rest."""
@@ -358,7 +416,7 @@ class _Sampler:
                 buf["rewards"], buf["values"], next_values, buf["terminated"], buf["episode_end"],
                 cfg.gamma, cfg.gae_lambda,
             )
-            row = {k: buf[k] for k in ("obs", "critic_in", "actions", "logp", "values_norm", "active",
+            row = {k: buf[k] for k in ("agent_index", "obs", "critic_in", "actions", "logp", "values_norm", "active",
                                        "episode_start", "h0_actor", "h0_critic")}
             row["advantages"], row["returns"] = advantages.astype(np.float32), returns.astype(np.float32)
             if "action_mask" in buf:

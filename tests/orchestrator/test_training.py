@@ -98,3 +98,17 @@ def test_bad_env_output_stops_the_run_and_keeps_what_was_written(make_cfg, tmp_p
     assert "reward is nan" in (run_dir / "error.txt").read_text()
     meta = json.loads((run_dir / "checkpoints" / "iter_000002" / "meta.json").read_text())
     assert meta["iteration"] == 2
+
+
+def test_grasp_on_smax_trains_end_to_end_and_evaluates_win_rate(make_cfg, tmp_path):
+    cfg = make_cfg(env={"name": "smax/3m", "kwargs": {}, "global_state": "env"},
+                   rollout={"envs_per_worker": 8, "fragment_length": 40},
+                   run={"batch_env_steps": 640, "output_dir": str(tmp_path), "eval_every": 2, "eval_episodes": 4},
+                   algo={"gradient_aggregator": "grasp", "num_minibatches": 2})
+    run_dir = new_run_dir(cfg)
+    last = train(cfg, run_dir)
+    assert last["iteration"] == 2 and 0.0 <= last["eval/win_rate"] <= 1.0 and last["eval/episodes"] == 4
+    assert -1.0 <= last["grasp/shared/cosine_min"] <= 1.0 and last["perf/shared/aggregate_s"] > 0
+    assert "charts/train_win_rate" in last
+    result = evaluate_checkpoint(latest_checkpoint(run_dir), episodes=3)
+    assert result["eval/episodes"] == 3

@@ -67,11 +67,12 @@ def test_gru_policy_records_initial_states(make_cfg):
         ("nan_reward", EnvOutputError, r"agent 'agent_1' at step 6 .*reward is nan"),
         ("nan_obs", EnvOutputError, r"agent 'agent_1' at step 7 .*NaN"),
         ("wrong_obs_shape", EnvOutputError, r"agent 'agent_1' at step 7 .*3 values.*declares 18"),
-        ("raise", EnvStepError, r"env copy 0 raised at step 6 .*physics engine exploded"),
+        ("raise", EnvStepError, r"env copy 0 raised at step 6 .*0 env restarts.*physics engine exploded"),
     ],
 )
 def test_bad_env_output_names_agent_step_and_problem(make_cfg, fault, error, pattern):
-    cfg = make_cfg(env={"name": "tests.faulty_envs:make", "kwargs": {"fault": fault, "at_step": 7, "N": 3}})
+    cfg = make_cfg(env={"name": "tests.faulty_envs:make", "kwargs": {"fault": fault, "at_step": 7, "N": 3}},
+                   rollout={"max_env_restarts": 0})
     worker = _worker(cfg)
     with pytest.raises(error, match=pattern):
         worker.sample(RolloutRequest("r0", 0, seed=1, num_steps=25))
@@ -114,3 +115,22 @@ def test_episodes_request_unit_plays_one_episode_per_env_copy(make_cfg):
     row = result.rows["shared"]
     assert row["obs"].shape[1] == 3 * sum(result.episode_lengths)  # only steps actually played
     assert result.num_active["shared"] == 3 * sum(result.episode_lengths)
+
+
+def test_crashed_env_is_rebuilt_and_its_unfinished_episode_discarded(make_cfg):
+    # Every copy raises at its 7th step, so each copy crashes at steps 6, 13 and 20 of a 25-step request.
+    cfg = make_cfg(env={"name": "tests.faulty_envs:make", "kwargs": {"fault": "raise", "at_step": 7, "N": 3}},
+                   rollout={"max_env_restarts": 12})
+    result = _worker(cfg).sample(RolloutRequest("r0", 0, seed=1, num_steps=25))
+    assert result.env_restarts == 12
+    assert result.discarded_steps == 4 * 21 * 3  # 3 discarded 7-step episodes per copy, 3 agents each
+    row = result.rows["shared"]
+    assert result.num_active["shared"] == 4 * 4 * 3 and row["obs"].shape == (1, 48, 18)  # steps 21..24 kept
+    assert np.all(np.isfinite(row["advantages"])) and not result.episode_returns
+
+
+def test_env_restarts_are_bounded_per_request(make_cfg):
+    cfg = make_cfg(env={"name": "tests.faulty_envs:make", "kwargs": {"fault": "raise", "at_step": 7, "N": 3}},
+                   rollout={"max_env_restarts": 11})
+    with pytest.raises(EnvStepError, match=r"env copy 3 raised at step 20 .*after 11 env restarts"):
+        _worker(cfg).sample(RolloutRequest("r0", 0, seed=1, num_steps=25))

@@ -1,0 +1,69 @@
+"""The benchmark suite runner: runs, resume of an interrupted suite, report files, config errors."""
+
+import json
+
+import pytest
+import yaml
+
+from orchestrator.bench.suite import SuiteError, load_suite, run_suite
+from orchestrator.cli import main
+
+
+def _suite_file(tmp_path, **changes):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({
+        "run": {"batch_env_steps": 200, "mode": "serial", "checkpoint_every": 1, "progress": False,
+                "eval_every": 1, "eval_episodes": 2},
+        "env": {"name": "mpe/simple_spread", "kwargs": {"N": 3, "max_cycles": 25}, "global_state": "concat_obs"},
+        "model": {"hidden_sizes": [16]}, "algo": {"epochs": 1},
+        "rollout": {"num_workers": 1, "envs_per_worker": 4, "fragment_length": 25},
+    }))
+    suite = {"suite": "tiny", "base": str(base), "metric": "return", "target": -1000.0, "budget_env_steps": 400,
+             "seeds": [0, 1], "tasks": {"spread": {"env.name": "mpe/simple_spread"}},
+             "algorithms": {"mappo": {"algo.name": "mappo"}, "ippo": {"algo.name": "ippo"}},
+             "pass_criteria": "anything", **changes}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+def test_suite_writes_table_curves_and_summary(tmp_path):
+    suite = load_suite(str(_suite_file(tmp_path)))
+    out = tmp_path / "out"
+    summary = run_suite(suite, tmp_path / "runs", out)
+    assert set(summary) == {"spread"} and set(summary["spread"]) == {"mappo", "ippo"}
+    entry = summary["spread"]["mappo"]
+    assert entry["seeds"] == [0, 1] and entry["complete_seeds"] == [0, 1] and entry["env_steps"] == 400
+    assert entry["final_return_mean"] < 0 and entry["final_return_std"] >= 0
+    assert entry["steps_to_target_reached"] == 2 and entry["steps_to_target_mean"] == 200.0
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert (out / "curves_spread.png").stat().st_size > 0
+    assert "| spread | ippo |" in (out / "table.md").read_text()
+    assert (out / "runs/spread/ippo/seed1.csv").read_text().startswith("iteration,env_steps")
+    assert json.loads((out / "suite.json").read_text())["pass_criteria"] == "anything"
+
+
+def test_interrupted_suite_resumes_and_skips_finished_runs(tmp_path, capsys):
+    path = _suite_file(tmp_path)
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    run_suite(load_suite(str(path)), runs, out, algorithms=["mappo"], seeds=[0])  # the "interrupted" part
+    first = (runs / "spread/mappo/seed0/metrics.csv").read_text()
+    capsys.readouterr()
+    summary = run_suite(load_suite(str(path)), runs, out)
+    log = capsys.readouterr().out
+    assert "spread / mappo / seed 0: done already, skipped" in log and log.count("starting") == 3
+    assert (runs / "spread/mappo/seed0/metrics.csv").read_text() == first
+    assert summary["spread"]["ippo"]["complete_seeds"] == [0, 1]
+    again = run_suite(load_suite(str(path)), runs, tmp_path / "out2", report_only=True)
+    assert again == summary
+
+
+def test_bad_override_names_the_task_and_algorithm(tmp_path):
+    path = _suite_file(tmp_path, algorithms={"broken": {"algo.epochs": 0}})
+    with pytest.raises(SuiteError, match=r"task 'spread' x algorithm 'broken'.*algo.epochs"):
+        run_suite(load_suite(str(path)), tmp_path / "runs", tmp_path / "out")
+
+
+def test_unknown_suite_lists_the_built_in_ones(capsys):
+    assert main(["bench", "suite", "nope"]) == 2
+    assert "unknown suite 'nope'; built-in suites: grf, mpe, smax" in capsys.readouterr().err
