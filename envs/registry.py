@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from envs import grf, mpe, smacv2, smax, wrappers
+from envs import grf, mpe, recsys, smacv2, smax, wrappers
 
 EnvFactory = Callable[..., Any]
 
@@ -20,7 +20,8 @@ class UnknownEnvError(ValueError):
 
 # The one list to edit when adding an env family.
 ENV_REGISTRY: dict[str, EnvFactory] = {
-    **mpe.FACTORIES, **smax.FACTORIES, **grf.FACTORIES, **smacv2.FACTORIES, **wrappers.FACTORIES,
+    **mpe.FACTORIES, **smax.FACTORIES, **grf.FACTORIES, **smacv2.FACTORIES, **recsys.FACTORIES,
+    **wrappers.FACTORIES,
 }
 
 

@@ -92,7 +92,8 @@ class RayRuntime(Runtime):
                 ray.init(address=address, log_to_driver=True)
             else:
                 cpus = cfg.resources.rollout_cpus + cfg.resources.trainer_cpus
-                ray.init(num_cpus=max(1, int(round(cpus + 0.49))), include_dashboard=False,
+                # address="local": always a private instance, never a cluster another process started here
+                ray.init(address="local", num_cpus=max(1, int(round(cpus + 0.49))), include_dashboard=False,
                          object_store_memory=300 * 1024 * 1024, log_to_driver=True)
             self._owns_ray = not address
         else:

@@ -52,7 +52,7 @@ def test_ray_job_submit_on_a_local_head(tmp_path):
         flexmarl = shutil.which("flexmarl", path=str(Path(sys.executable).parent)) or "flexmarl"
         submit = [str(ray_bin), "job", "submit", "--working-dir", str(ROOT), "--",
                   flexmarl, "train", "configs/demo.yaml", f"run.output_dir={tmp_path}", *TINY[1:]]
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 180
         while True:  # the head's job agent can take a while to come up on a busy machine
             done = subprocess.run(submit, env=job_env, capture_output=True, text=True, timeout=300)
             if "No available agent to submit job" not in done.stdout + done.stderr or time.monotonic() > deadline:
