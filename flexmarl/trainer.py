@@ -91,35 +91,59 @@ class GroupTrainer:
             mean = (advantages * active).sum() / n_active
             std = (((advantages - mean) ** 2 * active).sum() / n_active).sqrt()
             advantages = (advantages - mean) / (std + 1e-8)
-        dist, _ = self.policy.actor.distribution(mb["obs"], mb["h0_actor"], mb["episode_start"], mb.get("action_mask"))
-        logp = dist.log_prob(mb["actions"])
-        entropy = dist.entropy()
-        policy_loss = self.policy_loss(logp, mb["logp"], advantages, a.clip_eps)
-
         targets = value_norm.normalize(mb["returns"])
         values, _ = self.policy.critic(mb["critic_in"], mb["h0_critic"], mb["episode_start"])
         value_loss = self.value_loss(values, mb["values_norm"], targets, a.value_clip_eps, a.huber_delta)
-
-        sample_actor_loss = (policy_loss - a.entropy_coef * entropy) * active
         critic_loss = a.value_coef * (value_loss * active).sum()
+
         if self.per_agent is None:
-            (sample_actor_loss.sum() + critic_loss).backward()
-        else:
+            logp, entropy, policy_loss = self._policy_terms(mb, advantages)
+            actor_loss = ((policy_loss - a.entropy_coef * entropy) * active).sum()
+            (actor_loss + critic_loss).backward()
+            old_logp, actor_active = mb["logp"], active
+        else:  # GRASP and other aggregators: each agent's gradient of its own surrogate
             critic_loss.backward()
-            self.per_agent.accumulate(sample_actor_loss, mb["agent_index"], active)
+            logp, entropy, policy_loss, old_logp, actor_active = self._per_agent_backward(mb, advantages)
 
         with torch.no_grad():
-            log_ratio = logp - mb["logp"]
+            log_ratio = logp - old_logp
             ratio = log_ratio.exp()
             for name, value in [
-                ("losses/policy", (policy_loss * active).sum() / n_active),
+                ("losses/policy", (policy_loss * actor_active).sum() / n_active),
                 ("losses/value", (value_loss * active).sum() / n_active),
-                ("losses/entropy", (entropy * active).sum() / n_active),
-                ("losses/approx_kl", (((ratio - 1) - log_ratio) * active).sum() / n_active),
-                ("losses/clip_frac", (((ratio - 1).abs() > a.clip_eps).float() * active).sum() / n_active),
+                ("losses/entropy", (entropy * actor_active).sum() / n_active),
+                ("losses/approx_kl", (((ratio - 1) - log_ratio) * actor_active).sum() / n_active),
+                ("losses/clip_frac", (((ratio - 1).abs() > a.clip_eps).float() * actor_active).sum() / n_active),
             ]:
                 self._stats.setdefault(name, []).append(float(value))
         return float(active.sum())
+
+    def _policy_terms(self, mb: dict, advantages: torch.Tensor):
+        """(log-prob, entropy, per-sample policy loss) of the current actor on a (sub-)micro-batch."""
+        dist, _ = self.policy.actor.distribution(mb["obs"], mb["h0_actor"], mb["episode_start"], mb.get("action_mask"))
+        logp = dist.log_prob(mb["actions"])
+        return logp, dist.entropy(), self.policy_loss(logp, mb["logp"], advantages, self.cfg.algo.clip_eps)
+
+    def _per_agent_backward(self, mb: dict, advantages: torch.Tensor):
+        """Each agent's own surrogate on its own samples, one backward per agent.
+
+        Columns (time-major rows) or packed samples are split by `agent_index`, so every sample goes
+        through one forward and one backward, as in the ordinary update; only the number of (smaller)
+        backward calls grows with the agents. Returns the concatenated terms for the loss statistics.
+        """
+        ent_coef = self.cfg.algo.entropy_coef
+        parts = []
+        for agent in range(self.per_agent.num_agents):
+            cols = mb["agent_index"][0] == agent
+            if not bool(cols.any()):
+                continue
+            sub = {k: (v[cols] if k.startswith("h0") else v[:, cols]) for k, v in mb.items()
+                   if k in ("obs", "actions", "logp", "episode_start", "action_mask", "active", "h0_actor")}
+            logp, entropy, policy_loss = self._policy_terms(sub, advantages[:, cols])
+            loss = ((policy_loss - ent_coef * entropy) * sub["active"]).sum()
+            self.per_agent.add(agent, loss, float(sub["active"].sum()))
+            parts.append((logp.detach(), entropy.detach(), policy_loss.detach(), sub["logp"], sub["active"]))
+        return tuple(torch.cat(list(column), dim=1) for column in zip(*parts))
 
     def step(self, denominator: float) -> None:
         """Average the accumulated gradient over `denominator` samples, clip, and apply it."""

@@ -81,6 +81,12 @@ def _cmd_bench(args) -> int:
         result = run_pipeline_bench(iterations=args.iterations, out=Path(args.out) if args.out else None)
         print(json.dumps({k: v for k, v in result.items() if not k.startswith("workload")}, indent=1))
         return 0
+    if args.what == "aggregators":
+        from orchestrator.bench.aggregators import run_aggregator_bench
+
+        result = run_aggregator_bench(out=Path(args.out) if args.out else None)
+        print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=1))
+        return 0
     if args.what == "suite":
         from orchestrator.bench.suite import load_suite, run_suite
 
@@ -98,7 +104,7 @@ def _cmd_bench(args) -> int:
         print(json.dumps(summary, indent=1))
         print(f"report: {output / 'table.md'}")
         return 0
-    raise SystemExit(f"unknown benchmark {args.what!r}; available: throughput, pipeline, suite")
+    raise SystemExit(f"unknown benchmark {args.what!r}; available: throughput, pipeline, aggregators, suite")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=12345)
     e.set_defaults(fn=_cmd_eval)
     b = sub.add_parser("bench", help="benchmarks that write benchmarks/results/*.json")
-    b.add_argument("what", choices=["throughput", "pipeline", "suite"])
+    b.add_argument("what", choices=["throughput", "pipeline", "aggregators", "suite"])
     b.add_argument("name", nargs="?", help="suite: a built-in name (smax, grf, mpe) or a suite YAML path")
     b.add_argument("--duration", type=float, default=60.0, help="timed seconds per system")
     b.add_argument("--iterations", type=int, default=4, help="timed iterations per mode and round (pipeline)")

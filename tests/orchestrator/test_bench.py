@@ -24,3 +24,25 @@ def test_benchmark_workloads_are_valid_configs_and_raw_rate_is_positive():
     for name, workload in WORKLOADS.items():
         config_from_dict(workload)
     assert raw_env_steps_per_s(0.2) > 0
+
+
+def test_aggregator_bench_writes_one_ratio_per_aggregator(tmp_path, monkeypatch):
+    from orchestrator.bench import aggregators
+
+    monkeypatch.setitem(aggregators.SETTINGS, "maps", ["3m"])
+    for key, value in {"envs_per_worker": 4, "fragment_length": 20, "rounds": 1, "updates_per_round": 1}.items():
+        monkeypatch.setitem(aggregators.SETTINGS, key, value)
+    result = aggregators.run_aggregator_bench(out=tmp_path / "agg.json")
+    assert set(result["3m"]["ratio_to_mean"]) == set(aggregators.AGGREGATORS) and result["3m"]["agents"] == 3
+    assert (tmp_path / "agg.json").exists()
+
+
+def test_every_suite_definition_builds_valid_run_configs(tmp_path):
+    from orchestrator.bench.suite import builtin_suites, load_suite, run_config
+
+    for name in builtin_suites():
+        suite = load_suite(name)
+        for task in suite.tasks:
+            for algorithm in suite.algorithms:
+                cfg = run_config(suite, task, algorithm, suite.seeds[0], tmp_path, None)
+                assert cfg.run.iterations * cfg.run.batch_env_steps >= suite.budget_env_steps
