@@ -99,8 +99,14 @@ def _cmd_bench(args) -> int:
         output = Path(args.out) if args.out else Path("benchmarks/results") / suite.name
         runs_dir = Path(args.runs_dir) if args.runs_dir else Path("runs/suites") / suite.name
         seeds = [int(s) for s in split(args.seeds)] if args.seeds else None
-        summary = run_suite(suite, runs_dir, output, mode=args.mode, tasks=split(args.only_tasks),
-                            algorithms=split(args.only_algorithms), seeds=seeds, report_only=args.report_only)
+        select = {"mode": args.mode, "tasks": split(args.only_tasks), "algorithms": split(args.only_algorithms),
+                  "seeds": seeds, "report_only": args.report_only}
+        if suite.kind == "recsys":
+            from orchestrator.bench.recsys import run_recsys_suite
+
+            summary = run_recsys_suite(suite, runs_dir, output, **select)
+        else:
+            summary = run_suite(suite, runs_dir, output, **select)
         print(json.dumps(summary, indent=1))
         print(f"report: {output / 'table.md'}")
         return 0

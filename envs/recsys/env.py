@@ -121,13 +121,36 @@ class MultiScenarioRecEnv(BatchedEnv):
             mask[copies, s, :k] = True
         alive = np.zeros((E, self.S), bool)
         alive[np.arange(E), self.scenario] = True
-        shared = np.concatenate([self.obs_user[self.user], np.eye(self.S)[self.scenario],
-                                 np.stack([self.sat, self.fatigue, self.t / self.session_length], 1)], 1)
-        items = np.concatenate([self.obs_items[self.candidates], self.data.popularity[self.candidates][..., None],
-                                self.seen[np.arange(E)[:, None], self.candidates][..., None]], 2)
         obs = np.zeros((E, self.S, self.obs_dim), np.float32)
-        obs[np.arange(E), self.scenario] = np.concatenate([shared, items.reshape(E, -1)], 1)
-        return BatchedObs(obs=obs, state=shared.astype(np.float32), action_mask=mask, alive=alive)
+        seen_flags = self.seen[np.arange(E)[:, None], self.candidates]
+        obs[np.arange(E), self.scenario] = self.agent_observation(
+            self.user, self.scenario, self.candidates, seen_flags, self.sat, self.fatigue, self.t)
+        return BatchedObs(obs=obs, state=self._shared_features(self.user, self.scenario, self.sat, self.fatigue,
+                                                               self.t).astype(np.float32),
+                          action_mask=mask, alive=alive)
+
+    def _shared_features(self, users, scenarios, sat, fatigue, t) -> np.ndarray:
+        return np.concatenate([self.obs_user[users], np.eye(self.S)[scenarios],
+                               np.stack([sat, fatigue, t / self.session_length], 1)], 1)
+
+    def agent_observation(self, users, scenarios, candidates, seen_flags, sat=None, fatigue=None, t=None) -> np.ndarray:
+        """The acting scenario's observation [B, obs_dim]: user, scenario one-hot, session state, and
+        per candidate (embedding, popularity, already seen). Defaults: a fresh session (offline metrics)."""
+        B = len(users)
+        sat = np.ones(B) if sat is None else sat
+        fatigue = np.zeros(B) if fatigue is None else fatigue
+        t = np.zeros(B) if t is None else t
+        items = np.concatenate([self.obs_items[candidates], self.data.popularity[candidates][..., None],
+                                np.asarray(seen_flags, float)[..., None]], 2)
+        padded = np.zeros((B, self.K, self.r + 2))
+        padded[:, : candidates.shape[1]] = items
+        return np.concatenate([self._shared_features(users, scenarios, sat, fatigue, t), padded.reshape(B, -1)],
+                              1).astype(np.float32)
+
+    def most_popular_actions(self, ob: BatchedObs) -> np.ndarray:
+        """Baseline policy: every acting scenario shows its most popular candidate ([E, S] actions)."""
+        popularity = ob.obs[..., self.r + self.S + 3:].reshape(*ob.obs.shape[:2], self.K, self.r + 2)[..., self.r]
+        return np.where(ob.action_mask, popularity, -np.inf).argmax(-1)
 
     # -- one step -------------------------------------------------------------------------------
     def step(self, actions: np.ndarray) -> BatchedStep:

@@ -58,6 +58,8 @@ class Suite:
     algorithms: dict[str, dict]
     overrides: dict = field(default_factory=dict)
     pass_criteria: str = ""
+    kind: str = "generic"
+    """"recsys": the recommendation report (baselines, offline metrics) on top of the training runs."""
 
 
 def builtin_suites() -> list[str]:
@@ -84,7 +86,8 @@ def load_suite(name_or_path: str) -> Suite:
     return Suite(name=data["suite"], path=path, base=Path(data["base"]), metric=data["metric"],
                  target=data.get("target"), budget_env_steps=int(data["budget_env_steps"]),
                  seeds=[int(s) for s in data["seeds"]], tasks=data["tasks"], algorithms=data["algorithms"],
-                 overrides=data.get("overrides") or {}, pass_criteria=str(data.get("pass_criteria", "")).strip())
+                 overrides=data.get("overrides") or {}, pass_criteria=str(data.get("pass_criteria", "")).strip(),
+                 kind=data.get("kind", "generic"))
 
 
 def run_config(suite: Suite, task: str, algorithm: str, seed: int, runs_dir: Path, mode: str | None) -> Config:

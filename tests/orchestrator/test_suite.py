@@ -66,4 +66,33 @@ def test_bad_override_names_the_task_and_algorithm(tmp_path):
 
 def test_unknown_suite_lists_the_built_in_ones(capsys):
     assert main(["bench", "suite", "nope"]) == 2
-    assert "unknown suite 'nope'; built-in suites: grf, mpe, smax" in capsys.readouterr().err
+    assert "unknown suite 'nope'; built-in suites: grf, mpe, recsys, smax" in capsys.readouterr().err
+
+
+def test_recsys_suite_reports_methods_with_baselines_and_offline_metrics(tmp_path):
+    from orchestrator.bench.recsys import run_recsys_suite
+
+    base = tmp_path / "recsys.yaml"
+    base.write_text(yaml.safe_dump({
+        "run": {"batch_env_steps": 160, "mode": "serial", "checkpoint_every": 1, "progress": False,
+                "eval_every": 1, "eval_episodes": 4},
+        "env": {"name": "recsys/movielens", "kwargs": {"session_length": 10}, "global_state": "env"},
+        "model": {"hidden_sizes": [16]}, "algo": {"epochs": 1},
+        "rollout": {"num_workers": 1, "envs_per_worker": 16, "fragment_length": 10},
+    }))
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({
+        "suite": "recsys_tiny", "kind": "recsys", "base": str(base), "metric": "return", "target": 0.0,
+        "budget_env_steps": 160, "seeds": [0], "tasks": {"movielens": {}},
+        "algorithms": {"independent": {"env.groups": "independent"}, "shared": {}}}))
+    suite = load_suite(str(path))
+    result = run_recsys_suite(suite, tmp_path / "runs", tmp_path / "out")
+    methods = result["methods"]
+    assert set(methods) == {"random", "most_popular", "independent", "shared"}
+    for m in methods.values():
+        assert set(m["scenario_reward"]) == {"home_feed", "genre_comedy", "more_like_this"}
+        assert 0.0 <= m["hit_rate_at_10"] <= 1.0 and 0.0 <= m["ndcg_at_10"] <= m["hit_rate_at_10"]
+    assert methods["shared"]["env_steps"] == 160 and methods["most_popular"]["env_steps"] == 0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == result
+    assert "| most_popular |" in (tmp_path / "out" / "table.md").read_text()
+    assert (tmp_path / "out" / "training" / "curves_movielens.png").exists()
