@@ -1,0 +1,70 @@
+"""Group-based policy optimisation for generative policies: advantages and losses (GRPO, SA-GCPO, GBPO).
+
+A request x gets G sampled outputs o_1..o_G (here: item semantic-ID sequences); each has a mapped reward.
+Losses take token log-probs `logp`, `old_logp` [G, T], a token mask [G, T] and per-output advantages [G],
+and return a scalar to minimise. Formulas from the team's reference notes (sections 3 and 4):
+
+- GRPO (DeepSeekMath, arXiv:2402.03300): PPO's clipped ratio per token, token-mean per output, mean over
+  the group; no value function.
+- SA-GCPO (OxygenREC, arXiv:2512.22386, from a public reproduction, not the authors' code): a soft gate
+  f(r; tau) = (4 / tau) sigmoid(tau (r - 1)) instead of the hard clip, tau_pos for positive advantages and
+  tau_neg (> tau_pos) for negative ones; group clip of advantages against the engaged item's reward.
+- GBPO (OneRec-V2): ratio to pi'_old = max(pi_old, sg(pi)) for A >= 0 and max(pi_old, 1 - sg(pi)) for
+  A < 0, nothing clipped, so negative-sample gradients stay bounded like binary cross-entropy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from flexmarl.algorithms.registry import _register
+
+GROUP_LOSSES: dict = {}
+register_group_loss = _register(GROUP_LOSSES, "group loss")
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """[..., G] rewards -> advantages normalised within each group: (R - mean) / (std + eps)."""
+    mean = rewards.mean(-1, keepdim=True)
+    std = rewards.std(-1, unbiased=False, keepdim=True)
+    return (rewards - mean) / (std + eps)
+
+
+def group_clip(advantages: torch.Tensor, rewards: torch.Tensor, target_reward: torch.Tensor) -> torch.Tensor:
+    """SA-GCPO's group clip: a positive advantage is zeroed when the output's reward is below the reward
+    of the item the user actually engaged with (`target_reward`, one per group)."""
+    return torch.where((advantages > 0) & (rewards < target_reward[..., None]), torch.zeros_like(advantages), advantages)
+
+
+def _token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per output: mean over its valid tokens (1 / |o_i| sum_t)."""
+    return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
+@register_group_loss("grpo")
+def grpo(logp, old_logp, mask, advantages, clip_eps: float = 0.2, **_) -> torch.Tensor:
+    ratio = torch.exp(logp - old_logp)
+    a = advantages[:, None]
+    surrogate = torch.min(ratio * a, ratio.clamp(1 - clip_eps, 1 + clip_eps) * a)
+    return -_token_mean(surrogate, mask).mean()
+
+
+def soft_gate(ratio: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """f(r; tau) = (4 / tau) sigmoid(tau (r - 1)): slope 1 at r = 1 (the on-policy gradient), flat far away."""
+    return 4.0 / tau * torch.sigmoid(tau * (ratio - 1.0))
+
+
+@register_group_loss("sa_gcpo")
+def sa_gcpo(logp, old_logp, mask, advantages, tau_pos: float = 1.0, tau_neg: float = 1.05, **_) -> torch.Tensor:
+    ratio = torch.exp(logp - old_logp)
+    tau = torch.where(advantages > 0, torch.as_tensor(tau_pos), torch.as_tensor(tau_neg))[:, None]
+    return -(advantages * _token_mean(soft_gate(ratio, tau), mask)).mean()
+
+
+@register_group_loss("gbpo")
+def gbpo(logp, old_logp, mask, advantages, **_) -> torch.Tensor:
+    prob, old_prob = logp.exp(), old_logp.exp()
+    detached = prob.detach()
+    positive = (advantages >= 0)[:, None]
+    reference = torch.where(positive, torch.maximum(old_prob, detached), torch.maximum(old_prob, 1.0 - detached))
+    return -(advantages * _token_mean(prob / reference, mask)).mean()

@@ -1,0 +1,69 @@
+"""Group losses (GRPO, SA-GCPO, GBPO) and group advantages: the properties the reference notes state."""
+
+import numpy as np
+import pytest
+import torch
+
+from flexmarl.algorithms.group_losses import GROUP_LOSSES, group_advantages, group_clip, soft_gate
+
+
+def _batch(G=4, T=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(G, T, generator=gen, requires_grad=True)
+    logp = torch.log_softmax(torch.stack([logits, torch.zeros(G, T)], -1), -1)[..., 0]
+    mask = torch.ones(G, T)
+    mask[0, -1] = 0
+    return logits, logp, mask
+
+
+def test_group_advantages_are_normalised_per_group():
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 6.0], [0.0, 0.0, 1.0, 1.0]])
+    adv = group_advantages(rewards)
+    assert torch.allclose(adv.mean(-1), torch.zeros(2), atol=1e-6)
+    assert torch.allclose(adv.std(-1, unbiased=False), torch.ones(2), atol=1e-4)
+
+
+def test_group_clip_zeroes_positive_advantages_below_the_engaged_items_reward():
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 6.0]])
+    adv = group_advantages(rewards)
+    clipped = group_clip(adv, rewards, torch.tensor([4.0]))
+    assert clipped[0, 2] == 0 and clipped[0, 3] == adv[0, 3] and (clipped[0, :2] == adv[0, :2]).all()
+
+
+def test_soft_gate_has_the_on_policy_slope_at_ratio_one():
+    ratio = torch.ones(3, requires_grad=True)
+    tau = torch.tensor([1.0, 2.0, 5.0])
+    soft_gate(ratio, tau).sum().backward()
+    assert torch.allclose(ratio.grad, torch.ones(3))
+
+
+@pytest.mark.parametrize("name", sorted(GROUP_LOSSES))
+def test_on_policy_gradient_equals_the_policy_gradient(name):
+    """At pi = pi_old every loss's gradient is -(1/G) sum_i A_i (1/|o_i|) sum_t grad log pi (GBPO: for A >= 0)."""
+    logits, logp, mask = _batch()
+    advantages = torch.tensor([1.0, 0.5, 0.2, 0.3]) if name == "gbpo" else torch.tensor([1.0, -0.5, 0.2, -0.7])
+    loss = GROUP_LOSSES[name](logp, logp.detach(), mask, advantages)
+    (grad,) = torch.autograd.grad(loss, logits, retain_graph=True)
+    reference = -(advantages[:, None] * logp * mask / mask.sum(-1, keepdim=True)).sum() / len(advantages)
+    (expected,) = torch.autograd.grad(reference, logits)
+    assert torch.allclose(grad, expected, atol=1e-6)
+
+
+def test_grpo_clips_and_sa_gcpo_damps_far_off_policy_tokens():
+    logits, logp, mask = _batch()
+    old = logp.detach() - 1.0  # ratio e > 1 + clip everywhere
+    advantages = torch.ones(4)
+    (g_grpo,) = torch.autograd.grad(GROUP_LOSSES["grpo"](logp, old, mask, advantages), logits, retain_graph=True)
+    assert torch.allclose(g_grpo, torch.zeros_like(g_grpo))  # clipped: no gradient
+    (g_sa,) = torch.autograd.grad(GROUP_LOSSES["sa_gcpo"](logp, old, mask, advantages, tau_pos=5.0), logits,
+                                  retain_graph=True)
+    (g_on,) = torch.autograd.grad(GROUP_LOSSES["sa_gcpo"](logp, logp.detach(), mask, advantages, tau_pos=5.0), logits)
+    assert 0 < g_sa.abs().sum() < 0.5 * g_on.abs().sum()  # soft: damped, not cut
+
+
+def test_gbpo_negative_gradients_stay_bounded():
+    logits = torch.tensor([[8.0]], requires_grad=True)  # pi ~ 1 for a negative sample
+    logp = torch.log_softmax(torch.stack([logits, torch.zeros(1, 1)], -1), -1)[..., 0]
+    old = torch.log(torch.tensor([[1e-4]]))  # pi_old tiny: a plain ratio would explode
+    (grad,) = torch.autograd.grad(GROUP_LOSSES["gbpo"](logp, old, torch.ones(1, 1), torch.tensor([-1.0])), logits)
+    assert np.isfinite(grad.item()) and abs(grad.item()) <= 1.0
