@@ -6,7 +6,8 @@
   the user model), the scenario ranks the held-out item among `negatives` sampled items the user never
   rated, in a fresh session; hit rate@k and NDCG@k per scenario (sampled-negatives protocol).
 
-Policies are functions of observations: `scores(obs [B, D], scenario) -> [B, K]` (higher is better);
+Policies are scoring functions `scores(obs [B, D], scenario, users [B], candidates [B, K]) -> [B, K]`
+(higher is better; observation-based policies ignore the ids, generative ones score the candidates' codes);
 `checkpoint_policy` builds one from a trained checkpoint, `popularity_scores` (most popular) and `random_scores` are baselines.
 """
 
@@ -23,12 +24,12 @@ from flexmarl.config import config_from_dict
 from flexmarl.groups import build_groups
 from flexmarl.models import GroupPolicy
 
-Scores = Callable[[np.ndarray, int], np.ndarray]
+Scores = Callable[..., np.ndarray]
 
 
 def popularity_scores(env) -> Scores:
     """Most-popular baseline: score each candidate by its training popularity."""
-    def scores(obs: np.ndarray, scenario: int) -> np.ndarray:
+    def scores(obs: np.ndarray, scenario: int, *_) -> np.ndarray:
         items = obs[:, env.r + env.S + 3:].reshape(len(obs), env.K, env.r + 2)
         return items[..., env.r]
 
@@ -38,7 +39,7 @@ def popularity_scores(env) -> Scores:
 def random_scores(env, seed: int = 0) -> Scores:
     """Uniform random baseline."""
     rng = np.random.default_rng(seed)
-    return lambda obs, scenario: rng.random((len(obs), env.K))
+    return lambda obs, scenario, *_: rng.random((len(obs), env.K))
 
 
 def checkpoint_policy(path: Path, env) -> Scores:
@@ -56,7 +57,7 @@ def checkpoint_policy(path: Path, env) -> Scores:
             actors[env.possible_agents.index(agent)] = policy.actor.eval()
 
     @torch.no_grad()
-    def scores(obs: np.ndarray, scenario: int) -> np.ndarray:
+    def scores(obs: np.ndarray, scenario: int, *_) -> np.ndarray:
         actor = actors[scenario]
         dist, _ = actor.distribution(torch.as_tensor(obs)[None], actor.trunk.initial_state(len(obs)),
                                      torch.ones(1, len(obs)))
@@ -76,7 +77,8 @@ def simulate(env, scores: Scores, seed: int) -> dict:
         for s in range(S):
             acting = ob.alive[:, s]
             if acting.any():
-                value = np.where(ob.action_mask[acting, s], scores(ob.obs[acting, s], s), -np.inf)
+                value = scores(ob.obs[acting, s], s, env.user[acting], env.candidates[acting])
+                value = np.where(ob.action_mask[acting, s], value, -np.inf)
                 actions[acting, s] = value.argmax(-1)
         st = env.step(actions)
         running = ~finished
@@ -105,7 +107,7 @@ def offline_metrics(env, scores: Scores, users: int = 1000, negatives: int = 19,
     out = {}
     for s, name in enumerate(env.possible_agents):
         obs = env.agent_observation(chosen, np.full(len(chosen), s), candidates, np.zeros_like(candidates))
-        score = scores(obs, s)[:, : negatives + 1]
+        score = scores(obs, s, chosen, candidates)[:, : negatives + 1]
         rank = (score > score[np.arange(len(chosen)), target][:, None]).sum(1)
         hit = rank < k
         out[name] = {f"hit_rate_at_{k}": float(hit.mean()),

@@ -152,6 +152,22 @@ class MultiScenarioRecEnv(BatchedEnv):
         popularity = ob.obs[..., self.r + self.S + 3:].reshape(*ob.obs.shape[:2], self.K, self.r + 2)[..., self.r]
         return np.where(ob.action_mask, popularity, -np.inf).argmax(-1)
 
+    def expected_reward(self, users: np.ndarray, scenarios: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Expected mapped reward of showing `items` to `users` in `scenarios` at a fresh session's start
+        (the base signals' expectations under the user model; plug-in signals count as 0). Generative
+        policies score many counterfactual items per request with it."""
+        affinity = self.mean_rating + (self.user_factors[users] * self.item_factors[items]).sum(-1)
+        p_click = _sigmoid(1.5 * (affinity - 3.5) + 0.5)
+        expected = {"click": p_click, "watch": p_click * np.clip(_sigmoid(2 * (affinity - 3.5)), 0, 1),
+                    "diversity": np.ones_like(p_click), "like": p_click * (affinity >= 4.0)}
+        out = np.zeros(np.broadcast(users, items).shape)
+        for s, scenario in enumerate(self.scenarios):
+            here = np.broadcast_to(scenarios == s, out.shape)
+            for name, weight in scenario.reward_weights.items():
+                if name in expected:
+                    out = np.where(here, out + weight * expected[name], out)
+        return out
+
     # -- one step -------------------------------------------------------------------------------
     def step(self, actions: np.ndarray) -> BatchedStep:
         E = self.num_envs

@@ -84,11 +84,13 @@ def test_recsys_suite_reports_methods_with_baselines_and_offline_metrics(tmp_pat
     path.write_text(yaml.safe_dump({
         "suite": "recsys_tiny", "kind": "recsys", "base": str(base), "metric": "return", "target": 0.0,
         "budget_env_steps": 160, "seeds": [0], "tasks": {"movielens": {}},
-        "algorithms": {"independent": {"env.groups": "independent"}, "shared": {}}}))
+        "algorithms": {"independent": {"env.groups": "independent"}, "shared": {}},
+        "generative": {"losses": ["sa_gcpo"], "iterations": 2, "requests": 8, "group_size": 4}}))
     suite = load_suite(str(path))
     result = run_recsys_suite(suite, tmp_path / "runs", tmp_path / "out")
     methods = result["methods"]
-    assert set(methods) == {"random", "most_popular", "independent", "shared"}
+    assert set(methods) == {"random", "most_popular", "independent", "shared", "generative_sa_gcpo"}
+    assert methods["generative_sa_gcpo"]["env_steps"] == 2 * 8 * 4
     for m in methods.values():
         assert set(m["scenario_reward"]) == {"home_feed", "genre_comedy", "more_like_this"}
         assert 0.0 <= m["hit_rate_at_10"] <= 1.0 and 0.0 <= m["ndcg_at_10"] <= m["hit_rate_at_10"]

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+
+from envs import make_env
+from flexmarl.generative import GenerativeConfig, GenerativeRecommender
+
+
+@pytest.fixture(scope="module")
+def env():
+    return make_env("recsys/movielens", num_envs=8)
+
+
+def test_invalid_codes_get_the_format_penalty(env):
+    model = GenerativeRecommender(env, GenerativeConfig(iterations=1, format_penalty=-3.0))
+    valid_code = model.ids.codes[5]
+    invalid = valid_code.copy()
+    invalid[-1] = model.ids.vocab - 1 + 10  # beyond every leaf
+    reward, valid = model.rewards(np.array([0]), np.array([1]), np.stack([valid_code, invalid])[None])
+    assert valid.tolist() == [[True, False]] and reward[0, 1] == -3.0
+    assert reward[0, 0] == pytest.approx(env.expected_reward(np.array(0), np.array(1), np.array(5)))
+
+
+@pytest.mark.parametrize("loss", ["grpo", "sa_gcpo", "gbpo"])
+def test_training_learns_to_emit_valid_codes(env, loss):
+    model = GenerativeRecommender(env, GenerativeConfig(loss=loss, iterations=25, requests=64, seed=1))
+    history = model.train()
+    assert history[-1]["valid_rate"] > history[0]["valid_rate"] + 0.3
+    assert history[-1]["reward_mean"] > history[0]["reward_mean"]
+    scores = model.scores(None, 0, np.array([1, 2]), np.array([[3, 4, 5], [6, 7, 8]]))
+    assert scores.shape == (2, 3) and np.isfinite(scores).all()
+
+
+def test_unknown_loss_is_named(env):
+    with pytest.raises(ValueError, match=r"generative loss 'ppo'; registered: gbpo, grpo, sa_gcpo"):
+        GenerativeRecommender(env, GenerativeConfig(loss="ppo"))
