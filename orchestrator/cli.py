@@ -91,7 +91,7 @@ def _cmd_bench(args) -> int:
         from orchestrator.bench.suite import load_suite, run_suite
 
         if not args.name:
-            raise SystemExit("flexmarl bench suite NAME: give a built-in suite (smax, grf, mpe) or a suite YAML")
+            raise SystemExit("flexmarl bench suite NAME: give a built-in suite (smax, grf, mpe, recsys) or a suite YAML")
         suite = load_suite(args.name)
         split = lambda text: [x for x in text.split(",") if x] if text else None  # noqa: E731
         if args.budget:
@@ -129,10 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=_cmd_eval)
     b = sub.add_parser("bench", help="benchmarks that write benchmarks/results/*.json")
     b.add_argument("what", choices=["throughput", "pipeline", "aggregators", "suite"])
-    b.add_argument("name", nargs="?", help="suite: a built-in name (smax, grf, mpe) or a suite YAML path")
+    b.add_argument("name", nargs="?", help="suite: a built-in name (smax, grf, mpe, recsys) or a suite YAML path")
     b.add_argument("--duration", type=float, default=60.0, help="timed seconds per system")
     b.add_argument("--iterations", type=int, default=4, help="timed iterations per mode and round (pipeline)")
-    b.add_argument("--out", help="result file (default benchmarks/results/<what>.json; suites: a directory)")
+    b.add_argument("--out", "--output", help="result file (default benchmarks/results/<what>.json); suites: a "
+                   "directory (default benchmarks/results/<suite>)")
     b.add_argument("--seeds", help="suite: comma-separated seeds instead of the suite's")
     b.add_argument("--budget", type=int, help="suite: env steps per run instead of the suite's")
     b.add_argument("--only-tasks", help="suite: comma-separated subset of tasks")

@@ -3,7 +3,7 @@
 A suite is a YAML file (built-ins in `configs/suites/<name>.yaml`):
 
     suite: smax                      # results go to benchmarks/results/<suite>/
-    base: configs/smax/mappo.yaml    # base training config
+    base: configs/smax/mappo.yaml    # base training config (relative to the cwd, else the repo root)
     metric: win_rate                 # win_rate (eval/win_rate) or return (eval/return_mean)
     target: 0.8                      # report env steps until the seed-mean eval metric reaches it
     budget_env_steps: 2000000        # per run: iterations = ceil(budget / run.batch_env_steps)
@@ -35,6 +35,7 @@ import yaml
 
 from flexmarl.config import Config, ConfigError, load_config
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SUITES_DIR = Path("configs/suites")
 METRIC_COLUMNS = {"win_rate": "eval/win_rate", "return": "eval/return_mean"}
 KEPT_COLUMNS = ("iteration", "env_steps", "eval/win_rate", "eval/return_mean", "episode_return_mean",
@@ -64,14 +65,19 @@ class Suite:
     """recsys only: GenerativeConfig fields plus `losses`, for the generative semantic-ID policies."""
 
 
+def _find(path: Path) -> Path:
+    """`path` itself if it exists (relative to the cwd), else the same path under the repo root."""
+    return path if path.exists() or path.is_absolute() or not (REPO_ROOT / path).exists() else REPO_ROOT / path
+
+
 def builtin_suites() -> list[str]:
-    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in _find(SUITES_DIR).glob("*.yaml"))
 
 
 def load_suite(name_or_path: str) -> Suite:
     path = Path(name_or_path)
     if not path.suffix:
-        path = SUITES_DIR / f"{name_or_path}.yaml"
+        path = _find(SUITES_DIR / f"{name_or_path}.yaml")
         if not path.exists():
             raise SuiteError(f"unknown suite {name_or_path!r}; built-in suites: {', '.join(builtin_suites())}, "
                              "or give a suite YAML path")
@@ -83,9 +89,10 @@ def load_suite(name_or_path: str) -> Suite:
         raise SuiteError(f"suite {path}: missing keys {', '.join(missing)}")
     if data["metric"] not in METRIC_COLUMNS:
         raise SuiteError(f"suite {path}: metric {data['metric']!r}; allowed: {', '.join(METRIC_COLUMNS)}")
-    if not Path(data["base"]).exists():
+    base = _find(Path(data["base"]))
+    if not base.exists():
         raise SuiteError(f"suite {path}: base config {data['base']} does not exist")
-    return Suite(name=data["suite"], path=path, base=Path(data["base"]), metric=data["metric"],
+    return Suite(name=data["suite"], path=path, base=base, metric=data["metric"],
                  target=data.get("target"), budget_env_steps=int(data["budget_env_steps"]),
                  seeds=[int(s) for s in data["seeds"]], tasks=data["tasks"], algorithms=data["algorithms"],
                  overrides=data.get("overrides") or {}, pass_criteria=str(data.get("pass_criteria", "")).strip(),
@@ -117,7 +124,7 @@ def _read_metrics(run_dir: Path) -> list[dict]:
 
 def run_suite(suite: Suite, runs_dir: Path, output: Path, mode: str | None = None, tasks=None,
               algorithms=None, seeds=None, report_only: bool = False) -> dict:
-    from orchestrator.run_dir import save_run_config
+    from orchestrator.run_dir import latest_checkpoint, save_run_config
     from orchestrator.train import train
 
     tasks = tasks or list(suite.tasks)
@@ -141,10 +148,13 @@ def run_suite(suite: Suite, runs_dir: Path, output: Path, mode: str | None = Non
                 continue
             run_dir.mkdir(parents=True, exist_ok=True)
             save_run_config(run_dir, cfg)
+            checkpoint = latest_checkpoint(run_dir)
+            how = f"resumed from {checkpoint.name}" if checkpoint else "started"
+            print(f"{label}: {'resuming from ' + checkpoint.name if checkpoint else 'starting'} "
+                  f"({cfg.run.iterations} iterations)", flush=True)
             start = time.perf_counter()
-            print(f"{label}: {'resuming' if rows else 'starting'} ({cfg.run.iterations} iterations)", flush=True)
             train(cfg, run_dir, resume=True)
-            print(f"{label}: finished in {time.perf_counter() - start:.0f} s", flush=True)
+            print(f"{label}: done ({how}) in {time.perf_counter() - start:.0f} s", flush=True)
     return write_report(suite, runs_dir, output, tasks, algorithms, seeds, configs)
 
 
@@ -183,9 +193,10 @@ def write_report(suite: Suite, runs_dir: Path, output: Path, tasks, algorithms, 
     for task in tasks:
         summary[task] = {}
         for algorithm in algorithms:
-            runs = {}
-            for seed in seeds:
-                rows = _read_metrics(runs_dir / task / algorithm / f"seed{seed}")
+            runs, iterations = {}, configs[(task, algorithm, seeds[0])].run.iterations
+            for seed in seeds:  # rows past the budget (a run made with a larger one) are left out
+                rows = [r for r in _read_metrics(runs_dir / task / algorithm / f"seed{seed}")
+                        if int(r["iteration"]) <= iterations]
                 if rows:
                     runs[seed] = rows
                     _copy_columns(rows, output / "runs" / task / algorithm / f"seed{seed}.csv")

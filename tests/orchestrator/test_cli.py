@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,13 +40,25 @@ def test_eval_refuses_a_non_checkpoint(tmp_path, capsys):
     assert "is not a checkpoint" in capsys.readouterr().err
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_ray_job_submit_on_a_local_head(tmp_path):
     ray_bin = Path(sys.executable).parent / "ray"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
+    # A private temp dir names every process of this head, so teardown stops only them: `ray stop` would
+    # also kill any other Ray instance on the machine (a training run beside the tests).
+    temp_dir = tempfile.mkdtemp(prefix="flexmarl-ray-", dir="/tmp")
     head = [str(ray_bin), "start", "--head", "--num-cpus=2", "--num-gpus=0", "--object-store-memory=200000000",
-            "--port=6390", "--dashboard-host=127.0.0.1", "--dashboard-port=8275", "--disable-usage-stats"]
+            "--port=6390", "--dashboard-host=127.0.0.1", "--dashboard-port=8275", "--disable-usage-stats",
+            f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={_free_port()}"]  # 52365 may be taken
     subprocess.run(head, check=True, env=env, capture_output=True, timeout=120)
     try:
         job_env = {**env, "RAY_API_SERVER_ADDRESS": "http://127.0.0.1:8275"}
@@ -63,5 +76,6 @@ def test_ray_job_submit_on_a_local_head(tmp_path):
         (run_dir,) = tmp_path.iterdir()
         assert (run_dir / "checkpoints" / "iter_000002").exists()
     finally:
-        subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        subprocess.run(["pkill", "-9", "-f", temp_dir], capture_output=True, timeout=60)
         time.sleep(1)
+        shutil.rmtree(temp_dir, ignore_errors=True)
