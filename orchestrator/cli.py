@@ -91,7 +91,7 @@ def _cmd_bench(args) -> int:
         from orchestrator.bench.suite import load_suite, run_suite
 
         if not args.name:
-            raise SystemExit("flexmarl bench suite NAME: give a built-in suite (smax, grf, mpe, recsys) or a suite YAML")
+            raise SystemExit("flexmarl bench suite NAME: a built-in suite (smax, grf, mpe, recsys) or a suite YAML")
         suite = load_suite(args.name)
         split = lambda text: [x for x in text.split(",") if x] if text else None  # noqa: E731
         if args.budget:

@@ -201,8 +201,8 @@ def pcgrad(grads: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, di
     coef = np.eye(n)
     for i in range(n):
         for j in range(n):
-            dot = coef[i] @ m[:, j]  # <projected_i, g_j>; negative implies g_j != 0
-            if j != i and dot < 0:
+            dot = coef[i] @ m[:, j]  # <projected_i, g_j>
+            if j != i and dot < 0 and m[j, j] > 0:  # m[j, j] underflows only for a negligible g_j
                 coef[i, j] -= dot / m[j, j]
     pairs = n * (n - 1) // 2
     conflicts = float((m[np.triu_indices(n, 1)] < 0).sum()) / pairs if pairs else 0.0

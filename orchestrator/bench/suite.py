@@ -5,7 +5,7 @@ A suite is a YAML file (built-ins in `configs/suites/<name>.yaml`):
     suite: smax                      # results go to benchmarks/results/<suite>/
     base: configs/smax/mappo.yaml    # base training config (relative to the cwd, else the repo root)
     metric: win_rate                 # win_rate (eval/win_rate) or return (eval/return_mean)
-    target: 0.8                      # report env steps until the seed-mean eval metric reaches it
+    target: 0.8                      # report the env steps at which each seed's eval metric first reaches it
     budget_env_steps: 2000000        # per run: iterations = ceil(budget / run.batch_env_steps)
     seeds: [0, 1, 2]
     overrides: {run.eval_every: 10}  # dotted keys applied to every run
@@ -13,6 +13,7 @@ A suite is a YAML file (built-ins in `configs/suites/<name>.yaml`):
     algorithms: {mappo: {algo.name: mappo}, grasp: {algo.gradient_aggregator: grasp}}
     pass_criteria: free text shown in the report
 
+Overrides apply in the order suite, task, algorithm, then run.seed and run.iterations (from the budget).
 Each (task, algorithm, seed) trains in `<runs-dir>/<task>/<algorithm>/seed<k>/` (a normal run directory).
 Runs that reached their last iteration are skipped and unfinished ones resume from their latest
 checkpoint, so re-running an interrupted suite continues it. The report (`table.md`, `summary.json`
@@ -238,8 +239,10 @@ def _plot(suite: Suite, task: str, entries: dict, path: Path) -> None:
             continue
         steps = curves[0][0][:n]
         values = np.stack([c[1][:n] for c in curves])
-        ax.plot(steps, values.mean(0), label=f"{algorithm} ({len(curves)} seeds)")
+        ax.plot(steps, values.mean(0), label=f"{algorithm} ({len(curves)} seed{'s' * (len(curves) > 1)})")
         ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2)
+    if suite.target is not None:
+        ax.axhline(suite.target, color="grey", linestyle="--", linewidth=1, label=f"target {suite.target}")
     ax.set_xlabel("env steps")
     ax.set_ylabel(f"eval {suite.metric.replace('_', ' ')}")
     ax.set_title(f"{suite.name}: {task} (mean, min-max over seeds)")
@@ -269,7 +272,8 @@ def _table(suite: Suite, summary: dict, seeds) -> str:
     m = suite.metric
     lines = [f"# Suite `{suite.name}`", "",
              f"Final greedy-evaluation {m.replace('_', ' ')} (last evaluation of each seed; mean ± std over seeds), "
-             f"env steps until the seed-mean reaches {suite.target}, and the trainer's compute per iteration "
+             f"env steps at which a seed's evaluation first reaches {suite.target} (mean over seeds, shown only "
+             f"when every seed reached it), and the trainer's compute per iteration "
              f"(its ratio to the first algorithm's on the same task). Budget {suite.budget_env_steps:,} env steps "
              f"per run; seeds {list(seeds)}; settings in `suite.json`, definition in `{suite.path}`.", "",
              f"| task | algorithm | final {m} | steps to {suite.target} (seeds reached) | train s / iteration | env steps | seeds |",

@@ -27,35 +27,73 @@ def _suite_file(tmp_path, **changes):
     return path
 
 
-def test_suite_writes_table_curves_and_summary(tmp_path):
-    suite = load_suite(str(_suite_file(tmp_path)))
-    out = tmp_path / "out"
-    summary = run_suite(suite, tmp_path / "runs", out)
+LEARNED = ("final_return_mean", "final_return_std", "final_return_per_seed", "env_steps", "seeds",
+           "complete_seeds", "steps_to_target_mean", "steps_to_target_reached")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The tiny suite run in one go: 1 task x 2 algorithms x 2 seeds x 2 iterations of 200 env steps."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    path = _suite_file(tmp)
+    return path, tmp / "runs", tmp / "out", run_suite(load_suite(str(path)), tmp / "runs", tmp / "out")
+
+
+def test_suite_writes_table_curves_and_summary(uninterrupted):
+    _, runs, out, summary = uninterrupted
     assert set(summary) == {"spread"} and set(summary["spread"]) == {"mappo", "ippo"}
     entry = summary["spread"]["mappo"]
     assert entry["seeds"] == [0, 1] and entry["complete_seeds"] == [0, 1] and entry["env_steps"] == 400
     assert entry["final_return_mean"] < 0 and entry["final_return_std"] >= 0
     assert entry["steps_to_target_reached"] == 2 and entry["steps_to_target_mean"] == 200.0
+    assert entry["train_s_per_iteration_mean"] > 0 and entry["wall_s"] > 0
     assert json.loads((out / "summary.json").read_text()) == summary
     assert (out / "curves_spread.png").stat().st_size > 0
-    assert "| spread | ippo |" in (out / "table.md").read_text()
-    assert (out / "runs/spread/ippo/seed1.csv").read_text().startswith("iteration,env_steps")
-    assert json.loads((out / "suite.json").read_text())["pass_criteria"] == "anything"
+    table = (out / "table.md").read_text()
+    assert "| spread | ippo |" in table and "| spread | mappo |" in table and "anything" in table
+    header = (out / "runs/spread/ippo/seed1.csv").read_text().splitlines()[0]
+    assert header.startswith("iteration,env_steps,eval/return_mean,episode_return_mean,perf/train_s")
+    assert len((out / "runs/spread/ippo/seed1.csv").read_text().splitlines()) == 3  # header + 2 iterations
+    settings = json.loads((out / "suite.json").read_text())
+    assert settings["pass_criteria"] == "anything" and settings["budget_env_steps"] == 400
+    assert (runs / "spread/ippo/seed1/checkpoints/iter_000002").exists()
 
 
-def test_interrupted_suite_resumes_and_skips_finished_runs(tmp_path, capsys):
+def test_interrupted_suite_resumes_and_skips_finished_runs(tmp_path, capsys, uninterrupted):
     path = _suite_file(tmp_path)
     runs, out = tmp_path / "runs", tmp_path / "out"
-    run_suite(load_suite(str(path)), runs, out, algorithms=["mappo"], seeds=[0])  # the "interrupted" part
+    common = [str(path), "--mode", "serial", "--runs-dir", str(runs), "--output", str(out)]
+    # "interrupted": (spread, mappo, seed 0) finished, (spread, ippo, seed 0) stopped after iteration 1 of 2
+    assert main(["bench", "suite", *common, "--seeds", "0", "--only-algorithms", "mappo"]) == 0
+    assert main(["bench", "suite", *common, "--seeds", "0", "--only-algorithms", "ippo", "--budget", "200"]) == 0
     first = (runs / "spread/mappo/seed0/metrics.csv").read_text()
     capsys.readouterr()
     summary = run_suite(load_suite(str(path)), runs, out)
     log = capsys.readouterr().out
-    assert "spread / mappo / seed 0: done already, skipped" in log and log.count("starting") == 3
+    assert "spread / mappo / seed 0: done already, skipped" in log
+    assert "spread / ippo / seed 0: resuming from iter_000001" in log and log.count("starting") == 2
+    assert log.count("done (") == 3
     assert (runs / "spread/mappo/seed0/metrics.csv").read_text() == first
-    assert summary["spread"]["ippo"]["complete_seeds"] == [0, 1]
-    again = run_suite(load_suite(str(path)), runs, tmp_path / "out2", report_only=True)
-    assert again == summary
+    expected = uninterrupted[3]
+    for algorithm in ("mappo", "ippo"):  # same training results as the suite run in one go
+        got, want = summary["spread"][algorithm], expected["spread"][algorithm]
+        assert {k: got[k] for k in LEARNED} == {k: want[k] for k in LEARNED}
+
+
+def test_report_only_rebuilds_the_report_from_the_run_dirs(tmp_path, capsys, uninterrupted):
+    path, runs, out, summary = uninterrupted
+    again = tmp_path / "again"
+    assert main(["bench", "suite", str(path), "--report-only", "--runs-dir", str(runs), "--output", str(again)]) == 0
+    assert "starting" not in capsys.readouterr().out
+    assert json.loads((again / "summary.json").read_text()) == summary
+    assert (again / "table.md").read_text() == (out / "table.md").read_text()
+    assert (again / "curves_spread.png").exists() and (again / "runs/spread/mappo/seed0.csv").exists()
+    # a smaller budget reports the runs up to it
+    assert main(["bench", "suite", str(path), "--report-only", "--budget", "200", "--seeds", "1",
+                 "--runs-dir", str(runs), "--output", str(tmp_path / "small")]) == 0
+    small = json.loads((tmp_path / "small/summary.json").read_text())["spread"]["mappo"]
+    assert small["env_steps"] == 200 and small["seeds"] == [1]
+    assert len((tmp_path / "small/runs/spread/mappo/seed1.csv").read_text().splitlines()) == 2
 
 
 def test_bad_override_names_the_task_and_algorithm(tmp_path):
@@ -67,6 +105,12 @@ def test_bad_override_names_the_task_and_algorithm(tmp_path):
 def test_unknown_suite_lists_the_built_in_ones(capsys):
     assert main(["bench", "suite", "nope"]) == 2
     assert "unknown suite 'nope'; built-in suites: grf, mpe, recsys, smax" in capsys.readouterr().err
+
+
+def test_missing_base_config_is_named(tmp_path):
+    path = _suite_file(tmp_path, base="configs/no_such_base.yaml")
+    with pytest.raises(SuiteError, match=r"tiny.yaml: base config configs/no_such_base.yaml does not exist"):
+        load_suite(str(path))
 
 
 def test_recsys_suite_reports_methods_with_baselines_and_offline_metrics(tmp_path):
