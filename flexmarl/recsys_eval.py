@@ -8,12 +8,11 @@
 
 Policies are scoring functions `scores(obs [B, D], scenario, users [B], candidates [B, K]) -> [B, K]`
 (higher is better; observation-based policies ignore the ids, generative ones score the candidates' codes);
-`checkpoint_policy` builds one from a trained checkpoint, `popularity_scores` (most popular) and `random_scores` are baselines.
+`trained_policy` builds one from a checkpoint's contents, `popularity_scores` (most popular) and `random_scores` are baselines.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -42,17 +41,14 @@ def random_scores(env, seed: int = 0) -> Scores:
     return lambda obs, scenario, *_: rng.random((len(obs), env.K))
 
 
-def checkpoint_policy(path: Path, env) -> Scores:
-    """Actor logits of a trained checkpoint, per scenario's group."""
-    from orchestrator.run_dir import load_checkpoint  # checkpoints are the orchestrator's format
-
-    data = load_checkpoint(path)
-    cfg = config_from_dict(data["config"])
+def trained_policy(config: dict, trainer_states: dict, env) -> Scores:
+    """Actor logits of trained groups (a checkpoint's config and `state["trainers"]`), per scenario."""
+    cfg = config_from_dict(config)
     groups = build_groups(cfg, describe_env(env))
     actors = {}
     for g in groups:
         policy = GroupPolicy(g.obs_dim, g.critic_dim, g.action, cfg.model)
-        policy.load_state_dict(data["state"]["trainers"][g.name]["policy"])
+        policy.load_state_dict(trainer_states[g.name]["policy"])
         for agent in g.agents:
             actors[env.possible_agents.index(agent)] = policy.actor.eval()
 

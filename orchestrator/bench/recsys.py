@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from envs import make_env
-from flexmarl.recsys_eval import checkpoint_policy, offline_metrics, popularity_scores, random_scores, simulate
+from flexmarl.recsys_eval import offline_metrics, popularity_scores, random_scores, simulate, trained_policy
 from orchestrator.bench.suite import Suite, run_config, run_suite
 
 EVAL_SESSIONS = 512
@@ -44,7 +44,7 @@ def _combine(per_seed: list[dict], env_steps: int, seeds: list[int]) -> dict:
 
 
 def run_recsys_suite(suite: Suite, runs_dir: Path, output: Path, report_only: bool = False, **select) -> dict:
-    from orchestrator.run_dir import latest_checkpoint
+    from orchestrator.run_dir import latest_checkpoint, load_checkpoint
 
     summary = run_suite(suite, runs_dir, output / "training", report_only=report_only, **select)
     (task,) = summary  # one env: the scenarios are the agents
@@ -59,7 +59,8 @@ def run_recsys_suite(suite: Suite, runs_dir: Path, output: Path, report_only: bo
         results = []
         for seed in entry["complete_seeds"]:
             checkpoint = latest_checkpoint(runs_dir / task / algorithm / f"seed{seed}")
-            results.append(_score(env, checkpoint_policy(checkpoint, env), seed))
+            data = load_checkpoint(checkpoint)
+            results.append(_score(env, trained_policy(data["config"], data["state"]["trainers"], env), seed))
         if results:
             methods[algorithm] = _combine(results, entry["env_steps"], entry["complete_seeds"])
     output.mkdir(parents=True, exist_ok=True)
