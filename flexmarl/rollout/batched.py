@@ -14,7 +14,7 @@ import torch
 
 from envs.batched import BatchedEnv, BatchedObs
 from flexmarl.groups import GroupLayout
-from flexmarl.rollout.checks import EnvOutputError, EnvStepError, check_actions
+from flexmarl.rollout.checks import EnvOutputError, EnvStepError
 
 
 def group_columns(env: BatchedEnv, group: GroupLayout) -> np.ndarray:
@@ -90,14 +90,7 @@ def sample_batched(sampler) -> None:
             buf = sampler.buffers[g.name]
             out = w.backend.act(g.name, buf["cur_obs"], buf["cur_critic"], buf["cur_mask"], buf["h_actor"],
                                 buf["h_critic"], buf["cur_start"], deterministic=False, generator=sampler.generator)
-            check_actions(out.actions, g.action.kind, g.action.n, g.action.low, g.action.high, g.agents, t, req.request_id)
-            buf["obs"][t], buf["critic_in"][t] = buf["cur_obs"], buf["cur_critic"]
-            buf["actions"][t], buf["logp"][t] = out.actions, out.logp
-            buf["values_norm"][t], buf["values"][t] = out.values_norm, out.values
-            buf["active"][t], buf["episode_start"][t] = buf["cur_active"], buf["cur_start"]
-            if buf["cur_mask"] is not None:
-                buf["action_mask"][t] = buf["cur_mask"]
-            buf["h_actor"], buf["h_critic"] = out.h_actor, out.h_critic
+            sampler.record(g, t, out)
             actions[:, inputs[g.name].cols] = out.actions.reshape(E, -1)
         try:
             st = env.step(actions)

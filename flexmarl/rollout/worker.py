@@ -274,14 +274,7 @@ class _Sampler:
             buf["active"][t] = 0.0
             return
         out = self._act_live(g.name, buf, live)
-        check_actions(out.actions, g.action.kind, g.action.n, g.action.low, g.action.high, g.agents, t, self.req.request_id)
-        buf["obs"][t], buf["critic_in"][t] = buf["cur_obs"], buf["cur_critic"]
-        buf["actions"][t], buf["logp"][t] = out.actions, out.logp
-        buf["values_norm"][t], buf["values"][t] = out.values_norm, out.values
-        buf["active"][t], buf["episode_start"][t] = buf["cur_active"], buf["cur_start"]
-        if buf["cur_mask"] is not None:
-            buf["action_mask"][t] = buf["cur_mask"]
-        buf["h_actor"], buf["h_critic"] = out.h_actor, out.h_critic
+        self.record(g, t, out)
         buf["cur_start"][:] = 0.0
         k = len(g.agents)
         env_action = out.actions
@@ -290,6 +283,18 @@ class _Sampler:
         for col in live:
             e, j = divmod(int(col), k)
             env_actions[e][g.agents[j]] = env_action[col]
+
+    def record(self, g: GroupLayout, t: int, out: ActOutput) -> None:
+        """Check a group's actions and write step t (current inputs and the policy's outputs) to its buffers."""
+        check_actions(out.actions, g.action.kind, g.action.n, g.action.low, g.action.high, g.agents, t, self.req.request_id)
+        buf = self.buffers[g.name]
+        buf["obs"][t], buf["critic_in"][t] = buf["cur_obs"], buf["cur_critic"]
+        buf["actions"][t], buf["logp"][t] = out.actions, out.logp
+        buf["values_norm"][t], buf["values"][t] = out.values_norm, out.values
+        buf["active"][t], buf["episode_start"][t] = buf["cur_active"], buf["cur_start"]
+        if buf["cur_mask"] is not None:
+            buf["action_mask"][t] = buf["cur_mask"]
+        buf["h_actor"], buf["h_critic"] = out.h_actor, out.h_critic
 
     def _act_live(self, group: str, buf: dict, live: np.ndarray):
         """Policy call on the live columns only (long-tail requests end with few live env copies);
