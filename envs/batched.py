@@ -10,7 +10,9 @@ A batched env keeps the ParallelEnv vocabulary (`possible_agents`, per-agent `ob
   inside the same call (its returned observation is the new episode's first).
 
 Agents are always in `possible_agents` order along axis 1. Factories of batched envs carry
-`batched = True` and take `num_envs`; `describe_env` reads them like any other env.
+`batched = True` and take `num_envs`; `describe_env` reads them like any other env. An env whose
+discrete actions pick among candidates may set `candidate_dim`: its observations then end with one block
+of that width per action (the candidate's features), which a candidate-scoring actor uses.
 """
 
 from __future__ import annotations

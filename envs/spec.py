@@ -40,6 +40,9 @@ class AgentSpec:
     obs_dim: int
     action: ActionSpec
     has_action_mask: bool
+    candidate_dim: int = 0
+    """Width of one candidate's features when the observation ends with one feature block per discrete
+    action (a recommender's candidate slate; `env.candidate_dim`), else 0."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,8 @@ def describe_env(env: Any, seed: int = 0) -> EnvSpec:
         per_agent = {}
         for agent in agents:
             obs_dim, has_mask = _obs_dim(env.observation_space(agent), agent)
-            per_agent[agent] = AgentSpec(obs_dim, _action_spec(env.action_space(agent), agent), has_mask)
+            per_agent[agent] = AgentSpec(obs_dim, _action_spec(env.action_space(agent), agent), has_mask,
+                                         int(getattr(env, "candidate_dim", 0)))
         return EnvSpec(agents=agents, per_agent=per_agent, state_dim=int(env.state_dim))
     env.reset(seed=seed)
     agents = tuple(env.possible_agents)

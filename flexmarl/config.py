@@ -63,6 +63,10 @@ class EnvConfig:
 
 @dataclass
 class ModelConfig:
+    actor: Literal["mlp", "candidate_scorer"] = "mlp"
+    """mlp: one MLP maps the observation to every action's logit. candidate_scorer (discrete actions over
+    a candidate slate, e.g. recommendation): one shared network scores each candidate from the context
+    and that candidate's features, so slots are interchangeable and item knowledge transfers."""
     hidden_sizes: list = field(default_factory=lambda: [64, 64])
     """Widths of the MLP layers of actor and critic."""
     activation: Literal["relu", "tanh"] = "relu"

@@ -1,16 +1,22 @@
 """A generative multi-scenario recommender: a small transformer decodes item semantic IDs, conditioned on
 a scenario instruction token and the user, trained with group sampling and a registered group loss.
 
-One model serves every scenario ("train once, deploy everywhere", OxygenREC's reading). Per iteration:
-sample requests (user, scenario), decode G codes per request with the current policy, score each item
-with the simulator's expected mapped reward (a code that names no item gets `format_penalty`), normalise
-rewards within each group, and take `epochs` steps of the chosen loss (GRPO, SA-GCPO, GBPO) on the
-frozen samples. In simulated sessions and offline metrics the policy ranks the scenario's candidates by
-the log-likelihood of their codes.
+One model serves every scenario ("train once, deploy everywhere", OxygenREC's reading). Two stages, as in
+OneRec / OxygenREC: supervised pretraining on logged interactions (next item a user rated >= 4, from the
+MovieLens-1M training ratings), then reinforcement learning. Per RL iteration: sample requests (user,
+scenario), decode G codes per request with the current policy, score each item with the simulator's
+expected mapped reward (a code that names no item gets `format_penalty`), normalise rewards within each
+group, and take `epochs` steps of the chosen loss (GRPO, SA-GCPO, GBPO) on the frozen samples, plus
+`kl_coef` times a KL penalty to the pretrained (reference) policy, as in GRPO. The KL term keeps the
+policy a soft ranking (without it the policy collapses onto a few codes and ranks everything else
+arbitrarily). In simulated sessions and offline metrics the policy ranks the scenario's candidates by
+the log-likelihood of their codes (constrained decoding's ranking).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -18,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from flexmarl.algorithms.group_losses import GROUP_LOSSES, group_advantages, group_clip
+from flexmarl.algorithms.group_losses import GROUP_LOSSES, group_advantages, group_clip, kl_penalty
 from flexmarl.semantic_ids import SemanticIds, build_semantic_ids
 
 
@@ -44,6 +50,13 @@ class GenerativeConfig:
     """SA-GCPO gate temperature for negative advantages (> tau_pos damps negatives harder)."""
     format_penalty: float = -1.0
     """Reward of a code that maps to no item."""
+    kl_coef: float = 0.3
+    """Weight of the per-token KL penalty to the reference (pretrained) policy (GRPO's beta; DeepSeekMath
+    uses 0.04, which here let every loss drift from the pretrained ranking, see docs/recsys.md)."""
+    pretrain_steps: int = 300
+    """Supervised steps on logged interactions before RL (0: RL from a random policy)."""
+    pretrain_batch: int = 512
+    """(user, liked item) pairs per pretraining step."""
     d_model: int = 64
     """Transformer width."""
     layers: int = 2
@@ -112,6 +125,37 @@ class GenerativeRecommender:
         self.rng = np.random.default_rng(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.samples = 0
+        self.reference: SemanticIdPolicy | None = None
+        liked = [items[ratings >= 4] for items, ratings in zip(env.data.train, env.data.train_ratings)]
+        self.logged = (np.concatenate([np.full(len(i), u) for u, i in enumerate(liked)]), np.concatenate(liked))
+
+    def pretrain(self) -> list[dict]:
+        """Next-item cross-entropy on logged likes (scenario drawn at random: the logs carry none); the
+        result is also the frozen reference policy of the KL penalty."""
+        history = []
+        users, items = self.logged
+        for step in range(self.cfg.pretrain_steps):
+            pick = self.rng.integers(len(users), size=self.cfg.pretrain_batch)
+            u = self.users[users[pick]]
+            s = torch.as_tensor(self.rng.integers(self.env.S, size=len(pick)))
+            codes = torch.as_tensor(self.ids.codes[items[pick]])
+            loss = -self.policy.token_logp(u, s, codes).sum(-1).mean()
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            history.append({"pretrain_step": step + 1, "nll": float(loss.detach())})
+        self.reference = copy.deepcopy(self.policy).requires_grad_(False)
+        self.opt = torch.optim.Adam(self.policy.parameters(), lr=self.cfg.lr)  # RL starts with fresh moments
+        return history
+
+    def with_loss(self, loss: str) -> "GenerativeRecommender":
+        """A copy (weights, reference, random state) that continues with another group loss: losses
+        compared from one pretrained model on the same request stream."""
+        if loss not in GROUP_LOSSES:
+            raise ValueError(f"generative loss {loss!r}; registered: {', '.join(sorted(GROUP_LOSSES))}")
+        other = copy.deepcopy(self)
+        other.cfg = dataclasses.replace(self.cfg, loss=loss)
+        return other
 
     def rewards(self, users: np.ndarray, scenarios: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(reward [B, G], valid [B, G]): expected mapped reward, or the format penalty for invalid codes."""
@@ -142,19 +186,26 @@ class GenerativeRecommender:
         advantages = advantages.reshape(-1)
         with torch.no_grad():
             old_logp = self.policy.token_logp(u, s, codes)
+            ref_logp = self.reference.token_logp(u, s, codes) if self.reference is not None else None
         mask = torch.ones_like(old_logp)
         hparams = {"clip_eps": cfg.clip_eps, "tau_pos": cfg.tau_pos, "tau_neg": cfg.tau_neg}
         for _ in range(cfg.epochs):
-            loss = GROUP_LOSSES[cfg.loss](self.policy.token_logp(u, s, codes), old_logp, mask, advantages, **hparams)
+            logp = self.policy.token_logp(u, s, codes)
+            loss = GROUP_LOSSES[cfg.loss](logp, old_logp, mask, advantages, **hparams)
+            kl = kl_penalty(logp, ref_logp).mean() if ref_logp is not None else torch.zeros(())
+            loss = loss + cfg.kl_coef * kl
             self.opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0)
             self.opt.step()
         self.samples += B * G
         return {"reward_mean": float(reward.mean()), "valid_rate": float(valid.mean()), "loss": float(loss.detach()),
-                "samples": self.samples, "iteration_s": time.perf_counter() - start}
+                "kl": float(kl.detach()), "samples": self.samples, "iteration_s": time.perf_counter() - start}
 
     def train(self, log=None) -> list[dict]:
+        """Pretraining (if configured), then the RL iterations; one history row per RL iteration."""
+        if self.cfg.pretrain_steps and self.reference is None:
+            self.pretrain()
         history = []
         for i in range(self.cfg.iterations):
             row = {"iteration": i + 1, **self.iteration()}

@@ -17,6 +17,8 @@ class GroupLayout:
     has_action_mask: bool
     critic_dim: int
     """Critic input width: the global state (MAPPO) or the agent's observation (IPPO)."""
+    candidate_dim: int = 0
+    """Per-candidate feature width when observations end with one block per action (else 0)."""
 
 
 def critic_uses_state(cfg: Config) -> bool:
@@ -59,5 +61,9 @@ def build_groups(cfg: Config, spec: EnvSpec) -> list[GroupLayout]:
                     f"agents with identical observation/action spaces ({agent!r} differs from {members[0]!r})",
                 )
         critic_dim = global_state_dim(spec) if critic_uses_state(cfg) else first.obs_dim
-        layouts.append(GroupLayout(name, tuple(members), first.obs_dim, first.action, first.has_action_mask, critic_dim))
+        if cfg.model.actor == "candidate_scorer" and not first.candidate_dim:
+            raise ConfigError("model.actor", "candidate_scorer", "an env whose observations end with one feature "
+                              f"block per action (env.candidate_dim); group {name!r} has none: use 'mlp'")
+        layouts.append(GroupLayout(name, tuple(members), first.obs_dim, first.action, first.has_action_mask, critic_dim,
+                                   first.candidate_dim))
     return layouts

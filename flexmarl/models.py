@@ -1,4 +1,5 @@
-"""Torch policies: MLP (optionally + GRU) actor with action masking, and a critic.
+"""Torch policies: MLP (optionally + GRU) actor with action masking, a candidate-scoring actor for slates,
+and a critic.
 
 Shapes are time-major: x [T, B, D], episode_start [T, B], recurrent state h [B, H]. A rollout step is the
 T = 1 case of the training call, so both paths share one forward.
@@ -65,9 +66,13 @@ class Actor(nn.Module):
         if action.kind == "box":
             self.log_std = nn.Parameter(torch.zeros(action.dim))
 
-    def distribution(self, obs, h, episode_start, action_mask=None):
+    def head_output(self, obs: torch.Tensor, h: torch.Tensor, episode_start: torch.Tensor):
+        """(logits or means [T, B, action.dim], next recurrent state)."""
         features, h = self.trunk(obs, h, episode_start)
-        out = self.head(features)
+        return self.head(features), h
+
+    def distribution(self, obs, h, episode_start, action_mask=None):
+        out, h = self.head_output(obs, h, episode_start)
         if self.action.kind == "discrete":
             if action_mask is not None:
                 out = out.masked_fill(~action_mask, -1e9)
@@ -76,6 +81,37 @@ class Actor(nn.Module):
 
     def greedy(self, dist) -> torch.Tensor:
         return dist.probs.argmax(-1) if self.action.kind == "discrete" else dist.mean
+
+
+class CandidateScorer(Actor):
+    """Discrete actor over a candidate slate: obs = [context | K candidate blocks of `candidate_dim`].
+
+    One network scores every slot from the context features c and the candidate's features i:
+    logit_k = MLP([c, i_k, c * i_k]) (the product term lets it express user-item affinity directly), so
+    a candidate gets the same score in any slot and what is learnt about an item transfers across slots
+    and scenarios."""
+
+    def __init__(self, obs_dim: int, action: ActionSpec, cfg: ModelConfig, candidate_dim: int):
+        nn.Module.__init__(self)
+        if action.kind != "discrete":
+            raise ValueError("candidate_scorer needs a discrete action (one action per candidate slot)")
+        self.action, self.candidate_dim = action, candidate_dim
+        self.context_dim = obs_dim - action.n * candidate_dim
+        if self.context_dim <= 0:
+            raise ValueError(f"candidate_scorer: observation width {obs_dim} leaves no context before "
+                             f"{action.n} candidates of width {candidate_dim}")
+        act, gain, width = _ACTIVATIONS[cfg.activation], nn.init.calculate_gain(cfg.activation), cfg.hidden_sizes[-1]
+        self.trunk = Trunk(self.context_dim, cfg)
+        self.context = nn.Sequential(_init(nn.Linear(self.trunk.out_dim, width), gain), act())
+        self.candidate = nn.Sequential(nn.LayerNorm(candidate_dim), _init(nn.Linear(candidate_dim, width), gain), act())
+        self.score = nn.Sequential(_init(nn.Linear(3 * width, width), gain), act(), _init(nn.Linear(width, 1), 0.01))
+
+    def head_output(self, obs, h, episode_start):
+        features, h = self.trunk(obs[..., : self.context_dim], h, episode_start)
+        c = self.context(features).unsqueeze(-2)                                     # [T, B, 1, W]
+        items = obs[..., self.context_dim :].unflatten(-1, (self.action.n, self.candidate_dim))
+        i = self.candidate(items)                                                    # [T, B, K, W]
+        return self.score(torch.cat([c.expand_as(i), i, c * i], -1)).squeeze(-1), h
 
 
 class Critic(nn.Module):
@@ -92,10 +128,18 @@ class Critic(nn.Module):
 class GroupPolicy(nn.Module):
     """Actor + critic of one agent group (every agent of the group shares them)."""
 
-    def __init__(self, obs_dim: int, critic_dim: int, action: ActionSpec, cfg: ModelConfig):
+    def __init__(self, obs_dim: int, critic_dim: int, action: ActionSpec, cfg: ModelConfig, candidate_dim: int = 0):
         super().__init__()
-        self.actor = Actor(obs_dim, action, cfg)
+        if cfg.actor == "candidate_scorer":
+            self.actor: Actor = CandidateScorer(obs_dim, action, cfg, candidate_dim)
+        else:
+            self.actor = Actor(obs_dim, action, cfg)
         self.critic = Critic(critic_dim, cfg)
+
+    @classmethod
+    def for_group(cls, group, cfg: ModelConfig) -> "GroupPolicy":
+        """The policy of a `flexmarl.groups.GroupLayout`."""
+        return cls(group.obs_dim, group.critic_dim, group.action, cfg, group.candidate_dim)
 
 
 def to_numpy_state(module: nn.Module) -> dict[str, np.ndarray]:

@@ -47,7 +47,7 @@ def trained_policy(config: dict, trainer_states: dict, env) -> Scores:
     groups = build_groups(cfg, describe_env(env))
     actors = {}
     for g in groups:
-        policy = GroupPolicy(g.obs_dim, g.critic_dim, g.action, cfg.model)
+        policy = GroupPolicy.for_group(g, cfg.model)
         policy.load_state_dict(trainer_states[g.name]["policy"])
         for agent in g.agents:
             actors[env.possible_agents.index(agent)] = policy.actor.eval()
@@ -95,8 +95,8 @@ def offline_metrics(env, scores: Scores, users: int = 1000, negatives: int = 19,
     candidates = np.zeros((len(chosen), negatives + 1), int)
     for row, u in enumerate(chosen):
         candidates[row, 0] = data.test[u][0]
-        pool = rng.choice(data.num_items, size=negatives * 3, replace=False)
-        candidates[row, 1:] = [i for i in pool if i not in rated[row]][:negatives]
+        unrated = np.setdiff1d(np.arange(data.num_items), list(rated[row]), assume_unique=True)
+        candidates[row, 1:] = rng.choice(unrated, size=negatives, replace=False)
     order = rng.permuted(np.tile(np.arange(negatives + 1), (len(chosen), 1)), axis=1)  # hide the position
     candidates = np.take_along_axis(candidates, order, 1)
     target = np.argmax(order == 0, axis=1)

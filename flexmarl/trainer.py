@@ -41,7 +41,7 @@ class GroupTrainer:
     def __init__(self, cfg: Config, group: GroupLayout, seed: int):
         self.cfg, self.group, self.seed = cfg, group, seed
         torch.manual_seed(seed)
-        self.policy = GroupPolicy(group.obs_dim, group.critic_dim, group.action, cfg.model)
+        self.policy = GroupPolicy.for_group(group, cfg.model)
         a = cfg.algo
         self.actor_opt = torch.optim.Adam(self.policy.actor.parameters(), lr=a.lr_actor, eps=a.adam_eps)
         self.critic_opt = torch.optim.Adam(self.policy.critic.parameters(), lr=a.lr_critic, eps=a.adam_eps)

@@ -57,7 +57,8 @@ class MultiScenarioRecEnv(BatchedEnv):
         self.obs_user, self.obs_items = P / scale, Q / scale
         self.K = max(s.num_candidates for s in self.scenarios)
         self.S, self.I, self.r = len(self.scenarios), self.data.num_items, P.shape[1]
-        self.obs_dim = self.r + self.S + 3 + self.K * (self.r + 2)
+        self.candidate_dim = self.r + 2  # per candidate: embedding, popularity, seen (the obs's last K blocks)
+        self.obs_dim = self.r + self.S + 3 + self.K * self.candidate_dim
         self.state_dim = self.r + self.S + 3
         self._rng = np.random.default_rng(0)
 

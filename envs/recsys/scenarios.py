@@ -11,8 +11,11 @@ reward scale. Users plug their own in without editing the project:
           - {type: genre_channel, genre: Comedy}        # built-in with arguments
           - {type: my_pkg.scenarios:PriceDrops, num_candidates: 10, reward_weights: {click: 2.0}}
 
-A plug-in subclasses `Scenario` and implements `candidates`; `signals` may add business signals (each
-declared in `signal_ranges`, checked every step: a value outside its range fails naming the scenario).
+`type` is a built-in name, a `module:Class` import path, or a name a package registers in the
+`flexmarl.scenarios` entry-point group (`[project.entry-points."flexmarl.scenarios"]`, e.g.
+`price_drops = "my_pkg.scenarios:PriceDrops"`). A plug-in subclasses `Scenario` and implements
+`candidates`; `signals` may add business signals (each declared in `signal_ranges`, checked every step:
+a value outside its range fails naming the scenario).
 """
 
 from __future__ import annotations
@@ -144,14 +147,33 @@ def build_scenario(spec) -> Scenario:
         raise ScenarioError(f"scenario spec {spec!r}: a built-in name, 'module:Class', or {{type: ..., ...}}")
     if spec in BUILTIN_SCENARIOS:
         return BUILTIN_SCENARIOS[spec](**kwargs)
+    plugins = _entry_point_scenarios()
+    if spec in plugins:
+        return _instantiate(spec, plugins[spec].load(), kwargs)
     if ":" in spec:
         module, _, attr = spec.partition(":")
         try:
             cls = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:
             raise ScenarioError(f"scenario {spec!r}: cannot import it: {exc}") from exc
-        scenario = cls(**kwargs)
-        if not isinstance(scenario, Scenario):
-            raise ScenarioError(f"scenario {spec!r}: {cls!r} does not build an envs.recsys.Scenario")
-        return scenario
-    raise ScenarioError(f"unknown scenario {spec!r}; built-in: {', '.join(BUILTIN_SCENARIOS)}, or 'module:Class'")
+        return _instantiate(spec, cls, kwargs)
+    installed = f"; installed plug-ins: {', '.join(sorted(plugins))}" if plugins else ""
+    raise ScenarioError(f"unknown scenario {spec!r}; built-in: {', '.join(BUILTIN_SCENARIOS)}{installed}; "
+                        "or 'module:Class'")
+
+
+ENTRY_POINT_GROUP = "flexmarl.scenarios"
+"""Packages register scenarios under this entry-point group (name = the spec users write in configs)."""
+
+
+def _entry_point_scenarios() -> dict:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _instantiate(spec: str, cls, kwargs: dict) -> Scenario:
+    scenario = cls(**kwargs)
+    if not isinstance(scenario, Scenario):
+        raise ScenarioError(f"scenario {spec!r}: {cls!r} does not build an envs.recsys.Scenario")
+    return scenario

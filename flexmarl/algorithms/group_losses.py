@@ -36,6 +36,13 @@ def group_clip(advantages: torch.Tensor, rewards: torch.Tensor, target_reward: t
     return torch.where((advantages > 0) & (rewards < target_reward[..., None]), torch.zeros_like(advantages), advantages)
 
 
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(pi || pi_ref) estimate on samples from pi (GRPO's unbiased, non-negative k3 estimator):
+    pi_ref / pi - log(pi_ref / pi) - 1."""
+    log_ratio = ref_logp - logp
+    return torch.exp(log_ratio) - log_ratio - 1.0
+
+
 def _token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per output: mean over its valid tokens (1 / |o_i| sum_t)."""
     return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)

@@ -55,7 +55,7 @@ class InferenceBackend(ABC):
 
 class TorchPolicyBackend(InferenceBackend):
     def __init__(self, cfg: Config, groups: list[GroupLayout]):
-        self.policies = {g.name: GroupPolicy(g.obs_dim, g.critic_dim, g.action, cfg.model).eval() for g in groups}
+        self.policies = {g.name: GroupPolicy.for_group(g, cfg.model).eval() for g in groups}
         self.value_norms = {g.name: ValueNorm(enabled=cfg.algo.value_norm) for g in groups}
 
     def set_weights(self, weights: dict, version: int) -> None:

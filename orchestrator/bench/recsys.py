@@ -9,6 +9,7 @@ held-out MovieLens-1M ratings. `summary.json` is `{"methods": {name: {...}}}`.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ from orchestrator.bench.suite import Suite, run_config, run_suite
 EVAL_SESSIONS = 512
 EVAL_SEED = 20261122
 OFFLINE_USERS = 1000
+THROUGHPUT_USERS = (1, 16, 128, 512)
+THROUGHPUT_SECONDS = 3.0
 
 
 def _score(env, scores, seed: int) -> dict:
@@ -29,6 +32,21 @@ def _score(env, scores, seed: int) -> dict:
     sim["hit_rate_at_10"] = float(np.mean([m["hit_rate_at_10"] for m in offline.values()]))
     sim["ndcg_at_10"] = float(np.mean([m["ndcg_at_10"] for m in offline.values()]))
     return sim
+
+
+def env_throughput(env_name: str, env_kwargs: dict, users=THROUGHPUT_USERS, duration_s: float = 3.0) -> dict:
+    """Simulator speed: env steps/s (one step = one user served one item) with random legal actions, for
+    each number of users stepped together by one call; measured one after another in this process."""
+    rates = {}
+    for num_envs in users:
+        env = make_env(env_name, num_envs=num_envs, **env_kwargs)
+        rng = np.random.default_rng(0)
+        ob, steps, start = env.reset(seed=0), 0, time.perf_counter()
+        while time.perf_counter() - start < duration_s:
+            ob = env.step(np.where(ob.action_mask, rng.random(ob.action_mask.shape), -1.0).argmax(-1)).next
+            steps += num_envs
+        rates[str(num_envs)] = steps / (time.perf_counter() - start)
+    return {"env_steps_per_s": rates, "duration_s": duration_s}
 
 
 def _combine(per_seed: list[dict], env_steps: int, seeds: list[int]) -> dict:
@@ -67,49 +85,72 @@ def run_recsys_suite(suite: Suite, runs_dir: Path, output: Path, report_only: bo
     methods.update(_generative_methods(suite, env, seeds, output / "training"))
     result = {"methods": methods}
     (output / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
-    (output / "table.md").write_text(_table(suite, methods, env.possible_agents))
+    throughput = env_throughput(cfg.env.name, cfg.env.kwargs, duration_s=THROUGHPUT_SECONDS)
+    (output / "throughput.json").write_text(json.dumps(throughput, indent=1) + "\n")
+    (output / "table.md").write_text(_table(suite, methods, env.possible_agents, throughput))
     return result
 
 
 def _generative_methods(suite: Suite, env, seeds: list[int], log_dir: Path) -> dict:
-    """Train and score one generative policy per configured loss and seed (in this process)."""
+    """Per seed: pretrain one generative policy, then continue it with each configured loss (in this
+    process), so the losses start from the same model and see the same requests."""
     import csv
 
     from flexmarl.generative import GenerativeConfig, GenerativeRecommender
 
     settings = dict(suite.generative)
     losses = settings.pop("losses", [])
-    methods = {}
-    for loss in losses:
-        results, samples = [], 0
-        for seed in seeds:
-            model = GenerativeRecommender(env, GenerativeConfig(loss=loss, seed=seed, **settings))
+    per_loss: dict[str, list[dict]] = {loss: [] for loss in losses}
+    pretrained_only: list[dict] = []
+    samples = 0
+    for seed in seeds:
+        if not losses:
+            break
+        pretrained = GenerativeRecommender(env, GenerativeConfig(loss=losses[0], seed=seed, **settings))
+        if pretrained.cfg.pretrain_steps:
+            pretrained.pretrain()
+            pretrained_only.append(_score(env, pretrained.scores, seed))
+        for loss in losses:
+            model = pretrained.with_loss(loss)
             history = model.train()
             log_dir.mkdir(parents=True, exist_ok=True)
             with (log_dir / f"generative_{loss}_seed{seed}.csv").open("w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=list(history[0]))
                 writer.writeheader()
                 writer.writerows(history)
-            results.append(_score(env, model.scores, seed))
-            results[-1]["final_valid_rate"] = history[-1]["valid_rate"]
+            per_loss[loss].append({**_score(env, model.scores, seed), "final_valid_rate": history[-1]["valid_rate"],
+                                   "final_kl": history[-1]["kl"]})
             samples = model.samples
+    logged = suite.generative.get("pretrain_steps", GenerativeConfig.pretrain_steps) * \
+        suite.generative.get("pretrain_batch", GenerativeConfig.pretrain_batch)
+    methods = {}
+    if pretrained_only:  # the supervised starting point of every loss: what RL adds is measured against it
+        methods["generative_pretrained"] = {**_combine(pretrained_only, 0, seeds), "logged_pairs": logged}
+    for loss, results in per_loss.items():
         methods[f"generative_{loss}"] = _combine(results, samples, seeds)
-        methods[f"generative_{loss}"]["final_valid_rate"] = float(np.mean([r["final_valid_rate"] for r in results]))
+        for key in ("final_valid_rate", "final_kl"):
+            methods[f"generative_{loss}"][key] = float(np.mean([r[key] for r in results]))
+        methods[f"generative_{loss}"]["logged_pairs"] = logged
     return methods
 
 
-def _table(suite: Suite, methods: dict, scenarios) -> str:
+def _table(suite: Suite, methods: dict, scenarios, throughput: dict) -> str:
     lines = [f"# Suite `{suite.name}`: multi-scenario recommendation", "",
              f"Team reward per simulated session (greedy, {EVAL_SESSIONS} sessions per seed; mean ± std over "
              f"seeds), each scenario's share, and offline hit rate@10 / NDCG@10 of the held-out MovieLens-1M "
              f"item among 19 unrated ones ({OFFLINE_USERS} users, mean over scenarios). Training curves: "
-             "`training/`. Generative rows: env steps = sampled (request, code) pairs scored by the user model.", "",
+             "`training/`. Generative rows: pretrained on logged (user, liked item) pairs, then env steps = "
+             "sampled (request, code) pairs scored by the user model; `generative_pretrained` is the "
+             "supervised starting point every loss continues from.", "",
              "| method | team reward | " + " | ".join(scenarios) + " | HR@10 | NDCG@10 | env steps | seeds |",
              "|---|---|" + "---|" * len(scenarios) + "---|---|---|---|"]
     for name, m in methods.items():
         shares = " | ".join(f"{m['scenario_reward'][s]:.2f}" for s in scenarios)
         lines.append(f"| {name} | {m['team_reward_mean']:.2f} ± {m['team_reward_std']:.2f} | {shares} | "
                      f"{m['hit_rate_at_10']:.3f} | {m['ndcg_at_10']:.3f} | {m['env_steps']:,} | {len(m['seeds'])} |")
+    rates = ", ".join(f"{rate:,.0f} ({users})" for users, rate in throughput["env_steps_per_s"].items())
+    lines += ["", "Simulator speed, env steps/s (users stepped per call) with random actions in one process "
+              f"(`throughput.json`): {rates}."]
     if suite.pass_criteria:
         lines += ["", "## Pass criteria", "", suite.pass_criteria]
     return "\n".join(lines) + "\n"

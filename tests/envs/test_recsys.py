@@ -143,3 +143,20 @@ def test_bad_scenario_specs_are_named():
         make_env("recsys/movielens", scenarios=["home_feed", "home_feed"])
     with pytest.raises(ScenarioError, match=r"reward weights for undeclared signals \['clicks'\]"):
         make_env("recsys/movielens", scenarios=[{"type": "home_feed", "reward_weights": {"clicks": 1.0}}])
+
+
+def test_a_package_entry_point_registers_a_scenario(tmp_path, monkeypatch):
+    # An installed distribution as importlib.metadata sees it: a dist-info folder with entry_points.txt.
+    (tmp_path / "shop_scenarios.py").write_text(
+        "import numpy as np\nfrom envs.recsys import Scenario\n\n"
+        "class Deals(Scenario):\n    name = 'deals'\n    num_candidates = 5\n"
+        "    def candidates(self, ctx, rng):\n        return np.tile(np.arange(5), (len(ctx.seen), 1))\n")
+    info = tmp_path / "shop_scenarios-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: shop-scenarios\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[flexmarl.scenarios]\ndeals = shop_scenarios:Deals\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = make_env("recsys/movielens", num_envs=4, scenarios=["home_feed", {"type": "deals", "num_candidates": 5}])
+    assert env.possible_agents == ("home_feed", "deals")
+    with pytest.raises(ScenarioError, match=r"unknown scenario 'dealz'.*installed plug-ins: deals"):
+        make_env("recsys/movielens", scenarios=["dealz"])

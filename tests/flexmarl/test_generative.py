@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from envs import make_env
 from flexmarl.generative import GenerativeConfig, GenerativeRecommender
@@ -22,12 +23,26 @@ def test_invalid_codes_get_the_format_penalty(env):
 
 @pytest.mark.parametrize("loss", ["grpo", "sa_gcpo", "gbpo"])
 def test_training_learns_to_emit_valid_codes(env, loss):
-    model = GenerativeRecommender(env, GenerativeConfig(loss=loss, iterations=25, requests=64, seed=1))
+    model = GenerativeRecommender(env, GenerativeConfig(loss=loss, iterations=25, requests=64, seed=1, pretrain_steps=0))
     history = model.train()
     assert history[-1]["valid_rate"] > history[0]["valid_rate"] + 0.3
     assert history[-1]["reward_mean"] > history[0]["reward_mean"]
     scores = model.scores(None, 0, np.array([1, 2]), np.array([[3, 4, 5], [6, 7, 8]]))
     assert scores.shape == (2, 3) and np.isfinite(scores).all()
+
+
+def test_pretraining_learns_logged_likes_and_becomes_the_frozen_kl_reference(env):
+    from flexmarl.recsys_eval import offline_metrics
+
+    model = GenerativeRecommender(env, GenerativeConfig(iterations=6, requests=32, pretrain_steps=60, seed=2))
+    untrained = offline_metrics(env, model.scores, users=300)["home_feed"]["hit_rate_at_10"]
+    history = model.pretrain()
+    assert history[-1]["nll"] < history[0]["nll"] - 1.0
+    assert offline_metrics(env, model.scores, users=300)["home_feed"]["hit_rate_at_10"] > untrained + 0.1
+    reference = {k: v.clone() for k, v in model.reference.state_dict().items()}
+    rows = model.train()
+    assert all(torch.equal(v, model.reference.state_dict()[k]) for k, v in reference.items())
+    assert 0.0 <= rows[0]["kl"] < rows[-1]["kl"]  # RL moves away from the reference, the penalty measures it
 
 
 def test_unknown_loss_is_named(env):

@@ -1,8 +1,9 @@
+import pytest
 import torch
 
 from envs import ActionSpec
 from flexmarl.config import ModelConfig
-from flexmarl.models import Actor, Critic
+from flexmarl.models import Actor, CandidateScorer, Critic, GroupPolicy
 
 
 def test_masked_actions_are_never_sampled():
@@ -38,3 +39,34 @@ def test_box_actor_log_prob_sums_dimensions():
     actor = Actor(3, ActionSpec(kind="box", shape=(2,), low=(-1, -1), high=(1, 1)), ModelConfig())
     dist, _ = actor.distribution(torch.randn(1, 4, 3), torch.zeros(4, 0), torch.zeros(1, 4))
     assert dist.log_prob(torch.zeros(1, 4, 2)).shape == (1, 4)
+
+
+def test_candidate_scorer_scores_a_candidate_the_same_in_any_slot():
+    K, item, context = 5, 3, 4
+    actor = CandidateScorer(context + K * item, ActionSpec(kind="discrete", n=K), ModelConfig(hidden_sizes=[16]), item)
+    obs = torch.randn(1, 8, context + K * item)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    blocks = obs[..., context:].unflatten(-1, (K, item))
+    shuffled = torch.cat([obs[..., :context], blocks[..., perm, :].flatten(-2)], -1)
+    logits, _ = actor.head_output(obs, torch.zeros(8, 0), torch.zeros(1, 8))
+    shuffled_logits, _ = actor.head_output(shuffled, torch.zeros(8, 0), torch.zeros(1, 8))
+    assert torch.allclose(shuffled_logits, logits[..., perm], atol=1e-6)
+    mask = torch.ones(1, 8, K, dtype=torch.bool)
+    mask[..., 2] = False
+    dist, _ = actor.distribution(obs, torch.zeros(8, 0), torch.zeros(1, 8), mask)
+    assert (dist.sample((20,)) != 2).all()
+
+
+def test_candidate_scorer_needs_an_env_with_a_candidate_layout():
+    from envs import make_env
+    from flexmarl.config import ConfigError, config_from_dict
+    from flexmarl.groups import build_groups
+    from envs import describe_env
+
+    cfg = config_from_dict({"env": {"name": "mpe/simple_spread"}, "model": {"actor": "candidate_scorer"}})
+    with pytest.raises(ConfigError, match="model.actor.*env.candidate_dim"):
+        build_groups(cfg, describe_env(make_env("mpe/simple_spread")))
+    recsys = make_env("recsys/movielens", num_envs=2)
+    cfg = config_from_dict({"env": {"name": "recsys/movielens"}, "model": {"actor": "candidate_scorer"}})
+    (group,) = build_groups(cfg, describe_env(recsys))
+    assert isinstance(GroupPolicy.for_group(group, cfg.model).actor, CandidateScorer)

@@ -128,3 +128,18 @@ def test_unknown_aggregator_is_a_config_error(make_cfg):
 
     with pytest.raises(ConfigError, match=r"algo.gradient_aggregator.*'nope'.*cagrad, grasp, mean, pcgrad"):
         make_cfg(algo={"gradient_aggregator": "nope"})
+
+
+def test_candidate_scorer_trains_a_shared_recsys_policy_with_grasp(make_cfg):
+    cfg = make_cfg(env={"name": "recsys/movielens", "kwargs": {"session_length": 10}, "global_state": "env"},
+                   rollout={"envs_per_worker": 16, "fragment_length": 10}, run={"batch_env_steps": 320},
+                   algo={"gradient_aggregator": "grasp", "epochs": 1}, model={"actor": "candidate_scorer"})
+    worker = RolloutWorker(cfg)
+    trainer = GroupTrainer(cfg, worker.groups[0], seed=3)
+    worker.set_weights({g.name: trainer.get_weights() for g in worker.groups}, 0)
+    rows = [worker.sample(RolloutRequest(f"r{i}", 0, seed=i, num_steps=10)).rows["shared"] for i in range(2)]
+    before = trainer.get_weights()["policy"]
+    metrics = trainer.update(["a", "b"], [0, 0], *rows)
+    assert -1.0 <= metrics["grasp/cosine_min"] <= 1.0 and np.isfinite(metrics["losses/policy"])
+    after = trainer.get_weights()["policy"]
+    assert any(not np.array_equal(before[k], after[k]) for k in before if k.startswith("actor.score"))

@@ -113,9 +113,11 @@ def test_missing_base_config_is_named(tmp_path):
         load_suite(str(path))
 
 
-def test_recsys_suite_reports_methods_with_baselines_and_offline_metrics(tmp_path):
+def test_recsys_suite_reports_methods_with_baselines_and_offline_metrics(tmp_path, monkeypatch):
+    from orchestrator.bench import recsys
     from orchestrator.bench.recsys import run_recsys_suite
 
+    monkeypatch.setattr(recsys, "THROUGHPUT_SECONDS", 0.2)
     base = tmp_path / "recsys.yaml"
     base.write_text(yaml.safe_dump({
         "run": {"batch_env_steps": 160, "mode": "serial", "checkpoint_every": 1, "progress": False,
@@ -129,16 +131,20 @@ def test_recsys_suite_reports_methods_with_baselines_and_offline_metrics(tmp_pat
         "suite": "recsys_tiny", "kind": "recsys", "base": str(base), "metric": "return", "target": 0.0,
         "budget_env_steps": 160, "seeds": [0], "tasks": {"movielens": {}},
         "algorithms": {"independent": {"env.groups": "independent"}, "shared": {}},
-        "generative": {"losses": ["sa_gcpo"], "iterations": 2, "requests": 8, "group_size": 4}}))
+        "generative": {"losses": ["sa_gcpo", "gbpo"], "iterations": 2, "requests": 8, "group_size": 4,
+                       "pretrain_steps": 3, "pretrain_batch": 16}}))
     suite = load_suite(str(path))
     result = run_recsys_suite(suite, tmp_path / "runs", tmp_path / "out")
     methods = result["methods"]
-    assert set(methods) == {"random", "most_popular", "independent", "shared", "generative_sa_gcpo"}
-    assert methods["generative_sa_gcpo"]["env_steps"] == 2 * 8 * 4
+    assert set(methods) == {"random", "most_popular", "independent", "shared", "generative_pretrained",
+                            "generative_sa_gcpo", "generative_gbpo"}
+    assert methods["generative_sa_gcpo"]["env_steps"] == 2 * 8 * 4 and methods["generative_gbpo"]["logged_pairs"] == 48
     for m in methods.values():
         assert set(m["scenario_reward"]) == {"home_feed", "genre_comedy", "more_like_this"}
         assert 0.0 <= m["hit_rate_at_10"] <= 1.0 and 0.0 <= m["ndcg_at_10"] <= m["hit_rate_at_10"]
     assert methods["shared"]["env_steps"] == 160 and methods["most_popular"]["env_steps"] == 0
     assert json.loads((tmp_path / "out" / "summary.json").read_text()) == result
     assert "| most_popular |" in (tmp_path / "out" / "table.md").read_text()
+    rates = json.loads((tmp_path / "out" / "throughput.json").read_text())["env_steps_per_s"]
+    assert set(rates) == {"1", "16", "128", "512"} and all(r > 0 for r in rates.values())
     assert (tmp_path / "out" / "training" / "curves_movielens.png").exists()

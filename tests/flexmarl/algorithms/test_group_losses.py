@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from flexmarl.algorithms.group_losses import GROUP_LOSSES, group_advantages, group_clip, soft_gate
+from flexmarl.algorithms.group_losses import GROUP_LOSSES, group_advantages, group_clip, kl_penalty, soft_gate
 
 
 def _batch(G=4, T=3, seed=0):
@@ -67,3 +67,9 @@ def test_gbpo_negative_gradients_stay_bounded():
     old = torch.log(torch.tensor([[1e-4]]))  # pi_old tiny: a plain ratio would explode
     (grad,) = torch.autograd.grad(GROUP_LOSSES["gbpo"](logp, old, torch.ones(1, 1), torch.tensor([-1.0])), logits)
     assert np.isfinite(grad.item()) and abs(grad.item()) <= 1.0
+
+
+def test_kl_penalty_is_zero_at_the_reference_and_positive_elsewhere():
+    logp = torch.log(torch.tensor([[0.5, 0.2], [0.1, 0.9]]))
+    assert torch.allclose(kl_penalty(logp, logp), torch.zeros(2, 2))
+    assert (kl_penalty(logp, logp - 0.3) > 0).all() and (kl_penalty(logp, logp + 0.3) > 0).all()
