@@ -69,6 +69,11 @@ class GenerativeConfig:
     """Seeds the semantic IDs, the model and the sampling."""
 
 
+def _check_loss(loss: str) -> None:
+    if loss not in GROUP_LOSSES:
+        raise ValueError(f"generative loss {loss!r}; registered: {', '.join(sorted(GROUP_LOSSES))}")
+
+
 class SemanticIdPolicy(nn.Module):
     """Causal transformer over [context, code_1 .. code_{L-1}] predicting code_1 .. code_L."""
 
@@ -113,8 +118,7 @@ class SemanticIdPolicy(nn.Module):
 
 class GenerativeRecommender:
     def __init__(self, env, cfg: GenerativeConfig):
-        if cfg.loss not in GROUP_LOSSES:
-            raise ValueError(f"generative loss {cfg.loss!r}; registered: {', '.join(sorted(GROUP_LOSSES))}")
+        _check_loss(cfg.loss)
         self.env, self.cfg = env, cfg
         torch.manual_seed(cfg.seed)
         self.ids: SemanticIds = build_semantic_ids(env.item_factors, cfg.levels, cfg.branching, cfg.seed)
@@ -151,9 +155,8 @@ class GenerativeRecommender:
     def with_loss(self, loss: str) -> "GenerativeRecommender":
         """A copy (weights, reference, random state) that continues with another group loss: losses
         compared from one pretrained model on the same request stream."""
-        if loss not in GROUP_LOSSES:
-            raise ValueError(f"generative loss {loss!r}; registered: {', '.join(sorted(GROUP_LOSSES))}")
-        other = copy.deepcopy(self)
+        _check_loss(loss)
+        other = copy.deepcopy(self, {id(self.env): self.env})  # the env (user model, catalog) is shared, not copied
         other.cfg = dataclasses.replace(self.cfg, loss=loss)
         return other
 

@@ -103,9 +103,7 @@ def _generative_methods(suite: Suite, env, seeds: list[int], log_dir: Path) -> d
     per_loss: dict[str, list[dict]] = {loss: [] for loss in losses}
     pretrained_only: list[dict] = []
     samples = 0
-    for seed in seeds:
-        if not losses:
-            break
+    for seed in seeds if losses else []:
         pretrained = GenerativeRecommender(env, GenerativeConfig(loss=losses[0], seed=seed, **settings))
         if pretrained.cfg.pretrain_steps:
             pretrained.pretrain()

@@ -48,3 +48,13 @@ def test_pretraining_learns_logged_likes_and_becomes_the_frozen_kl_reference(env
 def test_unknown_loss_is_named(env):
     with pytest.raises(ValueError, match=r"generative loss 'ppo'; registered: gbpo, grpo, sa_gcpo"):
         GenerativeRecommender(env, GenerativeConfig(loss="ppo"))
+    with pytest.raises(ValueError, match=r"generative loss 'ppo'"):
+        GenerativeRecommender(env, GenerativeConfig(pretrain_steps=0)).with_loss("ppo")
+
+
+def test_with_loss_copies_the_model_but_shares_the_env(env):
+    model = GenerativeRecommender(env, GenerativeConfig(pretrain_steps=2, pretrain_batch=8))
+    model.pretrain()
+    other = model.with_loss("gbpo")
+    assert other.env is env and other.cfg.loss == "gbpo" and model.cfg.loss == "grpo"
+    assert other.policy is not model.policy and other.reference is not model.reference
