@@ -82,3 +82,8 @@ def batched_factory(factory):
 
 def is_batched(env_or_factory) -> bool:
     return isinstance(env_or_factory, BatchedEnv) or bool(getattr(env_or_factory, "batched", False))
+
+
+def random_legal_actions(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random available action per agent: mask [E, N, A] -> actions [E, N]."""
+    return (rng.random(mask.shape) * mask).argmax(-1)

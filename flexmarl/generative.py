@@ -130,14 +130,14 @@ class GenerativeRecommender:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.samples = 0
         self.reference: SemanticIdPolicy | None = None
-        liked = [items[ratings >= 4] for items, ratings in zip(env.data.train, env.data.train_ratings)]
-        self.logged = (np.concatenate([np.full(len(i), u) for u, i in enumerate(liked)]), np.concatenate(liked))
 
     def pretrain(self) -> list[dict]:
         """Next-item cross-entropy on logged likes (scenario drawn at random: the logs carry none); the
         result is also the frozen reference policy of the KL penalty."""
+        data = self.env.data
+        liked = [items[ratings >= 4] for items, ratings in zip(data.train, data.train_ratings)]
+        users, items = np.concatenate([np.full(len(i), u) for u, i in enumerate(liked)]), np.concatenate(liked)
         history = []
-        users, items = self.logged
         for step in range(self.cfg.pretrain_steps):
             pick = self.rng.integers(len(users), size=self.cfg.pretrain_batch)
             u = self.users[users[pick]]

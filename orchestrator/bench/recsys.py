@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from envs import make_env
+from envs.batched import random_legal_actions
 from flexmarl.recsys_eval import offline_metrics, popularity_scores, random_scores, simulate, trained_policy
 from orchestrator.bench.suite import Suite, run_config, run_suite
 
@@ -34,7 +35,8 @@ def _score(env, scores, seed: int) -> dict:
     return sim
 
 
-def env_throughput(env_name: str, env_kwargs: dict, users=THROUGHPUT_USERS, duration_s: float = 3.0) -> dict:
+def env_throughput(env_name: str, env_kwargs: dict, users=THROUGHPUT_USERS,
+                   duration_s: float = THROUGHPUT_SECONDS) -> dict:
     """Simulator speed: env steps/s (one step = one user served one item) with random legal actions, for
     each number of users stepped together by one call; measured one after another in this process."""
     rates = {}
@@ -43,7 +45,7 @@ def env_throughput(env_name: str, env_kwargs: dict, users=THROUGHPUT_USERS, dura
         rng = np.random.default_rng(0)
         ob, steps, start = env.reset(seed=0), 0, time.perf_counter()
         while time.perf_counter() - start < duration_s:
-            ob = env.step(np.where(ob.action_mask, rng.random(ob.action_mask.shape), -1.0).argmax(-1)).next
+            ob = env.step(random_legal_actions(ob.action_mask, rng)).next
             steps += num_envs
         rates[str(num_envs)] = steps / (time.perf_counter() - start)
     return {"env_steps_per_s": rates, "duration_s": duration_s}
@@ -102,11 +104,12 @@ def _generative_methods(suite: Suite, env, seeds: list[int], log_dir: Path) -> d
     losses = settings.pop("losses", [])
     per_loss: dict[str, list[dict]] = {loss: [] for loss in losses}
     pretrained_only: list[dict] = []
-    samples = 0
+    samples = logged = 0
     for seed in seeds if losses else []:
         pretrained = GenerativeRecommender(env, GenerativeConfig(loss=losses[0], seed=seed, **settings))
         if pretrained.cfg.pretrain_steps:
             pretrained.pretrain()
+            logged = pretrained.cfg.pretrain_steps * pretrained.cfg.pretrain_batch
             pretrained_only.append(_score(env, pretrained.scores, seed))
         for loss in losses:
             model = pretrained.with_loss(loss)
@@ -119,8 +122,6 @@ def _generative_methods(suite: Suite, env, seeds: list[int], log_dir: Path) -> d
             per_loss[loss].append({**_score(env, model.scores, seed), "final_valid_rate": history[-1]["valid_rate"],
                                    "final_kl": history[-1]["kl"]})
             samples = model.samples
-    logged = suite.generative.get("pretrain_steps", GenerativeConfig.pretrain_steps) * \
-        suite.generative.get("pretrain_batch", GenerativeConfig.pretrain_batch)
     methods = {}
     if pretrained_only:  # the supervised starting point of every loss: what RL adds is measured against it
         methods["generative_pretrained"] = {**_combine(pretrained_only, 0, seeds), "logged_pairs": logged}

@@ -9,13 +9,10 @@ import numpy as np
 import pytest
 
 from envs import describe_env, make_env
+from envs.batched import random_legal_actions
 from envs.recsys import Scenario, ScenarioError
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "recsys.md"
-
-
-def _random_actions(mask, rng):
-    return (rng.random(mask.shape) * mask).argmax(-1)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +37,7 @@ def test_only_the_acting_scenario_is_rewarded_and_sessions_end(env):
     rng = np.random.default_rng(0)
     ended = 0
     for _ in range(40):
-        st = env.step(_random_actions(ob.action_mask, rng))
+        st = env.step(random_legal_actions(ob.action_mask, rng))
         assert (st.rewards[~ob.alive] == 0).all() and (st.rewards >= 0).all()
         assert np.allclose(env.team_reward(st.rewards), st.rewards.sum(1))
         ended += int(st.done.sum())
@@ -81,7 +78,7 @@ def test_docs_plugin_example_composes_with_the_built_ins():
     acted = 0
     for _ in range(30):
         acted += int(ob.alive[:, 3].sum())
-        ob = env.step(_random_actions(ob.action_mask, rng)).next
+        ob = env.step(random_legal_actions(ob.action_mask, rng)).next
     assert acted > 0
 
 

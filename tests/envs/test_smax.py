@@ -2,14 +2,8 @@ import numpy as np
 import pytest
 
 from envs import describe_env, make_env
-from envs.batched import is_batched
+from envs.batched import is_batched, random_legal_actions
 from envs.registry import resolve_factory
-
-
-def _random_actions(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A uniformly random available action per agent, [E, N]."""
-    scores = rng.random(mask.shape) * mask
-    return scores.argmax(-1)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +27,7 @@ def test_episodes_end_with_win_flags_and_the_won_bonus(env):
     ob = env.reset(seed=1)
     ended = 0
     for _ in range(150):  # > SMAX's 100-step limit: every copy ends at least once
-        st = env.step(_random_actions(ob.action_mask, rng))
+        st = env.step(random_legal_actions(ob.action_mask, rng))
         assert np.isfinite(st.rewards).all() and (st.rewards == st.rewards[:, :1]).all()  # shared team reward
         won = st.won[st.done] > 0
         assert (st.rewards[st.done][won, 0] >= 1.0).all()  # the won-battle bonus is part of the last reward
@@ -52,7 +46,7 @@ def test_dead_allies_may_only_stop(env):
             masks = ob.action_mask[dead]
             assert (masks.sum(-1) == 1).all() and masks[:, 4].all()
             return
-        ob = env.step(_random_actions(ob.action_mask, rng)).next
+        ob = env.step(random_legal_actions(ob.action_mask, rng)).next
     pytest.fail("no ally died in 60 random steps")
 
 
@@ -61,7 +55,7 @@ def test_same_seed_same_trajectory():
     oa, ob = a.reset(seed=7), b.reset(seed=7)
     rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
     for _ in range(20):
-        sa, sb = a.step(_random_actions(oa.action_mask, rng_a)), b.step(_random_actions(ob.action_mask, rng_b))
+        sa, sb = a.step(random_legal_actions(oa.action_mask, rng_a)), b.step(random_legal_actions(ob.action_mask, rng_b))
         np.testing.assert_array_equal(sa.next.obs, sb.next.obs)
         np.testing.assert_array_equal(sa.rewards, sb.rewards)
         oa, ob = sa.next, sb.next
