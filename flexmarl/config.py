@@ -35,6 +35,9 @@ class RunConfig:
     """Global batch in env steps per iteration; a multiple of `rollout.envs_per_worker * rollout.fragment_length`."""
     mode: Literal["ray", "serial"] = "ray"
     """`ray`: rollout workers and trainers as Ray actors on separate pools; `serial`: same components in one process."""
+    workload: Literal["marl", "llm"] = "marl"
+    """marl: env-stepping rollout workers and torch policies (sections env, model, algo, rollout).
+    llm: language-model agents called by a text task's workflow on inference engines (section llm)."""
     output_dir: str = "runs"
     """Parent folder of run directories."""
     checkpoint_every: int = 10
@@ -165,6 +168,77 @@ class ResourcesConfig:
 
 
 @dataclass
+class LLMConfig:
+    """Language-model agents (`run.workload: llm`); see docs/llm.md."""
+
+    task: str = "speaker_listener"
+    """Registered text task (flexmarl.llm.tasks.TASKS) or 'module:Class'; it defines the agents, the
+    workflow (which agent calls which) and the verifiable reward."""
+    task_kwargs: dict = field(default_factory=dict)
+    """Keyword arguments for the task."""
+    model_dir: str = "runs/llm-models/speaker_listener"
+    """Folder with one local Hugging Face checkpoint per agent (`<model_dir>/<agent>`), as written by
+    `flexmarl llm build`; a real model works the same way (any local HF checkpoint directory)."""
+    models: dict = field(default_factory=dict)
+    """Per-agent checkpoint directory overriding `<model_dir>/<agent>`, e.g. {listener: /models/qwen2.5-0.5b}."""
+    groups: Any = "independent"
+    """Agent -> model: 'independent' (each agent its own model, engine(s) and trainer), 'shared' (one model
+    for all agents, the agent named in the prompt), or a mapping {group: [agents]}."""
+    backend: Literal["vllm", "hf"] = "vllm"
+    """Inference engine: vllm (vLLM; the CPU build here, CUDA on a GPU node) or hf (transformers generate)."""
+    engines_per_agent: int = 1
+    """Inference engine instances per model group at the start."""
+    group_size: int = 8
+    """G: trajectories per query (a GRPO group); advantages are normalised within it."""
+    queries_per_request: int = 2
+    """Queries in one rollout request; its complete groups form one micro-batch per agent."""
+    queries_per_iteration: int = 16
+    """Global batch in queries (a multiple of queries_per_request); one optimizer step per global batch."""
+    concurrent_requests: int = 4
+    """Inter-query parallelism: rollout requests in flight at once on the workflow workers."""
+    max_concurrent_calls: int = 16
+    """Intra-query parallelism: agent calls of one request in flight at once (independent branches)."""
+    max_new_tokens: int = 8
+    """Tokens generated per agent call at most."""
+    max_prompt_tokens: int = 128
+    """Longest prompt sent to an engine; a longer one is not sent: the call gets the format penalty and
+    is counted (`llm/prompt_too_long`)."""
+    temperature: float = 1.0
+    """Sampling temperature of rollouts (logprobs are the raw model's)."""
+    loss: str = "grpo"
+    """Registered group loss (flexmarl.algorithms.group_losses.GROUP_LOSSES): grpo, sa_gcpo, gbpo."""
+    loss_agg: Literal["token_mean", "seq_mean_token_mean"] = "token_mean"
+    """token_mean: sum of token losses / tokens in the minibatch (DAPO); seq_mean_token_mean: each
+    sequence's token mean, averaged over sequences (GRPO paper). Both are final only when the minibatch is."""
+    epochs: int = 1
+    """Passes over each global batch."""
+    num_minibatches: int = 1
+    """Optimizer steps per epoch; must divide the requests per iteration."""
+    lr: float = 1.0e-4
+    """Adam learning rate."""
+    max_grad_norm: float = 1.0
+    """Gradient norm clip."""
+    clip_eps: float = 0.2
+    """GRPO ratio clip."""
+    tau_pos: float = 1.0
+    """SA-GCPO gate temperature for positive advantages."""
+    tau_neg: float = 1.05
+    """SA-GCPO gate temperature for negative advantages."""
+    kl_coef: float = 0.0
+    """Weight of the per-token k3 KL to the initial (warm-started) model; 0 skips the reference model."""
+    format_penalty: float = -1.0
+    """Reward of an agent whose output cannot be parsed (or whose prompt was too long)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Trainer device: auto = cuda when a GPU is visible to the trainer actor, else cpu."""
+    engine_kv_cache_gib: float = 0.25
+    """vLLM on CPU: KV-cache memory per engine (VLLM_CPU_KVCACHE_SPACE, GiB)."""
+    gpu_memory_utilization: float = 0.3
+    """vLLM on CUDA: share of the GPU's memory an engine may take."""
+    max_engine_restarts: int = 3
+    """How many times a dead inference engine is replaced (its requests re-sent) before the run fails."""
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -173,6 +247,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
 
     @property
     def microbatch_env_steps(self) -> int:
@@ -180,6 +255,8 @@ class Config:
 
     @property
     def requests_per_iteration(self) -> int:
+        if self.run.workload == "llm":
+            return self.llm.queries_per_iteration // self.llm.queries_per_request
         return self.run.batch_env_steps // self.microbatch_env_steps
 
     def to_dict(self) -> dict:
@@ -311,6 +388,8 @@ def validate(cfg: Config) -> Config:
             "algo.num_minibatches", cfg.algo.num_minibatches,
             f"a divisor of the {cfg.requests_per_iteration} micro-batches per iteration",
         )
+    if cfg.run.workload == "llm":
+        _validate_llm(cfg.llm)
     groups = cfg.env.groups
     if isinstance(groups, str):
         if groups not in ("shared", "independent"):
@@ -322,6 +401,39 @@ def validate(cfg: Config) -> Config:
     else:
         raise ConfigError("env.groups", groups, "'shared', 'independent' or a mapping {group: [agents]}")
     return cfg
+
+
+def _validate_llm(llm: LLMConfig) -> None:
+    from flexmarl.algorithms.group_losses import GROUP_LOSSES
+
+    for path, value in [
+        ("llm.engines_per_agent", llm.engines_per_agent), ("llm.group_size", llm.group_size),
+        ("llm.queries_per_request", llm.queries_per_request), ("llm.queries_per_iteration", llm.queries_per_iteration),
+        ("llm.concurrent_requests", llm.concurrent_requests), ("llm.max_concurrent_calls", llm.max_concurrent_calls),
+        ("llm.max_new_tokens", llm.max_new_tokens), ("llm.max_prompt_tokens", llm.max_prompt_tokens),
+        ("llm.epochs", llm.epochs), ("llm.num_minibatches", llm.num_minibatches), ("llm.lr", llm.lr),
+        ("llm.engine_kv_cache_gib", llm.engine_kv_cache_gib), ("llm.gpu_memory_utilization", llm.gpu_memory_utilization),
+    ]:
+        _positive(path, value)
+    for path, value in [("llm.temperature", llm.temperature), ("llm.kl_coef", llm.kl_coef),
+                        ("llm.max_grad_norm", llm.max_grad_norm), ("llm.clip_eps", llm.clip_eps),
+                        ("llm.max_engine_restarts", llm.max_engine_restarts)]:
+        _positive(path, value, allow_zero=True)
+    if llm.group_size < 2:
+        raise ConfigError("llm.group_size", llm.group_size, ">= 2 (group-normalised advantages need two outputs)")
+    if llm.queries_per_iteration % llm.queries_per_request:
+        raise ConfigError("llm.queries_per_iteration", llm.queries_per_iteration,
+                          f"a multiple of llm.queries_per_request = {llm.queries_per_request}")
+    requests = llm.queries_per_iteration // llm.queries_per_request
+    if requests % llm.num_minibatches:
+        raise ConfigError("llm.num_minibatches", llm.num_minibatches,
+                          f"a divisor of the {requests} rollout requests (micro-batches) per iteration")
+    if llm.loss not in GROUP_LOSSES:
+        raise ConfigError("llm.loss", llm.loss, "one of " + ", ".join(sorted(GROUP_LOSSES)))
+    if llm.gpu_memory_utilization > 1:
+        raise ConfigError("llm.gpu_memory_utilization", llm.gpu_memory_utilization, "a number in (0, 1]")
+    if not (llm.groups in ("independent", "shared") or isinstance(llm.groups, dict)):
+        raise ConfigError("llm.groups", llm.groups, "'independent', 'shared' or a mapping {group: [agents]}")
 
 
 def parse_overrides(overrides: list[str]) -> dict:
