@@ -32,7 +32,37 @@ def _cmd_train(args) -> int:
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    _print_summary(cfg, run_dir, metrics)
+    if cfg.run.workload == "llm":
+        _print_llm_summary(run_dir, metrics)
+    else:
+        _print_summary(cfg, run_dir, metrics)
+    return 0
+
+
+def _print_llm_summary(run_dir: Path, last: dict) -> None:
+    import csv
+
+    with (run_dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    rewards = [float(r["charts/reward_mean"]) for r in rows if r.get("charts/reward_mean")]
+    if rewards:
+        tail = rewards[-3:]
+        print(f"mean reward: first iteration {rewards[0]:.3f}, last {len(tail)} iterations {sum(tail) / len(tail):.3f}")
+    evals = [(r["iteration"], float(r["eval/win_rate"])) for r in rows if r.get("eval/win_rate")]
+    if evals:
+        print("greedy success (eval/win_rate): " + ", ".join(f"iteration {i}: {v:.3f}" for i, v in evals))
+    if last:
+        print(f"tokens/s (last iteration): {last.get('perf/tokens_per_s', 0):.0f}, "
+              f"step time {last['perf/iteration_s']:.2f} s, weight push {last['perf/weight_push_s']:.3f} s")
+    print(f"metrics: {run_dir / 'metrics.csv'}; checkpoints: {run_dir / 'checkpoints'}")
+
+
+def _cmd_llm(args) -> int:
+    from flexmarl.llm.build import build_task_models
+
+    paths = build_task_models(args.task, args.out, seed=args.seed)
+    for agent, path in paths.items():
+        print(f"{agent}: {path}")
     return 0
 
 
@@ -87,6 +117,12 @@ def _cmd_bench(args) -> int:
         result = run_aggregator_bench(out=Path(args.out) if args.out else None)
         print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=1))
         return 0
+    if args.what == "llm":
+        from orchestrator.bench.llm import run_llm_bench
+
+        result = run_llm_bench(iterations=args.iterations, out=Path(args.out) if args.out else None)
+        print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=1))
+        return 0
     if args.what == "suite":
         from orchestrator.bench.suite import load_suite, run_suite
 
@@ -110,7 +146,7 @@ def _cmd_bench(args) -> int:
         print(json.dumps(summary, indent=1))
         print(f"report: {output / 'table.md'}")
         return 0
-    raise SystemExit(f"unknown benchmark {args.what!r}; available: throughput, pipeline, aggregators, suite")
+    raise SystemExit(f"unknown benchmark {args.what!r}; available: throughput, pipeline, aggregators, suite, llm")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=12345)
     e.set_defaults(fn=_cmd_eval)
     b = sub.add_parser("bench", help="benchmarks that write benchmarks/results/*.json")
-    b.add_argument("what", choices=["throughput", "pipeline", "aggregators", "suite"])
+    b.add_argument("what", choices=["throughput", "pipeline", "aggregators", "suite", "llm"])
     b.add_argument("name", nargs="?", help="suite: a built-in name (smax, grf, mpe, recsys) or a suite YAML path")
     b.add_argument("--duration", type=float, default=60.0, help="timed seconds per system")
     b.add_argument("--iterations", type=int, default=4, help="timed iterations per mode and round (pipeline)")
@@ -142,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs-dir", help="suite: where run directories live (default runs/suites/<suite>)")
     b.add_argument("--report-only", action="store_true", help="suite: rebuild the report from existing runs")
     b.set_defaults(fn=_cmd_bench)
+    m = sub.add_parser("llm", help="LLM agents: build a task's tiny warm-started models locally")
+    m.add_argument("action", choices=["build"])
+    m.add_argument("--task", default="speaker_listener", help="registered text task")
+    m.add_argument("--out", default="runs/llm-models/speaker_listener", help="one checkpoint per agent goes here")
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(fn=_cmd_llm)
     return parser
 
 

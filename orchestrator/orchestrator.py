@@ -55,8 +55,7 @@ class JointOrchestrator:
             probe.close()
         self.groups: list[GroupLayout] = build_groups(cfg, self.spec)
         self.store = ExperienceStore([g.name for g in self.groups])
-        n_workers = cfg.rollout.num_workers
-        self.workers = [runtime.create(RolloutWorker, cfg, i, pool="rollout", share=1 / n_workers) for i in range(n_workers)]
+        self.workers = [self._make_worker(i) for i in range(cfg.rollout.num_workers)]
         self.trainers = {
             g.name: runtime.create(GroupTrainer, cfg, g, cfg.run.seed * 1000 + i, pool="trainer", share=1 / len(self.groups))
             for i, g in enumerate(self.groups)
@@ -70,6 +69,9 @@ class JointOrchestrator:
         self._stale_in_flight: dict[int, _InFlight] = {}
         self._stale_requests = 0
         self.sync_weights()
+
+    def _make_worker(self, index: int):
+        return self.runtime.create(RolloutWorker, self.cfg, index, pool="rollout", share=1 / self.cfg.rollout.num_workers)
 
     # -- weights ----------------------------------------------------------------------------------
     def sync_weights(self, workers: list[int] | None = None, wait: bool = True) -> None:
@@ -114,9 +116,7 @@ class JointOrchestrator:
             )
         log.warning("rollout worker %d died (%s); starting a replacement", index, reason)
         self.runtime.kill(self.workers[index])
-        self.workers[index] = self.runtime.create(
-            RolloutWorker, self.cfg, index, pool="rollout", share=1 / len(self.workers)
-        )
+        self.workers[index] = self._make_worker(index)
         self.sync_weights(workers=[index])
 
     def _next_result(self, pending: dict) -> tuple[_InFlight, RolloutResult] | None:
@@ -126,17 +126,26 @@ class JointOrchestrator:
         flight = pending.pop(id(ready[0]))
         try:
             return flight, self.runtime.get(flight.meta_ref)
-        except WorkerDiedError as exc:
-            dead = [flight] + [f for f in pending.values() if f.worker == flight.worker]
-            for f in dead:
-                pending.pop(id(f.meta_ref), None)
-                for g in self.groups:
-                    self.store.abort(g.name, self._row_id(f.request, g.name))
-            self._replace_worker(flight.worker, str(exc))
-            for f in dead:
-                new = self._dispatch(f.request, f.worker, f.slot)
-                pending[id(new.meta_ref)] = new
+        except Exception as exc:
+            lost = self._recover(flight, exc, pending)
+            if lost is None:
+                raise
+        for f in lost:
+            pending.pop(id(f.meta_ref), None)
+            for g in self.groups:
+                self.store.abort(g.name, self._row_id(f.request, g.name))
+        for f in lost:
+            new = self._dispatch(f.request, f.worker, f.slot)
+            pending[id(new.meta_ref)] = new
+        return None
+
+    def _recover(self, flight: _InFlight, exc: Exception, pending: dict) -> list[_InFlight] | None:
+        """Repair what a failed request reveals; returns the requests to send again, or None (fatal).
+        A dead worker takes its queued requests with it: it is replaced and they all go again."""
+        if not isinstance(exc, WorkerDiedError):
             return None
+        self._replace_worker(flight.worker, str(exc))
+        return [flight] + [f for f in pending.values() if f.worker == flight.worker]
 
     def _publish(self, flight: _InFlight, result: RolloutResult) -> None:
         for g in self.groups:
@@ -297,6 +306,9 @@ class JointOrchestrator:
         })
         if wins:
             metrics["charts/train_win_rate"] = float(np.mean(wins))
+        for r in results:
+            for key, value in r.counters.items():
+                metrics[key] = metrics.get(key, 0) + value
         self.store.evict(older_than_version=self.iteration)
         return metrics
 

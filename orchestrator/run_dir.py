@@ -94,6 +94,8 @@ class MetricsWriter:
 
 
 def _signature(groups) -> dict:
+    if groups and hasattr(groups[0], "signature"):  # LLM model groups describe themselves
+        return {g.name: g.signature() for g in groups}
     return {g.name: {"agents": list(g.agents), "obs_dim": g.obs_dim, "critic_dim": g.critic_dim,
                      "action": [g.action.kind, g.action.dim]} for g in groups}
 

@@ -25,8 +25,9 @@ class SerialRef:
 
 class Runtime(ABC):
     @abstractmethod
-    def create(self, cls: type, *args, pool: str, share: float = 1.0) -> Any:
-        """Start an instance of `cls` on `pool` ("rollout" or "trainer"), taking `share` of its CPUs."""
+    def create(self, cls: type, *args, pool: str, share: float = 1.0, concurrency: int = 1, **kwargs) -> Any:
+        """Start an instance of `cls` on `pool` ("rollout" or "trainer"), taking `share` of its CPUs;
+        `concurrency` > 1: up to that many of its method calls run at once (threads)."""
 
     @abstractmethod
     def call(self, handle, method: str, *args, num_returns: int = 1):
@@ -52,8 +53,8 @@ class Runtime(ABC):
 class SerialRuntime(Runtime):
     """Same components, one process, no Ray: for debugging and fast tests."""
 
-    def create(self, cls, *args, pool, share=1.0):
-        return cls(*args)
+    def create(self, cls, *args, pool, share=1.0, concurrency=1, **kwargs):
+        return cls(*args, **kwargs)
 
     def call(self, handle, method, *args, num_returns=1):
         args = [self.get(a) if isinstance(a, SerialRef) else a for a in args]
@@ -110,13 +111,14 @@ class RayRuntime(Runtime):
                     f"cluster resources: {ray.cluster_resources()}"
                 )
 
-    def create(self, cls, *args, pool, share=1.0):
+    def create(self, cls, *args, pool, share=1.0, concurrency=1, **kwargs):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         actor_cls = self._actor_classes.setdefault(cls, self.ray.remote(cls))
         strategy = PlacementGroupSchedulingStrategy(placement_group=self.pools[pool], placement_group_bundle_index=0)
         cpus = round(self.pool_cpus[pool] * share, 4)
-        return actor_cls.options(num_cpus=cpus, scheduling_strategy=strategy, max_restarts=0).remote(*args)
+        return actor_cls.options(num_cpus=cpus, scheduling_strategy=strategy, max_restarts=0,
+                                 max_concurrency=concurrency).remote(*args, **kwargs)
 
     def call(self, handle, method, *args, num_returns=1):
         fn = getattr(handle, method)

@@ -10,11 +10,13 @@ from tqdm import tqdm
 
 from envs import describe_env
 from flexmarl.config import Config, config_from_dict
+from flexmarl.llm.engine import WeightSyncError
 from flexmarl.groups import build_groups, critic_uses_state
 from flexmarl.rollout import EnvOutputError, EnvStepError, RandomPolicyBackend, TorchPolicyBackend
 from flexmarl.rollout.evaluate import evaluate_policy
 from flexmarl.rollout.worker import make_eval_env
-from orchestrator.orchestrator import JointOrchestrator, WorkerFailure
+from orchestrator.llm import EngineFailure, make_orchestrator
+from orchestrator.orchestrator import WorkerFailure
 from orchestrator.run_dir import MetricsWriter, latest_checkpoint, load_checkpoint, save_checkpoint
 from orchestrator.runtime import make_runtime
 
@@ -36,7 +38,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, address: str | None 
     writer = None
     last: dict = {}
     try:
-        orch = JointOrchestrator(cfg, runtime)
+        orch = make_orchestrator(cfg, runtime)
         checkpoint = latest_checkpoint(run_dir) if resume else None
         if resume and checkpoint is None:
             log.warning("%s has no checkpoint; starting from iteration 0", run_dir)
@@ -44,14 +46,16 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, address: str | None 
             orch.set_state(load_checkpoint(checkpoint, orch.groups)["state"])
             log.info("resumed from %s (iteration %d)", checkpoint, orch.iteration)
         writer = MetricsWriter(run_dir, resume_after_iteration=orch.iteration if resume else None)
-        total = cfg.run.iterations * cfg.run.batch_env_steps
-        bar = tqdm(total=total, initial=orch.env_steps, unit="step", disable=not cfg.run.progress, dynamic_ncols=True)
+        llm = cfg.run.workload == "llm"  # LLM runs count trajectories (query x group member), not env steps
+        per_iteration = cfg.llm.queries_per_iteration * cfg.llm.group_size if llm else cfg.run.batch_env_steps
+        bar = tqdm(total=cfg.run.iterations * per_iteration, initial=orch.env_steps, unit="traj" if llm else "step",
+                   disable=not cfg.run.progress, dynamic_ncols=True)
         while orch.iteration < cfg.run.iterations:
             try:
                 metrics = orch.step()
                 if cfg.run.eval_every and orch.iteration % cfg.run.eval_every == 0:
                     metrics.update(orch.evaluate(cfg.run.eval_episodes))
-            except (EnvStepError, EnvOutputError, WorkerFailure) as exc:
+            except (EnvStepError, EnvOutputError, WorkerFailure, EngineFailure, WeightSyncError) as exc:
                 saved = latest_checkpoint(run_dir)
                 message = (f"{type(_root_cause(exc)).__name__}: {_root_cause(exc)}\n"
                            f"The run directory {run_dir} keeps every metric row and checkpoint written before "

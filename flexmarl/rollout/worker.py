@@ -59,6 +59,8 @@ class RolloutResult:
     env_restarts: int = 0
     """Env copies that raised mid-episode and were rebuilt; their unfinished episodes are discarded."""
     discarded_steps: int = 0
+    counters: dict[str, float] = field(default_factory=dict)
+    """Workload-specific counts (e.g. `llm/generated_tokens`), summed over an iteration's requests."""
 
 
 class RolloutWorker:

@@ -1,0 +1,246 @@
+"""Workflow worker: the LLM rollout worker. It runs a text task's workflow (agents calling each other) on
+the agents' inference engines and returns one micro-batch per model group, like `RolloutWorker`.
+
+One rollout request = `llm.queries_per_request` queries x G trajectories (a GRPO group per query). Every
+trajectory is the task's own async code; independent calls run concurrently (intra-query parallelism,
+at most `llm.max_concurrent_calls` of one request in flight), a dependent call awaits its inputs, and
+many requests run at once on one worker (inter-query parallelism: the worker actor's concurrency is
+`llm.concurrent_requests`). A request is complete only when every trajectory of every query is, so
+group statistics (advantages) are final when its micro-batches are released.
+
+Determinism: every call is sampled with a seed derived from (request seed, query, trajectory, agent,
+k-th call of that agent in the trajectory), and on the weights of the request's policy version, so a
+request lost with a dead engine is regenerated with the same samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from flexmarl.algorithms.group_losses import group_advantages
+from flexmarl.config import Config
+from flexmarl.llm.balance import pick_instance
+from flexmarl.llm.groups import LLMGroup
+from flexmarl.llm.tasks import make_task
+from flexmarl.llm.tasks.base import Completion
+from flexmarl.rollout.worker import RolloutRequest, RolloutResult
+
+
+class EngineDiedError(RuntimeError):
+    """An inference engine died while serving a request; the request must be sent again."""
+
+    def __init__(self, group: str, index: int, incarnation: int, cause: str = ""):
+        super().__init__(f"inference engine {index} of model group {group!r} (incarnation {incarnation}) died: {cause}")
+        self.group, self.index, self.incarnation, self.cause = group, index, incarnation, cause
+
+    def __reduce__(self):  # picklable with its fields (it crosses Ray)
+        return (EngineDiedError, (self.group, self.index, self.incarnation, self.cause))
+
+
+def call_seed(request_seed: int, query: int, trajectory: int, agent: int, k: int) -> int:
+    return int(np.random.SeedSequence([request_seed, query, trajectory, agent, k]).generate_state(1)[0] >> 1)
+
+
+@dataclass
+class CallRecord:
+    """One agent call as the trainer sees it (a sample)."""
+
+    agent: str
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logp: list[float]
+    version: int
+
+
+@dataclass
+class _Trajectory:
+    calls: list[CallRecord] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    """Calls issued per agent so far (the k of the call seed)."""
+
+
+class EngineRouter:
+    """Sends an agent's calls to the least-loaded engine of its model group (intra-agent balancing).
+
+    Engines are Ray actor handles or in-process objects with the same `generate`; loads are the calls
+    this router has in flight on each engine.
+    """
+
+    def __init__(self, engines: dict[str, list], incarnations: dict[str, list[int]] | None = None):
+        self.engines = {g: list(e) for g, e in engines.items()}
+        self.incarnations = incarnations or {g: [0] * len(e) for g, e in engines.items()}
+        self.in_flight = {g: [0] * len(e) for g, e in engines.items()}
+        self.calls = {g: [0] * len(e) for g, e in engines.items()}
+
+    def replace(self, group: str, index: int, engine, incarnation: int) -> None:
+        while index >= len(self.engines[group]):  # an instance added by rebalancing
+            for table, empty in ((self.engines, None), (self.incarnations, 0), (self.in_flight, 0), (self.calls, 0)):
+                table[group].append(empty)
+        self.engines[group][index], self.incarnations[group][index] = engine, incarnation
+
+    def remove(self, group: str, index: int) -> None:
+        for table in (self.engines, self.incarnations, self.in_flight, self.calls):
+            del table[group][index]
+
+    async def generate(self, group: str, prompt_ids: list[int], **kwargs):
+        index = pick_instance(self.in_flight[group])
+        engine, incarnation = self.engines[group][index], self.incarnations[group][index]
+        self.in_flight[group][index] += 1
+        self.calls[group][index] += 1
+        try:
+            if hasattr(engine.generate, "remote"):  # a Ray actor
+                import ray
+
+                try:
+                    return await engine.generate.remote(prompt_ids, **kwargs)
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                    raise EngineDiedError(group, index, incarnation, str(exc).splitlines()[0]) from None
+            return await asyncio.to_thread(engine.generate, prompt_ids, **kwargs)
+        finally:
+            if index < len(self.in_flight[group]):
+                self.in_flight[group][index] -= 1
+
+
+class WorkflowWorker:
+    """Contract as RolloutWorker's: `sample_rows(request)`, `evaluate`, `health`, `metrics`."""
+
+    def __init__(self, cfg: Config, worker_index: int, groups: list[LLMGroup], engines: dict[str, list],
+                 incarnations: dict[str, list[int]] | None = None):
+        from flexmarl.llm.models import load_tokenizer
+
+        torch.set_num_threads(1)
+        self.cfg, self.worker_index, self.llm = cfg, worker_index, cfg.llm
+        self.task = make_task(cfg.llm.task, format_penalty=cfg.llm.format_penalty, **cfg.llm.task_kwargs)
+        self.groups = groups
+        self.group_of = {agent: g.name for g in groups for agent in g.agents}
+        self.tokenizers = {g.name: load_tokenizer(g.model_dir) for g in groups}
+        self.router = EngineRouter(engines, incarnations)
+        self.requests_served = 0
+
+    # -- engines (the orchestrator replaces dead ones and moves instances between agents) ---------
+    def set_engine(self, group: str, index: int, engine, incarnation: int) -> None:
+        self.router.replace(group, index, engine, incarnation)
+
+    def remove_engine(self, group: str, index: int) -> None:
+        self.router.remove(group, index)
+
+    def engine_calls(self) -> dict[str, list[int]]:
+        """Calls sent to each engine instance since the worker started."""
+        return {g: list(c) for g, c in self.router.calls.items()}
+
+    # -- one agent call ---------------------------------------------------------------------------
+    def _encode(self, group: str, prompt: str) -> list[int]:
+        tokenizer = self.tokenizers[group]
+        if getattr(tokenizer, "chat_template", None):  # instruction-tuned checkpoints expect their template
+            return list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True))
+        return tokenizer.encode(prompt)
+
+    async def _call(self, trajectory: _Trajectory, counters: dict, seeds: tuple, version, agent: str, prompt: str,
+                    greedy: bool, limit: asyncio.Semaphore) -> Completion:
+        group = self.group_of[agent]
+        k = trajectory.counts.get(agent, 0)
+        trajectory.counts[agent] = k + 1
+        prompt_ids = self._encode(group, prompt)
+        counters[f"llm/calls/{agent}"] = counters.get(f"llm/calls/{agent}", 0) + 1
+        if len(prompt_ids) > self.llm.max_prompt_tokens:
+            counters["llm/prompt_too_long"] = counters.get("llm/prompt_too_long", 0) + 1
+            return Completion(text="", finish_reason="refused", error="prompt_too_long")
+        seed = call_seed(*seeds, self.task.agents.index(agent), k)
+        async with limit:
+            out = await self.router.generate(group, prompt_ids, max_tokens=self.llm.max_new_tokens,
+                                             temperature=0.0 if greedy else self.llm.temperature, seed=seed,
+                                             version=version)
+        counters["llm/generated_tokens"] = counters.get("llm/generated_tokens", 0) + len(out.token_ids)
+        if out.token_ids:
+            trajectory.calls.append(CallRecord(agent, prompt_ids, list(out.token_ids), list(out.logprobs), out.version))
+        text = self.tokenizers[group].decode(out.token_ids, skip_special_tokens=True)
+        return Completion(text=text, token_ids=list(out.token_ids), logprobs=list(out.logprobs),
+                          finish_reason=out.finish_reason)
+
+    async def _trajectory(self, query: dict, seeds: tuple, version, greedy: bool, counters: dict,
+                          limit: asyncio.Semaphore):
+        trajectory = _Trajectory()
+
+        async def call(agent: str, prompt: str) -> Completion:
+            if agent not in self.group_of:
+                raise ValueError(f"task {self.llm.task!r} called unknown agent {agent!r}; agents: {self.task.agents}")
+            return await self._call(trajectory, counters, seeds, version, agent, prompt, greedy, limit)
+
+        outcome = await self.task.run(query, call)
+        return trajectory, outcome
+
+    async def _run_queries(self, queries: list[dict], seed: int, version, greedy: bool, group_size: int):
+        counters: dict = {}
+        limit = asyncio.Semaphore(self.llm.max_concurrent_calls)
+        jobs = [asyncio.ensure_future(self._trajectory(q, (seed, qi, j), version, greedy, counters, limit))
+                for qi, q in enumerate(queries) for j in range(group_size)]
+        try:
+            done = await asyncio.gather(*jobs)
+        except BaseException:
+            for job in jobs:  # a failed call fails the request: stop its other trajectories too
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
+            raise
+        return [done[i * group_size:(i + 1) * group_size] for i in range(len(queries))], counters
+
+    # -- rollout request -> one micro-batch per model group ----------------------------------------
+    def sample_rows(self, request: RolloutRequest) -> tuple:
+        start = time.time()
+        rng = np.random.default_rng(request.seed)
+        queries = [self.task.sample_query(rng) for _ in range(self.llm.queries_per_request)]
+        G = self.llm.group_size
+        per_query, counters = asyncio.run(self._run_queries(queries, request.seed, request.version, False, G))
+        rows = {g.name: {"prompt_ids": [], "completion_ids": [], "logp": [], "advantages": [], "versions": []}
+                for g in self.groups}
+        team_rewards, successes = [], []
+        for trajectories in per_query:
+            outcomes = [o for _, o in trajectories]
+            for agent in self.task.agents:  # group-normalised advantage of each agent's reward
+                advantages = group_advantages(torch.tensor([o.rewards[agent] for o in outcomes], dtype=torch.float64))
+                for (trajectory, _), adv in zip(trajectories, advantages.tolist()):
+                    for record in trajectory.calls:
+                        if record.agent == agent:
+                            row = rows[self.group_of[agent]]
+                            row["prompt_ids"].append(record.prompt_ids)
+                            row["completion_ids"].append(record.completion_ids)
+                            row["logp"].append(record.logp)
+                            row["advantages"].append(adv)
+                            row["versions"].append(record.version)
+            for o in outcomes:
+                team_rewards.append(float(np.mean(list(o.rewards.values()))))
+                successes.append(float(o.success))
+                for agent, n in o.format_errors.items():
+                    counters[f"llm/format_errors/{agent}"] = counters.get(f"llm/format_errors/{agent}", 0) + n
+        end = time.time()
+        self.requests_served += 1
+        versions = {v for row in rows.values() for v in row["versions"]}
+        version = request.version if request.version is not None else (min(versions) if versions else -1)
+        result = RolloutResult(
+            request_id=request.request_id, version=version, env_steps=len(team_rewards),
+            episode_returns=team_rewards, episode_lengths=[1] * len(team_rewards), wins=successes,
+            sample_s=end - start, started_at=start, finished_at=end, worker=self.worker_index,
+            num_active={name: len(row["advantages"]) for name, row in rows.items()}, counters=counters,
+        )
+        return (result, *[rows[g.name] for g in self.groups])
+
+    def evaluate(self, episodes: int, seed: int) -> dict:
+        """Greedy (temperature 0) success and team reward on `episodes` fresh queries."""
+        rng = np.random.default_rng(seed)
+        queries = [self.task.sample_query(rng) for _ in range(episodes)]
+        per_query, _ = asyncio.run(self._run_queries(queries, seed, None, True, 1))
+        outcomes = [o for trajectories in per_query for _, o in trajectories]
+        return {"eval/return_mean": float(np.mean([np.mean(list(o.rewards.values())) for o in outcomes])),
+                "eval/win_rate": float(np.mean([o.success for o in outcomes]))}
+
+    def health(self) -> dict:
+        import os
+
+        return {"worker": self.worker_index, "pid": os.getpid()}
+
+    def metrics(self) -> dict:
+        return {"requests_served": self.requests_served}

@@ -1,0 +1,137 @@
+"""`flexmarl bench llm`: LLM agents (workload 1, speaker -> listener) in sync and microbatch pipelines,
+side by side in one run, plus the engine-level numbers (weight push in memory vs through safetensors on
+disk, vLLM vs HF generate tokens/s, logprob agreement after a push).
+
+One orchestrator, one set of engines and trainers: iterations alternate between the two pipelines
+(sync, microbatch, sync, ...), so both modes are timed on the same machine state, the same models
+and the same load; the run keeps learning throughout, so reward_first / reward_last show the policy
+improving under the mixed schedule (each mode's update is the same synchronous update by construction).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from flexmarl.config import config_from_dict
+
+log = logging.getLogger(__name__)
+
+BENCH_CONFIG = {
+    "run": {"name": "bench-llm", "workload": "llm", "mode": "ray", "seed": 0, "progress": False},
+    "llm": {"task": "speaker_listener", "model_dir": "runs/llm-models/speaker_listener", "backend": "vllm",
+            "group_size": 8, "queries_per_request": 2, "queries_per_iteration": 16, "concurrent_requests": 4,
+            "max_concurrent_calls": 16, "max_new_tokens": 6, "loss": "grpo", "lr": 3e-4},
+    "pipeline": {"mode": "sync"},
+    "rollout": {"num_workers": 1},
+    "resources": {"rollout_cpus": 1, "trainer_cpus": 1},
+}
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values)) if values else float("nan")
+
+
+def logprob_agreement(orch, samples: int = 8, seed: int = 0) -> float:
+    """Max |engine logprob - trainer logprob| over sampled tokens, right after a weight push: both hold
+    the same version, so this checks that the pushed weights are the trained ones."""
+    runtime, rng = orch.runtime, np.random.default_rng(seed)
+    from flexmarl.llm.models import load_tokenizer
+
+    worst = 0.0
+    for g in orch.groups:
+        tokenizer = load_tokenizer(g.model_dir)
+        examples = orch.task.sft_examples(rng, samples)[g.agents[0]]
+        prompts = [tokenizer.encode(prompt) for prompt, _ in examples]
+        engine = orch.engines[g.name][0]
+        outs = runtime.get([runtime.call(engine, "generate", p, orch.cfg.llm.max_new_tokens, 1.0, 1000 + i,
+                                         orch.iteration) for i, p in enumerate(prompts)])
+        recomputed = runtime.get(runtime.call(orch.trainers[g.name], "token_logprobs", prompts,
+                                              [list(o.token_ids) for o in outs]))
+        for out, ref in zip(outs, recomputed):
+            if out.logprobs:
+                worst = max(worst, float(np.max(np.abs(np.asarray(out.logprobs) - np.asarray(ref)))))
+    return worst
+
+
+def engine_measurements(model_dir: str, batch: int = 32, max_tokens: int = 8) -> dict:
+    """In this process: weight push in memory vs through disk, and vLLM vs HF generate tokens/s at the
+    same batch, on one agent's model."""
+    from flexmarl.llm.engine import HFEngine, generation_throughput
+    from flexmarl.llm.models import load_causal_lm
+    from flexmarl.llm.vllm_engine import VLLMEngine, measure_weight_push
+
+    model = load_causal_lm(model_dir, "cpu")
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    prompts = [[1 + (i % 7), 2, 3 + (i % 5)] for i in range(batch)]
+    vllm = VLLMEngine(model_dir=model_dir, seed=0, max_model_len=256, omp_threads_bind="nobind",
+                      kv_cache_gib=0.5, device="cpu", engine_name="bench")
+    try:
+        push = measure_weight_push(vllm, weights)
+        vllm_tps = generation_throughput(vllm, prompts, max_tokens, batch)
+    finally:
+        vllm.shutdown()
+    hf_tps = generation_throughput(HFEngine(model_dir=model_dir, seed=0, max_model_len=256, device="cpu",
+                                            engine_name="bench-hf"), prompts, max_tokens, batch)
+    return {**push, "vllm_tokens_per_s": vllm_tps, "hf_generate_tokens_per_s": hf_tps,
+            "throughput_batch": batch, "throughput_new_tokens": max_tokens}
+
+
+def run_llm_bench(iterations: int = 6, out: Path | None = None, overrides: list[str] | None = None) -> dict:
+    from orchestrator.llm import LLMOrchestrator
+    from orchestrator.runtime import RayRuntime
+
+    cfg = config_from_dict(BENCH_CONFIG, overrides)
+    out = out or Path("benchmarks/results/llm.json")
+    orch = LLMOrchestrator(cfg, RayRuntime(cfg))
+    history: list[dict] = []
+    try:
+        for round_ in range(iterations + 1):  # round 0 warms both modes up (first calls, allocations)
+            for mode in ("sync", "microbatch"):
+                orch.cfg.pipeline.mode = mode
+                metrics = orch.step()
+                metrics.update({"mode": mode, "warmup": round_ == 0})
+                history.append(metrics)
+                log.info("%s iteration %d: %.2f s, reward %.3f", mode, orch.iteration, metrics["perf/iteration_s"],
+                         metrics["charts/reward_mean"])
+        diff = logprob_agreement(orch)
+        calls = orch.engine_calls()
+    finally:
+        orch.shutdown()
+    timed = {m: [h for h in history if h["mode"] == m and not h["warmup"]] for m in ("sync", "microbatch")}
+    engine = engine_measurements(orch.groups[0].model_dir)
+    rewards = [h["charts/reward_mean"] for h in history]
+    result = {
+        "step_s_sync": _median([h["perf/iteration_s"] for h in timed["sync"]]),
+        "step_s_microbatch": _median([h["perf/iteration_s"] for h in timed["microbatch"]]),
+        "policy_lag_max_microbatch": max(h["perf/policy_lag_max"] for h in timed["microbatch"]),
+        "tokens_per_s": float(np.mean([h["perf/tokens_per_s"] for h in history if not h["warmup"]])),
+        "weight_push_s": _median([h["perf/weight_push_s"] for h in history if not h["warmup"]]),
+        "logprob_max_abs_diff": diff,
+        "reward_first": rewards[0],
+        "reward_last": float(np.mean(rewards[-3:])),
+        "requests_per_agent": {g: int(sum(c)) for g, c in calls.items()},
+        "engine_calls_per_instance": calls,
+    }
+    result["speedup_microbatch_vs_sync"] = result["step_s_sync"] / result["step_s_microbatch"]
+    for mode in ("sync", "microbatch"):
+        for kind in ("rollout", "trainer"):
+            result[f"{kind}_busy_{mode}"] = float(np.mean([h[f"perf/{kind}_busy"] for h in timed[mode]]))
+        result[f"rollout_s_{mode}"] = _median([h["perf/rollout_s"] for h in timed[mode]])
+        result[f"train_s_{mode}"] = _median([h["perf/train_s"] for h in timed[mode]])
+    result.update(engine)
+    result["settings"] = {
+        "config": cfg.to_dict()["llm"], "timed_iterations_per_mode": iterations, "schedule": "alternating sync/microbatch",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    result["history"] = [{k: v for k, v in h.items() if isinstance(v, (int, float, str, bool))} for h in history]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    return result
