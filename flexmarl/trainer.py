@@ -1,8 +1,9 @@
 """Agent-centric trainer: one per agent group, owning its model, optimizer and value-normaliser state.
 
-Contract: `accumulate(micro_batch)` runs forward/backward on one micro-batch and adds its share of the
-gradient; `step()` applies the accumulated gradient; `update(micro_batches)` runs the PPO plan (epochs x
-minibatches, each minibatch a list of micro-batches); `get_state`/`set_state` checkpoint everything.
+Contract: `accumulate(micro_batch, value_norm)` runs forward/backward on one micro-batch and adds its
+share of the gradient; `step(denominator)` applies the accumulated gradient; the streamed PPO plan (epochs x
+minibatches: `begin_update` / `consume` / `finish_update`, or `update` for a whole batch) comes from
+`flexmarl.streaming.StreamingTrainer`; `get_state`/`set_state` checkpoint everything.
 
 Normalisation rules (they make a micro-batch self-contained, so it can be consumed as soon as it exists):
 - advantages are normalised within each micro-batch (CleanRL normalises per minibatch, MAPPO per batch);
@@ -14,7 +15,6 @@ Normalisation rules (they make a micro-batch self-contained, so it can be consum
 from __future__ import annotations
 
 import copy
-import time
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from flexmarl.config import Config
 from flexmarl.groups import GroupLayout
 from flexmarl.models import GroupPolicy, to_numpy_state
 from flexmarl.per_agent_grads import PerAgentGradients
+from flexmarl.streaming import StreamingTrainer
 
 _TENSOR_FIELDS = ("agent_index", "obs", "critic_in", "actions", "logp", "values_norm", "active", "episode_start",
                   "h0_actor", "h0_critic", "advantages", "returns", "action_mask")
@@ -37,9 +38,10 @@ def _active_returns(mb: dict) -> np.ndarray:
     return mb["returns"][mb["active"] > 0].numpy()
 
 
-class GroupTrainer:
+class GroupTrainer(StreamingTrainer):
     def __init__(self, cfg: Config, group: GroupLayout, seed: int):
-        self.cfg, self.group, self.seed = cfg, group, seed
+        super().__init__(group.name, seed, cfg.algo.epochs, cfg.algo.num_minibatches)
+        self.cfg, self.group = cfg, group
         torch.manual_seed(seed)
         self.policy = GroupPolicy.for_group(group, cfg.model)
         a = cfg.algo
@@ -52,8 +54,6 @@ class GroupTrainer:
         self.per_agent = None
         if a.gradient_aggregator != "mean" and len(group.agents) > 1:
             self.per_agent = PerAgentGradients(list(self.policy.actor.parameters()), len(group.agents), a.gradient_aggregator)
-        self.version = 0
-        self._stats: dict[str, list[float]] = {}
 
     # -- weights and checkpoint state -----------------------------------------------------------
     def get_weights(self) -> dict:
@@ -115,7 +115,7 @@ class GroupTrainer:
                 ("losses/approx_kl", (((ratio - 1) - log_ratio) * actor_active).sum() / n_active),
                 ("losses/clip_frac", (((ratio - 1).abs() > a.clip_eps).float() * actor_active).sum() / n_active),
             ]:
-                self._stats.setdefault(name, []).append(float(value))
+                self.record_stat(name, float(value))
         return float(active.sum())
 
     def _policy_terms(self, mb: dict, advantages: torch.Tensor):
@@ -151,7 +151,7 @@ class GroupTrainer:
         scale = 1.0 / max(denominator, 1.0)
         if self.per_agent is not None:  # the actor's gradient is the aggregate of per-agent means
             for name, value in self.per_agent.apply().items():
-                self._stats.setdefault(name, []).append(value)
+                self.record_stat(name, value)
         for name, module, opt in [("actor", self.policy.actor, self.actor_opt), ("critic", self.policy.critic, self.critic_opt)]:
             if not (name == "actor" and self.per_agent is not None):
                 for p in module.parameters():
@@ -159,94 +159,24 @@ class GroupTrainer:
                         p.grad.mul_(scale)
             if max_norm > 0:
                 norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
-                self._stats.setdefault(f"losses/grad_norm_{name}", []).append(float(norm))
+                self.record_stat(f"losses/grad_norm_{name}", float(norm))
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-    # -- one iteration, streamed ------------------------------------------------------------------
-    def begin_update(self, num_micro_batches: int) -> None:
-        """Start global batch `self.version`, which arrives as `num_micro_batches` micro-batches."""
-        if num_micro_batches % self.cfg.algo.num_minibatches:
-            raise ValueError(f"{num_micro_batches} micro-batches do not split into {self.cfg.algo.num_minibatches} minibatches")
-        self._batch: list[tuple[str, dict]] = []
-        self._lags: list[int] = []
-        self._per_minibatch = num_micro_batches // self.cfg.algo.num_minibatches
-        self._minibatch = 0  # epoch-0 minibatch being accumulated
-        self._waiting: dict[int, list[dict]] = {}  # micro-batches of later minibatches, held until their turn
-        self._done_in_minibatch = 0
-        self._pending_active = 0.0
-        self._stats, self._compute_s, self._spans = {}, 0.0, []
+    # -- hooks of the streamed plan (flexmarl.streaming) --------------------------------------------
+    def micro_batch_tensors(self, payload: dict) -> dict:
+        return _to_tensors(payload)
 
-    def consume(self, sample_id: str, version: int, micro_batch: dict, slot: int | None = None) -> None:
-        """Epoch 0: forward/backward on a micro-batch as soon as it arrives.
+    def train_micro_batch(self, mb: dict, first_epoch: bool) -> float:
+        """Epoch 0 normalises value targets with the statistics so far plus the micro-batch's own returns
+        (it may arrive before the rest of the batch); later epochs with the whole batch's statistics."""
+        value_norm = self.value_norm.updated(_active_returns(mb)) if first_epoch else self.value_norm
+        return self.accumulate(mb, value_norm)
 
-        `slot` (its index in the batch; default: arrival order) fixes its minibatch, slot // per_minibatch,
-        so streaming and sync use the same partition. A micro-batch of a later minibatch waits until the
-        earlier minibatches have stepped: only arrival order inside a minibatch can differ from sync.
-        """
-        t0 = time.time()
-        slot = len(self._batch) if slot is None else slot
-        mb = _to_tensors(micro_batch)
-        self._batch.append((sample_id, mb))
-        self._lags.append(self.version - version)
-        self._waiting.setdefault(slot // self._per_minibatch, []).append(mb)
-        while self._waiting.get(self._minibatch):
-            mb = self._waiting[self._minibatch].pop(0)
-            self._pending_active += self.accumulate(mb, self.value_norm.updated(_active_returns(mb)))
-            self._done_in_minibatch += 1
-            if self._done_in_minibatch == self._per_minibatch:
-                self.step(self._pending_active)
-                self._pending_active, self._done_in_minibatch = 0.0, 0
-                self._minibatch += 1
-        self._record("consume", t0)
-
-    def finish_update(self) -> dict:
-        """Epochs 1.. on the complete batch, then version += 1.
-
-        Later epochs order the micro-batches by sample_id and shuffle them with a generator seeded by
-        (seed, version, epoch): the same partition whatever order they arrived in, and on resume.
-        """
-        t0 = time.time()
-        a = self.cfg.algo
-        expected = self._per_minibatch * a.num_minibatches
-        if len(self._batch) != expected:
-            raise RuntimeError(f"trainer {self.group.name!r}: {len(self._batch)} of {expected} micro-batches consumed")
-        tensors = [mb for _, mb in sorted(self._batch, key=lambda item: item[0])]
-        for mb in tensors:
+    def batch_complete(self, ordered: list[dict]) -> None:
+        """The whole batch's returns update the value normaliser, in sample_id order."""
+        for mb in ordered:
             self.value_norm.update(_active_returns(mb))
-        for epoch in range(1, a.epochs):
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.version * 101 + epoch)
-            order = torch.randperm(len(tensors), generator=gen).tolist()
-            for m in range(a.num_minibatches):
-                chosen = order[m * self._per_minibatch : (m + 1) * self._per_minibatch]
-                self.step(sum(self.accumulate(tensors[i], self.value_norm) for i in chosen))
-        self.version += 1
-        self._batch = []
-        self._record("finish", t0)
-        metrics = {name: float(np.mean(values)) for name, values in self._stats.items()}
-        if self.per_agent is not None:
-            metrics.update(self.per_agent.pop_times())
-        metrics.update({
-            "perf/train_s": self._compute_s,
-            "perf/policy_lag_min": float(min(self._lags)),
-            "perf/policy_lag_mean": float(np.mean(self._lags)),
-            "perf/policy_lag_max": float(max(self._lags)),
-        })
-        return metrics
 
-    def _record(self, kind: str, t0: float) -> None:
-        t1 = time.time()
-        self._compute_s += t1 - t0
-        self._spans.append((kind, t0, t1))
-
-    def spans(self) -> list[tuple[str, float, float]]:
-        """(kind, start, end) wall-clock spans of the last update's compute, for timelines."""
-        return list(self._spans)
-
-    def update(self, sample_ids: list[str], versions: list[int], *micro_batches: dict) -> dict:
-        """The whole batch at once (sync pipeline): the same calls as streaming, in sample_id order."""
-        self.begin_update(len(micro_batches))
-        ordered = sorted(zip(sample_ids, versions, micro_batches), key=lambda x: x[0])
-        for slot, (sample_id, version, mb) in enumerate(ordered):
-            self.consume(sample_id, version, mb, slot)
-        return self.finish_update()
+    def update_metrics(self) -> dict:
+        return self.per_agent.pop_times() if self.per_agent is not None else {}
