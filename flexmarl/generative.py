@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from flexmarl.algorithms.group_losses import GROUP_LOSSES, group_advantages, group_clip, kl_penalty
+from flexmarl.algorithms.group_losses import (GROUP_LOSSES, aggregate_token_loss, group_advantages, group_clip,
+                                              kl_penalty)
 from flexmarl.semantic_ids import SemanticIds, build_semantic_ids
 
 
@@ -194,7 +195,9 @@ class GenerativeRecommender:
         hparams = {"clip_eps": cfg.clip_eps, "tau_pos": cfg.tau_pos, "tau_neg": cfg.tau_neg}
         for _ in range(cfg.epochs):
             logp = self.policy.token_logp(u, s, codes)
-            loss = GROUP_LOSSES[cfg.loss](logp, old_logp, mask, advantages, **hparams)
+            per_token = GROUP_LOSSES[cfg.loss](logp, old_logp, mask, advantages, **hparams)
+            summed, outputs = aggregate_token_loss(per_token, mask, "seq_mean_token_mean")  # the GRPO paper's mean
+            loss = summed / outputs
             kl = kl_penalty(logp, ref_logp).mean() if ref_logp is not None else torch.zeros(())
             loss = loss + cfg.kl_coef * kl
             self.opt.zero_grad()

@@ -1,8 +1,14 @@
 """Group-based policy optimisation for generative policies: advantages and losses (GRPO, SA-GCPO, GBPO).
 
-A request x gets G sampled outputs o_1..o_G (here: item semantic-ID sequences); each has a mapped reward.
-Losses take token log-probs `logp`, `old_logp` [G, T], a token mask [G, T] and per-output advantages [G],
-and return a scalar to minimise. Formulas from the team's reference notes (sections 3 and 4):
+A request x gets G sampled outputs o_1..o_G (item semantic-ID sequences, LLM completions); each has a
+mapped reward. Every registered loss has one signature: `loss(logp, old_logp, mask, advantages, **hparams)`
+with token log-probs `logp`, `old_logp` [G, T], a token mask [G, T], per-output advantages [G] and the
+hyper-parameters as keywords (clip_eps, tau_pos, tau_neg; a loss ignores the others); it returns the
+per-token loss [G, T] to minimise, before aggregation. `aggregate_token_loss` turns it into a sum and a
+denominator, so a caller accumulating several micro-batches divides once by the minibatch's total:
+- token_mean: sum over valid tokens / valid tokens (DAPO, arXiv:2503.14476);
+- seq_mean_token_mean: each output's token mean, summed / outputs (the GRPO paper's (1/G) sum_i 1/|o_i| sum_t).
+Formulas from the team's reference notes (sections 3 and 4):
 
 - GRPO (DeepSeekMath, arXiv:2402.03300): PPO's clipped ratio per token, token-mean per output, mean over
   the group; no value function.
@@ -48,12 +54,28 @@ def _token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
 
 
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean")
+
+
+def aggregate_token_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str) -> tuple[torch.Tensor, float]:
+    """(summed loss, denominator) of a per-token loss [G, T] over the valid tokens of `mask`.
+
+    The loss is `summed / denominator`; over several micro-batches of one minibatch it is
+    `sum(summed) / sum(denominator)`, which equals the loss of the minibatch taken at once.
+    token_mean: denominator = valid tokens; seq_mean_token_mean: denominator = outputs (rows).
+    """
+    if mode == "token_mean":
+        return (per_token * mask).sum(), float(mask.sum())
+    if mode == "seq_mean_token_mean":
+        return _token_mean(per_token, mask).sum(), float(per_token.shape[0])
+    raise ValueError(f"loss aggregation {mode!r}; one of {', '.join(LOSS_AGGREGATIONS)}")
+
+
 @register_group_loss("grpo")
 def grpo(logp, old_logp, mask, advantages, clip_eps: float = 0.2, **_) -> torch.Tensor:
     ratio = torch.exp(logp - old_logp)
     a = advantages[:, None]
-    surrogate = torch.min(ratio * a, ratio.clamp(1 - clip_eps, 1 + clip_eps) * a)
-    return -_token_mean(surrogate, mask).mean()
+    return -torch.min(ratio * a, ratio.clamp(1 - clip_eps, 1 + clip_eps) * a)
 
 
 def soft_gate(ratio: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
@@ -65,7 +87,7 @@ def soft_gate(ratio: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
 def sa_gcpo(logp, old_logp, mask, advantages, tau_pos: float = 1.0, tau_neg: float = 1.05, **_) -> torch.Tensor:
     ratio = torch.exp(logp - old_logp)
     tau = torch.where(advantages > 0, torch.as_tensor(tau_pos), torch.as_tensor(tau_neg))[:, None]
-    return -(advantages * _token_mean(soft_gate(ratio, tau), mask)).mean()
+    return -advantages[:, None] * soft_gate(ratio, tau)
 
 
 @register_group_loss("gbpo")
@@ -74,4 +96,4 @@ def gbpo(logp, old_logp, mask, advantages, **_) -> torch.Tensor:
     detached = prob.detach()
     positive = (advantages >= 0)[:, None]
     reference = torch.where(positive, torch.maximum(old_prob, detached), torch.maximum(old_prob, 1.0 - detached))
-    return -(advantages * _token_mean(prob / reference, mask)).mean()
+    return -advantages[:, None] * (prob / reference)

@@ -1,10 +1,12 @@
-"""Group losses (GRPO, SA-GCPO, GBPO) and group advantages: the properties the reference notes state."""
+"""Group losses (GRPO, SA-GCPO, GBPO), their aggregation and group advantages: the properties the reference
+notes state."""
 
 import numpy as np
 import pytest
 import torch
 
-from flexmarl.algorithms.group_losses import GROUP_LOSSES, group_advantages, group_clip, kl_penalty, soft_gate
+from flexmarl.algorithms.group_losses import (GROUP_LOSSES, LOSS_AGGREGATIONS, aggregate_token_loss, group_advantages,
+                                              group_clip, kl_penalty, soft_gate)
 
 
 def _batch(G=4, T=3, seed=0):
@@ -14,6 +16,14 @@ def _batch(G=4, T=3, seed=0):
     mask = torch.ones(G, T)
     mask[0, -1] = 0
     return logits, logp, mask
+
+
+def _loss(name, logp, old_logp, mask, advantages, mode="seq_mean_token_mean", **hparams):
+    """The scalar loss: the registered per-token loss, aggregated."""
+    per_token = GROUP_LOSSES[name](logp, old_logp, mask, advantages, **hparams)
+    assert per_token.shape == logp.shape
+    summed, denominator = aggregate_token_loss(per_token, mask, mode)
+    return summed / denominator
 
 
 def test_group_advantages_are_normalised_per_group():
@@ -42,7 +52,7 @@ def test_on_policy_gradient_equals_the_policy_gradient(name):
     """At pi = pi_old every loss's gradient is -(1/G) sum_i A_i (1/|o_i|) sum_t grad log pi (GBPO: for A >= 0)."""
     logits, logp, mask = _batch()
     advantages = torch.tensor([1.0, 0.5, 0.2, 0.3]) if name == "gbpo" else torch.tensor([1.0, -0.5, 0.2, -0.7])
-    loss = GROUP_LOSSES[name](logp, logp.detach(), mask, advantages)
+    loss = _loss(name, logp, logp.detach(), mask, advantages)
     (grad,) = torch.autograd.grad(loss, logits, retain_graph=True)
     reference = -(advantages[:, None] * logp * mask / mask.sum(-1, keepdim=True)).sum() / len(advantages)
     (expected,) = torch.autograd.grad(reference, logits)
@@ -53,11 +63,11 @@ def test_grpo_clips_and_sa_gcpo_damps_far_off_policy_tokens():
     logits, logp, mask = _batch()
     old = logp.detach() - 1.0  # ratio e > 1 + clip everywhere
     advantages = torch.ones(4)
-    (g_grpo,) = torch.autograd.grad(GROUP_LOSSES["grpo"](logp, old, mask, advantages), logits, retain_graph=True)
+    (g_grpo,) = torch.autograd.grad(_loss("grpo", logp, old, mask, advantages), logits, retain_graph=True)
     assert torch.allclose(g_grpo, torch.zeros_like(g_grpo))  # clipped: no gradient
-    (g_sa,) = torch.autograd.grad(GROUP_LOSSES["sa_gcpo"](logp, old, mask, advantages, tau_pos=5.0), logits,
+    (g_sa,) = torch.autograd.grad(_loss("sa_gcpo", logp, old, mask, advantages, tau_pos=5.0), logits,
                                   retain_graph=True)
-    (g_on,) = torch.autograd.grad(GROUP_LOSSES["sa_gcpo"](logp, logp.detach(), mask, advantages, tau_pos=5.0), logits)
+    (g_on,) = torch.autograd.grad(_loss("sa_gcpo", logp, logp.detach(), mask, advantages, tau_pos=5.0), logits)
     assert 0 < g_sa.abs().sum() < 0.5 * g_on.abs().sum()  # soft: damped, not cut
 
 
@@ -65,7 +75,7 @@ def test_gbpo_negative_gradients_stay_bounded():
     logits = torch.tensor([[8.0]], requires_grad=True)  # pi ~ 1 for a negative sample
     logp = torch.log_softmax(torch.stack([logits, torch.zeros(1, 1)], -1), -1)[..., 0]
     old = torch.log(torch.tensor([[1e-4]]))  # pi_old tiny: a plain ratio would explode
-    (grad,) = torch.autograd.grad(GROUP_LOSSES["gbpo"](logp, old, torch.ones(1, 1), torch.tensor([-1.0])), logits)
+    (grad,) = torch.autograd.grad(_loss("gbpo", logp, old, torch.ones(1, 1), torch.tensor([-1.0])), logits)
     assert np.isfinite(grad.item()) and abs(grad.item()) <= 1.0
 
 
@@ -73,3 +83,37 @@ def test_kl_penalty_is_zero_at_the_reference_and_positive_elsewhere():
     logp = torch.log(torch.tensor([[0.5, 0.2], [0.1, 0.9]]))
     assert torch.allclose(kl_penalty(logp, logp), torch.zeros(2, 2))
     assert (kl_penalty(logp, logp - 0.3) > 0).all() and (kl_penalty(logp, logp + 0.3) > 0).all()
+
+
+@pytest.mark.parametrize("mode", LOSS_AGGREGATIONS)
+@pytest.mark.parametrize("name", sorted(GROUP_LOSSES))
+def test_aggregating_two_halves_equals_aggregating_the_whole(name, mode):
+    """Micro-batches of unequal token counts: summed losses and denominators add up to the whole batch's."""
+    gen = torch.Generator().manual_seed(1)
+    logits, logp, _ = _batch(G=6, T=5)
+    mask = torch.ones(6, 5)
+    mask[:3, 2:] = 0  # the first half has 2 tokens per output, the second 5
+    old = (logp + 0.2 * torch.randn(6, 5, generator=gen)).detach()
+    advantages = torch.randn(6, generator=gen)
+    whole = _loss(name, logp, old, mask, advantages, mode)
+    parts = [aggregate_token_loss(GROUP_LOSSES[name](logp[h], old[h], mask[h], advantages[h]), mask[h], mode)
+             for h in (slice(0, 3), slice(3, 6))]
+    halves = sum(s for s, _ in parts) / sum(d for _, d in parts)
+    assert torch.allclose(halves, whole, atol=1e-6)
+    (g_whole,) = torch.autograd.grad(whole, logits, retain_graph=True)
+    (g_halves,) = torch.autograd.grad(halves, logits)
+    assert torch.allclose(g_halves, g_whole, atol=1e-6)
+    # averaging the halves' own means would weight tokens differently (the normalisation this avoids)
+    if mode == "token_mean":
+        assert not torch.allclose(sum(s / d for s, d in parts) / 2, whole, atol=1e-4)
+
+
+def test_aggregation_denominators_count_valid_tokens_or_outputs():
+    per_token = torch.arange(6.0).view(2, 3)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    summed, tokens = aggregate_token_loss(per_token, mask, "token_mean")
+    assert tokens == 5 and summed == 0 + 1 + 3 + 4 + 5
+    summed, outputs = aggregate_token_loss(per_token, mask, "seq_mean_token_mean")
+    assert outputs == 2 and torch.isclose(summed, torch.tensor(0.5 + 4.0))
+    with pytest.raises(ValueError, match="'sum'; one of token_mean, seq_mean_token_mean"):
+        aggregate_token_loss(per_token, mask, "sum")
