@@ -1,0 +1,37 @@
+"""Text tasks for LLM agents: the registry `TASKS` and `make_task`.
+
+A task is chosen by `llm.task`: a registered name, or 'package.module:Class' for a task defined
+elsewhere (any `TextTask` subclass; `llm.task_kwargs` go to its constructor).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from flexmarl.llm.tasks.base import Call, Completion, Outcome, TextTask
+from flexmarl.llm.tasks.speaker_listener import SpeakerListener
+
+TASKS: dict[str, type[TextTask]] = {
+    SpeakerListener.name: SpeakerListener,
+}
+
+
+def task_class(name: str) -> type[TextTask]:
+    """The class of a registered task name or of 'module:Class'."""
+    if name in TASKS:
+        return TASKS[name]
+    if ":" in name:
+        module_name, class_name = name.split(":", 1)
+        cls = getattr(importlib.import_module(module_name), class_name)
+        if not (isinstance(cls, type) and issubclass(cls, TextTask)):
+            raise ValueError(f"task {name!r} is not a TextTask subclass")
+        return cls
+    raise ValueError(f"unknown task {name!r}; registered: {sorted(TASKS)} (or 'module:Class')")
+
+
+def make_task(name: str, format_penalty: float = -1.0, **kwargs) -> TextTask:
+    """A task instance: `name` is registered or 'module:Class'; kwargs go to its constructor."""
+    return task_class(name)(format_penalty=format_penalty, **kwargs)
+
+
+__all__ = ["TASKS", "Call", "Completion", "Outcome", "TextTask", "make_task", "task_class"]
