@@ -62,12 +62,13 @@ def aggregate_token_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str)
 
     The loss is `summed / denominator`; over several micro-batches of one minibatch it is
     `sum(summed) / sum(denominator)`, which equals the loss of the minibatch taken at once.
-    token_mean: denominator = valid tokens; seq_mean_token_mean: denominator = outputs (rows).
+    token_mean: denominator = valid tokens; seq_mean_token_mean: denominator = outputs with at least one
+    valid token (an all-padding row counts in neither mode).
     """
     if mode == "token_mean":
         return (per_token * mask).sum(), float(mask.sum())
     if mode == "seq_mean_token_mean":
-        return _token_mean(per_token, mask).sum(), float(per_token.shape[0])
+        return _token_mean(per_token, mask).sum(), float((mask.sum(-1) > 0).sum())
     raise ValueError(f"loss aggregation {mode!r}; one of {', '.join(LOSS_AGGREGATIONS)}")
 
 

@@ -115,5 +115,8 @@ def test_aggregation_denominators_count_valid_tokens_or_outputs():
     assert tokens == 5 and summed == 0 + 1 + 3 + 4 + 5
     summed, outputs = aggregate_token_loss(per_token, mask, "seq_mean_token_mean")
     assert outputs == 2 and torch.isclose(summed, torch.tensor(0.5 + 4.0))
+    padded = torch.cat([mask, torch.zeros(1, 3)])  # an all-padding row counts in neither mode
+    assert aggregate_token_loss(torch.cat([per_token, torch.ones(1, 3)]), padded, "seq_mean_token_mean")[1] == 2
+    assert aggregate_token_loss(torch.cat([per_token, torch.ones(1, 3)]), padded, "token_mean")[1] == 5
     with pytest.raises(ValueError, match="'sum'; one of token_mean, seq_mean_token_mean"):
         aggregate_token_loss(per_token, mask, "sum")
