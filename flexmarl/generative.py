@@ -128,6 +128,10 @@ class GenerativeRecommender:
                                        cfg.layers, cfg.branching)
         self.opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
         self.rng = np.random.default_rng(cfg.seed)
+        # Requests come from their own stream, drawn the same way whatever the loss: every copy made by
+        # `with_loss` then serves the identical request sequence (SA-GCPO's extra draws of engaged items
+        # come from `self.rng` and no longer shift the requests of later iterations).
+        self.request_rng = np.random.default_rng([cfg.seed, 1])
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.samples = 0
         self.reference: SemanticIdPolicy | None = None
@@ -173,11 +177,14 @@ class GenerativeRecommender:
         items = np.array([self.rng.choice(self.env.data.train[u]) for u in users])
         return self.env.expected_reward(users, scenarios, items)
 
+    def sample_requests(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next `n` requests (users, scenarios) of the request stream."""
+        return self.request_rng.integers(self.env.data.num_users, size=n), self.request_rng.integers(self.env.S, size=n)
+
     def iteration(self) -> dict:
         cfg, B, G = self.cfg, self.cfg.requests, self.cfg.group_size
         start = time.perf_counter()
-        users = self.rng.integers(self.env.data.num_users, size=B)
-        scenarios = self.rng.integers(self.env.S, size=B)
+        users, scenarios = self.sample_requests(B)
         u = self.users[np.repeat(users, G)]
         s = torch.as_tensor(np.repeat(scenarios, G))
         codes = self.policy.sample(u, s, self.generator)

@@ -75,7 +75,10 @@ class MultiScenarioRecEnv(BatchedEnv):
         return spaces.Discrete(self.K)
 
     # -- episode state --------------------------------------------------------------------------
-    def reset(self, seed: int) -> BatchedObs:
+    def reset(self, seed: int, users=None, scenarios=None) -> BatchedObs:
+        """Start a session in every env copy. `users` / `scenarios` ([num_envs] indices) pin who the
+        users are and where they start (a text task replays one query's session); by default both are
+        drawn from the seed. Either way the seed alone drives everything random after that."""
         self._rng = np.random.default_rng(int(seed))
         E = self.num_envs
         self.user = np.zeros(E, int)
@@ -85,6 +88,10 @@ class MultiScenarioRecEnv(BatchedEnv):
         self.session_genres = np.zeros((E, self.data.genres.shape[1]), bool)
         self.last_clicked = np.full(E, -1)
         self._start(np.arange(E))
+        if users is not None:
+            self.user[:] = np.asarray(users, int)
+        if scenarios is not None:
+            self.scenario[:] = np.asarray(scenarios, int)
         return self._observe()
 
     def _start(self, copies: np.ndarray) -> None:
@@ -184,6 +191,7 @@ class MultiScenarioRecEnv(BatchedEnv):
                              f"of {limit[e]} candidates (env copy {e})")
         item = self.candidates[rows, slot]
         signals = self._respond(item)
+        self.last_items, self.last_signals = item, signals  # what each user was shown and did (read by text tasks)
         rewards = np.zeros((E, self.S), np.float32)
         for s, scenario in enumerate(self.scenarios):
             copies = np.flatnonzero(self.scenario == s)

@@ -85,6 +85,11 @@ def run_recsys_suite(suite: Suite, runs_dir: Path, output: Path, report_only: bo
             methods[algorithm] = _combine(results, entry["env_steps"], entry["complete_seeds"])
     output.mkdir(parents=True, exist_ok=True)
     methods.update(_generative_methods(suite, env, seeds, output / "training"))
+    if suite.llm:  # LLM scenario agents (workload 2): same seeds, same sessions and offline users
+        from orchestrator.bench.recsys_llm import llm_methods
+
+        methods.update(llm_methods(suite.llm, env, seeds, output / "training",
+                                   lambda scores, s: _score(env, scores, s), _combine))
     result = {"methods": methods}
     (output / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
     throughput = env_throughput(cfg.env.name, cfg.env.kwargs, duration_s=THROUGHPUT_SECONDS)
@@ -140,7 +145,9 @@ def _table(suite: Suite, methods: dict, scenarios, throughput: dict) -> str:
              f"item among 19 unrated ones ({OFFLINE_USERS} users, mean over scenarios). Training curves: "
              "`training/`. Generative rows: pretrained on logged (user, liked item) pairs, then env steps = "
              "sampled (request, code) pairs scored by the user model; `generative_pretrained` is the "
-             "supervised starting point every loss continues from.", "",
+             "supervised starting point every loss continues from. `llm_*` rows: language-model scenario agents "
+             "(task `recsys_sessions`, trained through the orchestrator), env steps = agent calls (one user "
+             "served one item); `llm_pretrained` is their warm start (docs/recsys.md).", "",
              "| method | team reward | " + " | ".join(scenarios) + " | HR@10 | NDCG@10 | env steps | seeds |",
              "|---|---|" + "---|" * len(scenarios) + "---|---|---|---|"]
     for name, m in methods.items():

@@ -64,6 +64,8 @@ class Suite:
     """"recsys": the recommendation report (baselines, offline metrics) on top of the training runs."""
     generative: dict = field(default_factory=dict)
     """recsys only: GenerativeConfig fields plus `losses`, for the generative semantic-ID policies."""
+    llm: dict = field(default_factory=dict)
+    """recsys only: the LLM scenario agents' rows (orchestrator.bench.recsys_llm.LLMRows fields)."""
 
 
 def _find(path: Path) -> Path:
@@ -97,7 +99,8 @@ def load_suite(name_or_path: str) -> Suite:
                  target=data.get("target"), budget_env_steps=int(data["budget_env_steps"]),
                  seeds=[int(s) for s in data["seeds"]], tasks=data["tasks"], algorithms=data["algorithms"],
                  overrides=data.get("overrides") or {}, pass_criteria=str(data.get("pass_criteria", "")).strip(),
-                 kind=data.get("kind", "generic"), generative=data.get("generative") or {})
+                 kind=data.get("kind", "generic"), generative=data.get("generative") or {},
+                 llm=data.get("llm") or {})
 
 
 def run_config(suite: Suite, task: str, algorithm: str, seed: int, runs_dir: Path, mode: str | None) -> Config:

@@ -58,3 +58,18 @@ def test_with_loss_copies_the_model_but_shares_the_env(env):
     other = model.with_loss("gbpo")
     assert other.env is env and other.cfg.loss == "gbpo" and model.cfg.loss == "grpo"
     assert other.policy is not model.policy and other.reference is not model.reference
+
+
+def test_every_loss_continuing_one_model_serves_the_same_request_stream(env):
+    """The suite compares losses from one pretrained model on one request stream: SA-GCPO's extra draws
+    (engaged items) must not shift the requests it sees afterwards."""
+    model = GenerativeRecommender(env, GenerativeConfig(iterations=2, requests=8, group_size=2, epochs=1,
+                                                        pretrain_steps=2, pretrain_batch=8))
+    model.pretrain()
+    streams = {}
+    for loss in ("grpo", "sa_gcpo", "gbpo"):
+        copy = model.with_loss(loss)
+        copy.train()
+        streams[loss] = copy.sample_requests(8)  # what iteration 3 would serve
+    for loss in ("sa_gcpo", "gbpo"):
+        assert all(np.array_equal(a, b) for a, b in zip(streams[loss], streams["grpo"]))

@@ -9,10 +9,12 @@ from __future__ import annotations
 import importlib
 
 from flexmarl.llm.tasks.base import Call, Completion, Outcome, TextTask
+from flexmarl.llm.tasks.recsys import RecsysSessions
 from flexmarl.llm.tasks.speaker_listener import SpeakerListener
 
 TASKS: dict[str, type[TextTask]] = {
     SpeakerListener.name: SpeakerListener,
+    RecsysSessions.name: RecsysSessions,
 }
 
 
