@@ -1,0 +1,453 @@
+"""Inference engines for LLM agents: one contract, two implementations.
+
+- `VLLMEngine` (flexmarl/llm/vllm_engine.py): vLLM in-process, continuous batching.
+- `HFEngine` (here): transformers, concurrent calls batched statically (all of a batch start together).
+
+Both run the model on one background thread that owns it (`BatchingEngine`): `generate` may be called
+from many threads at once (a Ray actor with max_concurrency, or a thread pool in one process); each call
+is queued, admitted by the loop, batched with the others in flight, and answered through a future.
+Weight pushes travel through the same queue, so they happen between model steps, never during one.
+
+Versions. The engine holds the weights of one policy version. `generate(..., version=k)` runs only on
+version k: it is refused (VersionMismatchError) when the engine holds another one at call time or when
+the call is admitted. A push is applied only into an idle engine: if any call is in flight or queued when
+`load_weights` is called, or still in flight when the loop reaches the push, the push is refused
+(WeightSyncError) and the old version keeps serving. Calls queued after the push are admitted after it,
+on the new version. The orchestrator therefore pushes only
+after every call of the old version has returned, which zero-lag pipelines do anyway; an engine never
+mixes two versions inside one generation.
+
+Sampling. Every call has its own seed (vLLM: `SamplingParams(seed=...)`; HF: a `torch.Generator` per
+call), so a call's tokens do not depend on what it was batched with. Logprobs are the raw model's
+log-softmax at each sampled token (before the temperature: vLLM's default `logprobs_mode`), what the
+trainer recomputes; temperature 0 is greedy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import threading
+import time
+from abc import ABC, abstractmethod
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from flexmarl.llm import weights as weight_io
+
+
+class VersionMismatchError(RuntimeError):
+    """generate asked for version k while the engine holds j, or a push tried to go back in versions."""
+
+
+class WeightSyncError(RuntimeError):
+    """A weight push failed (bad tensors, calls still in flight, or the engine failed midway); the
+    message names the engine and the cause."""
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]
+    """Completion token ids (the eos token included when sampled)."""
+    logprobs: list[float]
+    """Raw-model log-probability of each sampled token (before the temperature)."""
+    version: int
+    """Policy version of the weights that generated every token."""
+    finish_reason: str
+    """'stop' (eos sampled) or 'length' (max_tokens reached)."""
+
+
+class InferenceEngine(ABC):
+    """The contract every engine implements (in-process or as a Ray actor)."""
+
+    @abstractmethod
+    def generate(self, prompt_ids: list[int], max_tokens: int, temperature: float, seed: int,
+                 version: int | None = None) -> Generation:
+        """Sample a completion of `prompt_ids`; `version` None accepts whatever version is held."""
+
+    @abstractmethod
+    def load_weights(self, weights: dict[str, torch.Tensor], version: int) -> float:
+        """Replace the weights in memory (HF names, as the checkpoint's); returns the seconds it took."""
+
+    @abstractmethod
+    def load_weights_from_dir(self, path: str, version: int) -> float:
+        """Replace the weights with the safetensors files in `path`; returns the seconds it took."""
+
+    @abstractmethod
+    def version(self) -> int: ...
+
+    @abstractmethod
+    def load(self) -> dict:
+        """{'in_flight', 'waiting', 'generated_tokens', 'calls'}: calls being generated, calls queued and
+        not yet admitted, and the totals since start (tokens generated, calls answered)."""
+
+    def close(self) -> None:
+        """Stop the engine and free its memory."""
+
+
+@dataclass
+class _Call:
+    prompt_ids: list[int]
+    max_tokens: int
+    temperature: float
+    seed: int
+    version: int | None
+    request_id: str
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class _Push:
+    weights: dict | None
+    """In-memory weights, or None for a reload from `path`."""
+    path: str | None
+    version: int
+    future: Future = field(default_factory=Future)
+
+
+_STOP = object()
+
+
+class BatchingEngine(InferenceEngine):
+    """The loop shared by both engines: one thread owns the model; subclasses supply the model steps.
+
+    Hooks (all run on the loop thread): `_build()` loads the model; `_admit(call)` takes a call into the
+    batch (raising refuses only that call); `_step()` advances the batch and returns the calls that
+    finished as (call, token_ids, logprobs, finish_reason); `_apply(weights, path)` replaces the
+    weights; `_shutdown()` frees the model.
+    """
+
+    def __init__(self, model_dir: str, version: int, engine_name: str, max_model_len: int):
+        self.model_dir, self.engine_name, self.max_model_len = str(model_dir), engine_name, max_model_len
+        self._version = version
+        self._layout = weight_io.checkpoint_layout(self.model_dir)
+        self._tied = weight_io.ties_embeddings(self.model_dir)
+        self._queue: queue.Queue = queue.Queue()
+        self._running: dict[str, _Call] = {}
+        self._ids = itertools.count()
+        self._waiting = 0
+        self._closed = False
+        self._lock = threading.Lock()  # guards _waiting and _closed
+        self._generated_tokens = 0
+        self._calls = 0
+        self._broken: str | None = None
+        started = Future()
+        self._thread = threading.Thread(target=self._loop, args=(started,), name=f"engine-{engine_name}", daemon=True)
+        self._thread.start()
+        started.result()  # re-raises a failed start here, in the constructor
+
+    # -- contract ---------------------------------------------------------------------------------
+    def generate(self, prompt_ids, max_tokens, temperature, seed, version=None) -> Generation:
+        self._check_usable()
+        if version is not None and version != self._version:
+            raise VersionMismatchError(
+                f"engine {self.engine_name} holds version {self._version}, call asked for {version}")
+        call = _Call(list(map(int, prompt_ids)), int(max_tokens), float(temperature), int(seed), version,
+                     f"{self.engine_name}-{next(self._ids)}")
+        # Refused rather than cut short (vLLM would end it early), the same way on every engine.
+        if not call.prompt_ids or call.max_tokens < 1 or len(call.prompt_ids) + call.max_tokens > self.max_model_len:
+            raise ValueError(f"engine {self.engine_name}: prompt of {len(call.prompt_ids)} tokens + max_tokens "
+                             f"{call.max_tokens} must be within 1..max_model_len ({self.max_model_len})")
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"engine {self.engine_name} is closed")
+            self._waiting += 1
+            self._queue.put(call)
+        return call.future.result()
+
+    def load_weights(self, weights, version) -> float:
+        return self._push(_Push(weight_io.drop_tied_aliases(weights, self._tied), None, int(version)))
+
+    def load_weights_from_dir(self, path, version) -> float:
+        return self._push(_Push(None, str(path), int(version)))
+
+    def version(self) -> int:
+        return self._version
+
+    def load(self) -> dict:
+        return {"in_flight": len(self._running), "waiting": self._waiting,
+                "generated_tokens": self._generated_tokens, "calls": self._calls}
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    # -- loop -------------------------------------------------------------------------------------
+    def _push(self, push: _Push) -> float:
+        self._check_usable()
+        if push.version < self._version:
+            raise VersionMismatchError(f"engine {self.engine_name} holds version {self._version}; refusing to load "
+                                       f"older version {push.version}")
+        if self._running or self._waiting:  # checked here too: HF's step holds the loop for a whole batch
+            raise self._busy_error(push.version, len(self._running) + self._waiting)
+        self._queue.put(push)
+        return push.future.result()
+
+    def _check_usable(self) -> None:
+        if self._broken:
+            raise WeightSyncError(f"engine {self.engine_name} is unusable: {self._broken}; replace it")
+
+    def _loop(self, started: Future) -> None:
+        try:
+            self._build()
+        except BaseException as exc:  # noqa: BLE001 - handed to the constructor
+            started.set_exception(exc)
+            return
+        started.set_result(None)
+        while True:
+            # Block only when nothing is in flight; otherwise take what arrived and step again.
+            items = [self._queue.get()] if not self._running else []
+            while True:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            for i, item in enumerate(items):
+                if item is _STOP:
+                    self._close_loop(items[i + 1:])
+                    return
+                if isinstance(item, _Push):
+                    self._apply_push(item)
+                else:
+                    self._admit_call(item)
+            if self._running:
+                try:
+                    finished = self._step()
+                except Exception as exc:  # noqa: BLE001 - every caller in flight gets the error
+                    self._broken = f"model step failed: {exc!r}"
+                    self._fail_running(exc)
+                    continue
+                for call, token_ids, logprobs, reason in finished:
+                    del self._running[call.request_id]
+                    self._generated_tokens += len(token_ids)
+                    self._calls += 1
+                    call.future.set_result(Generation(list(token_ids), list(logprobs), self._version, reason))
+
+    def _admit_call(self, call: _Call) -> None:
+        with self._lock:
+            self._waiting -= 1
+        if self._broken:
+            call.future.set_exception(WeightSyncError(f"engine {self.engine_name} is unusable: {self._broken}"))
+        elif call.version is not None and call.version != self._version:
+            call.future.set_exception(VersionMismatchError(
+                f"engine {self.engine_name} holds version {self._version}, call asked for {call.version}"))
+        else:
+            try:
+                self._admit(call)
+            except Exception as exc:  # noqa: BLE001 - vLLM refused the request: fail this call only
+                call.future.set_exception(exc)
+                return
+            self._running[call.request_id] = call
+
+    def _apply_push(self, push: _Push) -> None:
+        name = self.engine_name
+        if self._running:
+            push.future.set_exception(self._busy_error(push.version, len(self._running)))
+            return
+        if push.version < self._version:
+            push.future.set_exception(VersionMismatchError(
+                f"engine {name} holds version {self._version}; refusing to load older version {push.version}"))
+            return
+        start = time.perf_counter()
+        # Checked before anything is touched: a bad push leaves the old weights serving.
+        if push.path:
+            layout = weight_io.drop_tied_aliases(weight_io.checkpoint_layout(push.path), self._tied)
+        else:
+            layout = {n: tuple(t.shape) for n, t in push.weights.items()}
+        problems = weight_io.layout_problems(layout, self._layout)
+        if push.weights is not None:
+            problems += weight_io.value_problems(push.weights)
+        if problems:
+            push.future.set_exception(WeightSyncError(
+                f"engine {name}: push of version {push.version} refused, old version {self._version} kept: "
+                + "; ".join(problems)))
+            return
+        try:
+            self._apply(push.weights, push.path)
+        except Exception as exc:  # noqa: BLE001 - the model may be half-written now
+            self._broken = f"push of version {push.version} failed midway ({exc!r})"
+            push.future.set_exception(WeightSyncError(f"engine {name}: {self._broken}"))
+            return
+        self._version = push.version
+        push.future.set_result(time.perf_counter() - start)
+
+    def _busy_error(self, version: int, calls: int) -> WeightSyncError:
+        return WeightSyncError(f"engine {self.engine_name}: refusing the push of version {version}: {calls} calls of "
+                               f"version {self._version} are still in flight (push only into an idle engine)")
+
+    def _close_loop(self, unprocessed: list) -> None:
+        closed = RuntimeError(f"engine {self.engine_name} closed")
+        with self._lock:  # nothing can be queued after this
+            self._closed = True
+        while True:
+            try:
+                unprocessed.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        for item in unprocessed:
+            if item is not _STOP:
+                item.future.set_exception(closed)
+        self._fail_running(closed)
+        self._shutdown()
+
+    def _fail_running(self, exc: BaseException) -> None:
+        for call in self._running.values():
+            call.future.set_exception(exc)
+        self._running.clear()
+
+    # -- hooks ------------------------------------------------------------------------------------
+    @abstractmethod
+    def _build(self) -> None: ...
+
+    @abstractmethod
+    def _admit(self, call: _Call) -> None: ...
+
+    @abstractmethod
+    def _step(self) -> list[tuple[_Call, list[int], list[float], str]]: ...
+
+    @abstractmethod
+    def _apply(self, weights: dict | None, path: str | None) -> None: ...
+
+    def _shutdown(self) -> None: ...
+
+
+def parse_cpu_list(spec: str) -> list[int]:
+    """'0' -> [0]; '0-2,5' -> [0, 1, 2, 5]."""
+    cpus = []
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def bind_this_thread(omp_threads_bind: str) -> None:
+    """'nobind': leave threads alone. A CPU list ('0', '0-1'): pin the calling thread (the OpenMP threads it
+    starts inherit the mask) and set torch's thread count to its size. torch's count is process-wide, so
+    an engine that binds should have its own process (a Ray actor)."""
+    if omp_threads_bind == "nobind":
+        return
+    cpus = parse_cpu_list(omp_threads_bind)
+    os.sched_setaffinity(0, cpus)  # pid 0 = the calling thread only
+    torch.set_num_threads(len(cpus))
+
+
+class HFEngine(BatchingEngine):
+    """transformers model, the same contract. Calls that arrive together run as one left-padded batch
+    with a KV cache, token by token, until all of them end; calls arriving meanwhile form the next batch.
+    Same positional arguments as VLLMEngine (kv_cache_gib and gpu_memory_utilization are unused: the KV
+    cache lives only as long as a batch; seed too: every call has its own)."""
+
+    def __init__(self, model_dir: str, version: int = 0, seed: int = 0, max_model_len: int = 256,
+                 omp_threads_bind: str = "nobind", kv_cache_gib: float = 0.25, device: str = "cpu",
+                 gpu_memory_utilization: float = 0.3, engine_name: str = "hf", max_batch: int = 64):
+        self.seed, self.omp_threads_bind, self.device, self.max_batch = seed, omp_threads_bind, device, max_batch
+        self._pending: list[_Call] = []
+        super().__init__(model_dir, version, engine_name, max_model_len)
+
+    def _build(self) -> None:
+        from transformers import AutoModelForCausalLM
+
+        bind_this_thread(self.omp_threads_bind)
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"engine {self.engine_name}: device='cuda' but no CUDA device is visible")
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).to(self.device).eval()
+        eos = self.model.generation_config.eos_token_id
+        eos = self.model.config.eos_token_id if eos is None else eos
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        pad = self.model.generation_config.pad_token_id
+        self.pad_id = pad if pad is not None else min(self.eos_ids, default=0)
+
+    def _admit(self, call: _Call) -> None:
+        self._pending.append(call)
+
+    @torch.no_grad()
+    def _step(self):
+        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+        width = max(len(c.prompt_ids) for c in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, c in enumerate(batch):  # left padding: every row's next token is at the last column
+            ids[i, width - len(c.prompt_ids):] = torch.tensor(c.prompt_ids)
+            mask[i, width - len(c.prompt_ids):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        generators = [torch.Generator(device=self.device).manual_seed(c.seed) for c in batch]
+        tokens: list[list[int]] = [[] for _ in batch]
+        logprobs: list[list[float]] = [[] for _ in batch]
+        reasons: list[str | None] = [None] * len(batch)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        while True:
+            logits = out.logits[:, -1].float()
+            raw_logp = torch.log_softmax(logits, -1)
+            next_ids = torch.full((len(batch),), self.pad_id, dtype=torch.long)
+            for i, c in enumerate(batch):
+                if reasons[i] is not None:
+                    continue
+                if c.temperature <= 0:
+                    token = int(logits[i].argmax())
+                else:
+                    probs = torch.softmax(logits[i] / c.temperature, -1)
+                    token = int(torch.multinomial(probs, 1, generator=generators[i]))
+                tokens[i].append(token)
+                logprobs[i].append(float(raw_logp[i, token]))
+                next_ids[i] = token
+                if token in self.eos_ids:
+                    reasons[i] = "stop"
+                elif len(tokens[i]) >= c.max_tokens:
+                    reasons[i] = "length"
+            if all(r is not None for r in reasons):
+                break
+            mask = torch.cat([mask, torch.ones((len(batch), 1), dtype=mask.dtype, device=self.device)], 1)
+            positions = positions[:, -1:] + 1
+            out = self.model(input_ids=next_ids[:, None].to(self.device), attention_mask=mask, position_ids=positions,
+                             past_key_values=out.past_key_values, use_cache=True)
+        return [(c, tokens[i], logprobs[i], reasons[i]) for i, c in enumerate(batch)]
+
+    @torch.no_grad()
+    def _apply(self, weights, path) -> None:
+        if weights is None:
+            weights = weight_io.drop_tied_aliases(weight_io.read_weights(path), self._tied)
+        state = self.model.state_dict()  # shares storage with the parameters (a tied lm_head included)
+        for name, tensor in weights.items():
+            state[name].copy_(tensor)
+
+    def _shutdown(self) -> None:
+        del self.model
+
+
+def engine_class(backend: str) -> type[InferenceEngine]:
+    """`llm.backend` -> engine class (vLLM is imported only when its engine starts)."""
+    if backend == "hf":
+        return HFEngine
+    if backend == "vllm":
+        from flexmarl.llm.vllm_engine import VLLMEngine
+
+        return VLLMEngine
+    raise ValueError(f"unknown inference backend {backend!r}; known: hf, vllm")
+
+
+def __getattr__(name: str):  # `from flexmarl.llm.engine import VLLMEngine` without importing vLLM eagerly
+    if name == "VLLMEngine":
+        return engine_class("vllm")
+    raise AttributeError(name)
+
+
+def generation_throughput(engine: InferenceEngine, prompts: list[list[int]], max_tokens: int, batch: int,
+                          temperature: float = 1.0, seed: int = 0) -> dict:
+    """Generated tokens per second with `batch` callers at once (threads calling `generate`, as the
+    workflow workers do), over all `prompts`."""
+    def one(i_prompt):
+        i, prompt = i_prompt
+        return engine.generate(prompt, max_tokens=max_tokens, temperature=temperature, seed=seed + i)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=batch) as pool:
+        results = list(pool.map(one, enumerate(prompts)))
+    seconds = time.perf_counter() - start
+    tokens = sum(len(r.token_ids) for r in results)
+    return {"tokens_per_s": tokens / seconds, "tokens": tokens, "seconds": seconds, "calls": len(results),
+            "batch": batch}
