@@ -184,8 +184,9 @@ class LLMConfig:
     groups: Any = "independent"
     """Agent -> model: 'independent' (each agent its own model, engine(s) and trainer), 'shared' (one model
     for all agents, the agent named in the prompt), or a mapping {group: [agents]}."""
-    backend: Literal["vllm", "hf"] = "vllm"
-    """Inference engine: vllm (vLLM; the CPU build here, CUDA on a GPU node) or hf (transformers generate)."""
+    backend: str = "vllm"
+    """Registered inference engine (flexmarl.llm.engine.ENGINES): vllm (vLLM; the CPU build here, the
+    CUDA build on a GPU node) or hf (transformers, batched generation with a KV cache)."""
     engines_per_agent: int = 1
     """Inference engine instances per model group at the start."""
     group_size: int = 8
@@ -230,6 +231,9 @@ class LLMConfig:
     """Reward of an agent whose output cannot be parsed (or whose prompt was too long)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Trainer device: auto = cuda when a GPU is visible to the trainer actor, else cpu."""
+    engine_max_batch: int = 64
+    """Calls one engine runs together at most (vLLM's max_num_seqs). 1 makes every call's numerics
+    independent of what else is in flight (bit-reproducible rollouts), at the cost of throughput."""
     engine_kv_cache_gib: float = 0.25
     """vLLM on CPU: KV-cache memory per engine (VLLM_CPU_KVCACHE_SPACE, GiB)."""
     gpu_memory_utilization: float = 0.3
@@ -412,7 +416,7 @@ def _validate_llm(llm: LLMConfig) -> None:
         ("llm.concurrent_requests", llm.concurrent_requests), ("llm.max_concurrent_calls", llm.max_concurrent_calls),
         ("llm.max_new_tokens", llm.max_new_tokens), ("llm.max_prompt_tokens", llm.max_prompt_tokens),
         ("llm.epochs", llm.epochs), ("llm.num_minibatches", llm.num_minibatches), ("llm.lr", llm.lr),
-        ("llm.engine_kv_cache_gib", llm.engine_kv_cache_gib), ("llm.gpu_memory_utilization", llm.gpu_memory_utilization),
+        ("llm.engine_kv_cache_gib", llm.engine_kv_cache_gib), ("llm.engine_max_batch", llm.engine_max_batch), ("llm.gpu_memory_utilization", llm.gpu_memory_utilization),
     ]:
         _positive(path, value)
     for path, value in [("llm.temperature", llm.temperature), ("llm.kl_coef", llm.kl_coef),
@@ -428,6 +432,10 @@ def _validate_llm(llm: LLMConfig) -> None:
     if requests % llm.num_minibatches:
         raise ConfigError("llm.num_minibatches", llm.num_minibatches,
                           f"a divisor of the {requests} rollout requests (micro-batches) per iteration")
+    from flexmarl.llm.engine import ENGINES
+
+    if llm.backend not in ENGINES:
+        raise ConfigError("llm.backend", llm.backend, "one of " + ", ".join(sorted(ENGINES)))
     if llm.loss not in GROUP_LOSSES:
         raise ConfigError("llm.loss", llm.loss, "one of " + ", ".join(sorted(GROUP_LOSSES)))
     if llm.gpu_memory_utilization > 1:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from flexmarl.config import Config, ConfigError
+from flexmarl.llm.engine import engine_class
 from flexmarl.llm.groups import LLMGroup, build_llm_groups
 from flexmarl.llm.tasks import make_task
 from flexmarl.llm.workflow import EngineDiedError, WorkflowWorker
@@ -102,26 +103,17 @@ class LLMOrchestrator(JointOrchestrator):
     def _make_engine(self, group: LLMGroup, index: int):
         cfg, llm = self.cfg, self.cfg.llm
         n_engines = len(self.groups) * llm.engines_per_agent
-        common = dict(model_dir=group.model_dir, seed=cfg.run.seed,
-                      max_model_len=llm.max_prompt_tokens + llm.max_new_tokens,
-                      engine_name=f"{group.name}/{index}")
-        if llm.backend == "vllm":
-            from flexmarl.llm.vllm_engine import VLLMEngine
-
-            cls = VLLMEngine
-            self._engines_started = getattr(self, "_engines_started", 0) + 1
-            common.update(omp_threads_bind=engine_cpu_binding(cfg, self._engines_started - 1),
-                          kv_cache_gib=llm.engine_kv_cache_gib, device=_engine_device(llm.device),
-                          gpu_memory_utilization=llm.gpu_memory_utilization)
-        else:
-            from flexmarl.llm.engine import HFEngine
-
-            cls = HFEngine
-            common.update(device=_engine_device(llm.device))
+        self._engines_started = getattr(self, "_engines_started", 0) + 1
+        settings = dict(model_dir=group.model_dir, seed=cfg.run.seed,
+                        max_model_len=llm.max_prompt_tokens + llm.max_new_tokens,
+                        omp_threads_bind=engine_cpu_binding(cfg, self._engines_started - 1),
+                        kv_cache_gib=llm.engine_kv_cache_gib, device=_engine_device(llm.device),
+                        gpu_memory_utilization=llm.gpu_memory_utilization, engine_name=f"{group.name}/{index}",
+                        max_batch=llm.engine_max_batch)
         # Concurrency: the calls of every in-flight request batch together inside the engine.
         concurrency = max(8, llm.concurrent_requests * llm.max_concurrent_calls)
-        return self.runtime.create(cls, pool="rollout", share=1 / (n_engines + cfg.rollout.num_workers),
-                                   concurrency=concurrency, **common)
+        return self.runtime.create(engine_class(llm.backend), pool="rollout",
+                                   share=1 / (n_engines + cfg.rollout.num_workers), concurrency=concurrency, **settings)
 
     def _make_worker(self, index: int):
         cfg = self.cfg

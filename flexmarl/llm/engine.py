@@ -419,15 +419,22 @@ class HFEngine(BatchingEngine):
         del self.model
 
 
-def engine_class(backend: str) -> type[InferenceEngine]:
-    """`llm.backend` -> engine class (vLLM is imported only when its engine starts)."""
-    if backend == "hf":
-        return HFEngine
-    if backend == "vllm":
-        from flexmarl.llm.vllm_engine import VLLMEngine
+def _vllm_engine() -> type[InferenceEngine]:
+    from flexmarl.llm.vllm_engine import VLLMEngine  # vLLM is imported only when its engine is asked for
 
-        return VLLMEngine
-    raise ValueError(f"unknown inference backend {backend!r}; known: hf, vllm")
+    return VLLMEngine
+
+
+ENGINES: dict[str, object] = {"hf": HFEngine, "vllm": _vllm_engine}
+"""`llm.backend` -> engine class (or a function returning it, for engines with heavy imports). Every
+engine takes the same constructor arguments (see HFEngine / VLLMEngine)."""
+
+
+def engine_class(backend: str) -> type[InferenceEngine]:
+    entry = ENGINES.get(backend)
+    if entry is None:
+        raise ValueError(f"unknown inference backend {backend!r}; known: {', '.join(sorted(ENGINES))}")
+    return entry if isinstance(entry, type) else entry()
 
 
 def __getattr__(name: str):  # `from flexmarl.llm.engine import VLLMEngine` without importing vLLM eagerly

@@ -40,7 +40,8 @@ from flexmarl.llm.engine import BatchingEngine, bind_this_thread, parse_cpu_list
 class VLLMEngine(BatchingEngine):
     def __init__(self, model_dir: str, version: int = 0, seed: int = 0, max_model_len: int = 256,
                  omp_threads_bind: str = "nobind", kv_cache_gib: float = 0.25, device: str = "cpu",
-                 gpu_memory_utilization: float = 0.3, engine_name: str = "vllm", dtype: str | None = None):
+                 gpu_memory_utilization: float = 0.3, engine_name: str = "vllm", max_batch: int = 64,
+                 dtype: str | None = None):
         """model_dir: local HF checkpoint (its weights are `version`). omp_threads_bind: 'nobind' or a CPU
         list ('0', '0-1'). kv_cache_gib: CPU KV cache. device 'cuda' needs a CUDA build of vLLM and uses
         `gpu_memory_utilization`. dtype: default float32 on CPU (bf16 is slower there), the checkpoint's on CUDA."""
@@ -48,7 +49,7 @@ class VLLMEngine(BatchingEngine):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         self.seed, self.device = seed, device
         self.omp_threads_bind, self.kv_cache_gib = omp_threads_bind, kv_cache_gib
-        self.gpu_memory_utilization = gpu_memory_utilization
+        self.gpu_memory_utilization, self.max_batch = gpu_memory_utilization, max_batch
         self.dtype = dtype or ("float32" if device == "cpu" else "auto")
         if omp_threads_bind != "nobind":
             parse_cpu_list(omp_threads_bind)  # a bad value fails here, before the engine thread starts
@@ -71,7 +72,7 @@ class VLLMEngine(BatchingEngine):
             if self.device == "cuda" and current_platform.is_cpu():
                 raise RuntimeError(f"engine {self.engine_name}: device='cuda' but the installed vLLM is the CPU build")
             kwargs = dict(model=self.model_dir, dtype=self.dtype, enforce_eager=True, seed=self.seed,
-                          max_model_len=self.max_model_len, disable_log_stats=True)
+                          max_model_len=self.max_model_len, max_num_seqs=self.max_batch, disable_log_stats=True)
             if self.device == "cpu":
                 kwargs["kv_cache_memory_bytes"] = int(self.kv_cache_gib * 2**30)
             else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +41,17 @@ class EngineDiedError(RuntimeError):
 
     def __reduce__(self):  # picklable with its fields (it crosses Ray)
         return (EngineDiedError, (self.group, self.index, self.incarnation, self.cause))
+
+
+def run_coroutine(coroutine):
+    """Run a coroutine to completion from synchronous code, also from a thread that already runs an
+    event loop (Ray's threaded actors do): then in a fresh thread with its own loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def call_seed(request_seed: int, query: int, trajectory: int, agent: int, k: int) -> int:
@@ -194,7 +206,7 @@ class WorkflowWorker:
         rng = np.random.default_rng(request.seed)
         queries = [self.task.sample_query(rng) for _ in range(self.llm.queries_per_request)]
         G = self.llm.group_size
-        per_query, counters = asyncio.run(self._run_queries(queries, request.seed, request.version, False, G))
+        per_query, counters = run_coroutine(self._run_queries(queries, request.seed, request.version, False, G))
         rows = {g.name: {"prompt_ids": [], "completion_ids": [], "logp": [], "advantages": [], "versions": []}
                 for g in self.groups}
         team_rewards, successes = [], []
@@ -232,7 +244,7 @@ class WorkflowWorker:
         """Greedy (temperature 0) success and team reward on `episodes` fresh queries."""
         rng = np.random.default_rng(seed)
         queries = [self.task.sample_query(rng) for _ in range(episodes)]
-        per_query, _ = asyncio.run(self._run_queries(queries, seed, None, True, 1))
+        per_query, _ = run_coroutine(self._run_queries(queries, seed, None, True, 1))
         outcomes = [o for trajectories in per_query for _, o in trajectories]
         return {"eval/return_mean": float(np.mean([np.mean(list(o.rewards.values())) for o in outcomes])),
                 "eval/win_rate": float(np.mean([o.success for o in outcomes]))}

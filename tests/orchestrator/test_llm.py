@@ -1,0 +1,152 @@
+"""LLM agents through the joint orchestrator (tiny local models): microbatch equals sync, rows are
+complete GRPO groups, bad input, engine faults, and the real thing on Ray with vLLM engines."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from flexmarl.config import ConfigError, config_from_dict
+from flexmarl.llm.engine import ENGINES, HFEngine, WeightSyncError
+from orchestrator.llm import LLMOrchestrator
+from orchestrator.runtime import SerialRuntime
+from orchestrator.train import TrainingError, train
+from tests.flexmarl.llm.conftest import tiny_task_models  # noqa: F401  (the shared session fixture)
+
+
+def llm_config(models: dict, **sections):
+    base = {
+        "run": {"name": "test-llm", "workload": "llm", "mode": "serial", "seed": 0, "iterations": 2,
+                "progress": False, "checkpoint_every": 1},
+        "llm": {"task": "speaker_listener", "models": {k: str(v) for k, v in models.items()}, "backend": "hf",
+                "group_size": 4, "queries_per_request": 1, "queries_per_iteration": 4, "num_minibatches": 2,
+                "max_new_tokens": 4, "lr": 1e-3, "concurrent_requests": 2,
+                # one call at a time per engine: rollouts bit-reproducible, so the two pipelines see
+                # identical rows (a batching engine's padding changes logprobs in the last bits)
+                "engine_max_batch": 1},
+        "pipeline": {"mode": "microbatch"},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return config_from_dict(base)
+
+
+def trainer_weights(orch) -> dict:
+    rt = orch.runtime
+    return {g: rt.get(rt.call(t, "get_weights")) for g, t in orch.trainers.items()}
+
+
+def _close(a: dict, b: dict, atol: float) -> bool:
+    return all(torch.allclose(a[g][k], b[g][k], atol=atol, rtol=0) for g in a for k in a[g])
+
+
+@pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean_token_mean"])
+def test_microbatch_equals_sync_on_the_llm_workload(tiny_task_models, loss_agg):
+    runs = {}
+    for mode in ("sync", "microbatch"):
+        cfg = llm_config(tiny_task_models, pipeline={"mode": mode}, llm={"loss_agg": loss_agg})
+        orch = LLMOrchestrator(cfg, SerialRuntime())
+        metrics = [orch.step() for _ in range(2)]
+        runs[mode] = (trainer_weights(orch), metrics)
+    assert _close(runs["sync"][0], runs["microbatch"][0], atol=1e-6)
+    assert all(m["perf/policy_lag_max"] == 0 for m in runs["microbatch"][1])
+    # the updates did something: version-2 weights differ from the checkpoint's
+    start = LLMOrchestrator(llm_config(tiny_task_models), SerialRuntime())
+    assert not _close(trainer_weights(start), runs["sync"][0], atol=1e-6)
+
+
+def test_rows_are_complete_groups_of_every_agent(tiny_task_models):
+    cfg = llm_config(tiny_task_models, pipeline={"mode": "sync"})
+    orch = LLMOrchestrator(cfg, SerialRuntime())
+    results = orch.collect(orch.dispatch())
+    G, per_request = cfg.llm.group_size, cfg.llm.queries_per_request
+    assert len(results) == cfg.requests_per_iteration == 4
+    for group in orch.groups:  # one speaker and one listener call per trajectory
+        rows = orch.store.ready_rows(group.name, policy_version=0)
+        assert [r.sample_id for r in rows] == [f"it000000-req{r:04d}-{group.name}" for r in range(4)]
+        for row in rows:
+            payload = orch.runtime.get(row.fields["payload"])
+            assert len(payload["completion_ids"]) == per_request * G
+            assert all(len(ids) == len(lp) for ids, lp in zip(payload["completion_ids"], payload["logp"]))
+            advantages = np.asarray(payload["advantages"]).reshape(per_request, G)
+            assert np.allclose(advantages.mean(1), 0, atol=1e-6)  # group-normalised: statistics were final
+            assert set(payload["versions"]) == {0}
+    metrics = orch.train()
+    assert metrics["perf/policy_lag_max"] == 0
+
+
+def test_a_prompt_longer_than_the_limit_is_not_sent_and_is_counted(tiny_task_models):
+    cfg = llm_config(tiny_task_models, llm={"max_prompt_tokens": 8})
+    orch = LLMOrchestrator(cfg, SerialRuntime())
+    metrics = orch.step()
+    calls = metrics["llm/calls/speaker"] + metrics["llm/calls/listener"]
+    assert metrics["llm/prompt_too_long"] == calls  # every prompt of this task is longer than 8 tokens
+    assert metrics["llm/format_errors/listener"] == cfg.llm.queries_per_iteration * cfg.llm.group_size
+    assert metrics.get("llm/generated_tokens", 0) == 0
+
+
+def test_llm_config_errors_name_the_key(tiny_task_models):
+    with pytest.raises(ConfigError) as info:
+        llm_config(tiny_task_models, llm={"queries_per_iteration": 5, "queries_per_request": 2})
+    assert info.value.path == "llm.queries_per_iteration"
+    with pytest.raises(ConfigError) as info:
+        LLMOrchestrator(llm_config({"speaker": "/nonexistent/model"}), SerialRuntime())
+    assert info.value.path == "llm.models.speaker"
+    with pytest.raises(ConfigError) as info:
+        llm_config(tiny_task_models, llm={"groups": {"a": ["speaker"], "b": ["nobody"]}})
+        LLMOrchestrator(llm_config(tiny_task_models, llm={"groups": {"a": ["speaker"], "b": ["nobody"]}}), SerialRuntime())
+    assert info.value.path == "llm.groups"
+
+
+class PushFailsAfterFirstSync(HFEngine):
+    """A real HF engine whose weight push breaks from version 2 on (a lost device, a bad transfer)."""
+
+    def load_weights(self, weights, version):
+        if version >= 2:
+            raise WeightSyncError(f"engine {self.engine_name}: simulated transfer failure at version {version}")
+        return super().load_weights(weights, version)
+
+
+def test_a_failed_weight_push_stops_the_run_with_a_clear_error_and_keeps_checkpoints(tiny_task_models, tmp_path):
+    ENGINES["push_fails"] = PushFailsAfterFirstSync
+    try:
+        cfg = llm_config(tiny_task_models, run={"iterations": 3}, llm={"backend": "push_fails"})
+        with pytest.raises(TrainingError) as info:
+            train(cfg, tmp_path)
+    finally:
+        del ENGINES["push_fails"]
+    assert "WeightSyncError" in str(info.value) and "version 2" in str(info.value)
+    assert (tmp_path / "error.txt").exists()
+    assert (tmp_path / "checkpoints" / "iter_000001").exists()
+
+
+@pytest.mark.slow
+def test_vllm_engines_on_ray_zero_lag_pushed_weights_and_a_killed_engine(tiny_task_models, ray_cluster):
+    import ray
+
+    from orchestrator.bench.llm import logprob_agreement
+    from orchestrator.runtime import RayRuntime
+
+    cfg = llm_config(tiny_task_models, run={"mode": "ray"}, llm={"backend": "vllm", "queries_per_iteration": 8})
+    orch = LLMOrchestrator(cfg, RayRuntime(cfg))
+    try:
+        metrics = orch.step()
+        assert metrics["perf/policy_lag_max"] == 0 and metrics["llm/generated_tokens"] > 0
+        rt = orch.runtime
+        assert rt.get([rt.call(e, "version") for es in orch.engines.values() for e in es]) == [1, 1]
+        assert logprob_agreement(orch) < 1e-4  # engines serve exactly the trained weights
+
+        # An engine killed while the iteration's requests are in flight: requests re-sent, none lost or doubled.
+        orch._begin_updates()
+        in_flight = orch.dispatch()
+        time.sleep(0.5)
+        ray.kill(orch.engines["listener"][0], no_restart=True)
+        results = orch.collect(in_flight, on_publish=orch._feed)
+        finished = orch._finish_updates()
+        assert orch.engine_restarts == 1 and len(results) == cfg.requests_per_iteration
+        assert finished["perf/policy_lag_max"] == 0
+        assert sorted(r.request_id for r in results) == [f"it000001-req{r:04d}" for r in range(cfg.requests_per_iteration)]
+        assert rt.get(rt.call(orch.engines["listener"][0], "version")) == 1  # the replacement got version 1
+    finally:
+        orch.shutdown()
