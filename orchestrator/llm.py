@@ -63,7 +63,20 @@ def ensure_models(cfg: Config, groups: list[LLMGroup]) -> None:
     from flexmarl.llm.build import build_task_models
 
     log.info("no models in %s: building the task's tiny warm-started models there (once)", cfg.llm.model_dir)
-    build_task_models(cfg.llm.task, cfg.llm.model_dir, seed=cfg.run.seed, **_task_kwargs(cfg))
+    build_task_models(cfg.llm.task, cfg.llm.model_dir, seed=cfg.run.seed, log=log.info, **_task_kwargs(cfg))
+
+
+def check_context(cfg: Config, groups: list[LLMGroup]) -> None:
+    """Prompt + completion must fit every model's context, or the engines could not serve a call."""
+    import json
+
+    need = cfg.llm.max_prompt_tokens + cfg.llm.max_new_tokens
+    for g in groups:
+        context = json.loads((Path(g.model_dir) / "config.json").read_text()).get("max_position_embeddings")
+        if context is not None and need > context:
+            raise ConfigError("llm.max_prompt_tokens", cfg.llm.max_prompt_tokens,
+                              f"at most {context - cfg.llm.max_new_tokens}: with llm.max_new_tokens = "
+                              f"{cfg.llm.max_new_tokens} it must fit the {context}-token context of {g.model_dir}")
 
 
 def _task_kwargs(cfg: Config) -> dict:
@@ -78,6 +91,7 @@ class LLMOrchestrator(JointOrchestrator):
         self.task = make_task(cfg.llm.task, format_penalty=cfg.llm.format_penalty, **cfg.llm.task_kwargs)
         self.groups: list[LLMGroup] = build_llm_groups(cfg.llm, tuple(self.task.agents))
         ensure_models(cfg, self.groups)
+        check_context(cfg, self.groups)
         self.store = ExperienceStore([g.name for g in self.groups])
         self.iteration = 0
         self.env_steps = 0

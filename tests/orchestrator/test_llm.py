@@ -93,8 +93,10 @@ def test_llm_config_errors_name_the_key(tiny_task_models):
     with pytest.raises(ConfigError) as info:
         LLMOrchestrator(llm_config({"speaker": "/nonexistent/model"}), SerialRuntime())
     assert info.value.path == "llm.models.speaker"
+    with pytest.raises(ConfigError) as info:  # the tiny models' context is 256 tokens
+        LLMOrchestrator(llm_config(tiny_task_models, llm={"max_prompt_tokens": 300}), SerialRuntime())
+    assert info.value.path == "llm.max_prompt_tokens" and "256-token context" in str(info.value)
     with pytest.raises(ConfigError) as info:
-        llm_config(tiny_task_models, llm={"groups": {"a": ["speaker"], "b": ["nobody"]}})
         LLMOrchestrator(llm_config(tiny_task_models, llm={"groups": {"a": ["speaker"], "b": ["nobody"]}}), SerialRuntime())
     assert info.value.path == "llm.groups"
 
