@@ -18,6 +18,14 @@ from gymnasium import spaces
 from envs.batched import is_batched
 
 
+class UnsupportedSpaceError(TypeError):
+    """An observation or action space the policies cannot read; names the agent and the space."""
+
+
+class EnvContractError(TypeError):
+    """The env does not follow the ParallelEnv API (e.g. `reset` returns None, as an AEC env does)."""
+
+
 @dataclass(frozen=True)
 class ActionSpec:
     kind: str
@@ -60,7 +68,7 @@ def _action_spec(space: spaces.Space, agent: str) -> ActionSpec:
         low = np.broadcast_to(space.low, space.shape).astype(float).ravel()
         high = np.broadcast_to(space.high, space.shape).astype(float).ravel()
         return ActionSpec(kind="box", shape=tuple(space.shape), low=tuple(low), high=tuple(high))
-    raise TypeError(f"agent {agent!r}: action space {space} is not supported (Discrete or Box)")
+    raise UnsupportedSpaceError(f"agent {agent!r}: action space {space} is not supported (Discrete or Box)")
 
 
 def _obs_dim(space: spaces.Space, agent: str) -> tuple[int, bool]:
@@ -69,7 +77,7 @@ def _obs_dim(space: spaces.Space, agent: str) -> tuple[int, bool]:
         return inner, "action_mask" in space.spaces
     if isinstance(space, spaces.Box):
         return int(np.prod(space.shape)), False
-    raise TypeError(f"agent {agent!r}: observation space {space} is not supported (Box or Dict with 'observation')")
+    raise UnsupportedSpaceError(f"agent {agent!r}: observation space {space} is not supported (Box or Dict with 'observation')")
 
 
 def split_observation(obs: Any) -> tuple[np.ndarray, np.ndarray | None]:
@@ -82,6 +90,11 @@ def split_observation(obs: Any) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(obs, dtype=np.float32).ravel(), None
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def describe_env(env: Any, seed: int = 0) -> EnvSpec:
     """Inspect a ParallelEnv (resets it once to probe `state()`) or a `BatchedEnv`."""
     if is_batched(env):
@@ -92,7 +105,10 @@ def describe_env(env: Any, seed: int = 0) -> EnvSpec:
             per_agent[agent] = AgentSpec(obs_dim, _action_spec(env.action_space(agent), agent), has_mask,
                                          int(getattr(env, "candidate_dim", 0)))
         return EnvSpec(agents=agents, per_agent=per_agent, state_dim=int(env.state_dim))
-    env.reset(seed=seed)
+    out = env.reset(seed=seed)
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], dict)):
+        raise EnvContractError(f"reset() returned {type(out).__name__} {_short(out)}, not (observations: dict, "
+                               "infos: dict) as a ParallelEnv's reset does")
     agents = tuple(env.possible_agents)
     per_agent = {}
     for agent in agents:

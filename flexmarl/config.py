@@ -436,36 +436,11 @@ def _validate_llm(llm: LLMConfig) -> None:
         raise ConfigError("llm.groups", llm.groups, "'independent', 'shared' or a mapping {group: [agents]}")
 
 
-def parse_overrides(overrides: list[str]) -> dict:
-    """['algo.lr_actor=1e-3', 'env.kwargs.N=4'] -> nested dict; values parsed as YAML scalars."""
-    nested: dict = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(item, item, "overrides of the form key.path=value")
-        node = nested
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(key, raw, "a path that does not cross a scalar override")
-        node[parts[-1]] = yaml.safe_load(raw)
-    return nested
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def config_from_dict(data: dict, overrides: list[str] | None = None) -> Config:
-    data = _merge(data or {}, parse_overrides(overrides or []))
-    return validate(_build(Config, data, ""))
+    """Build and check a Config from a mapping, after `key.path=value` overrides (rule: flexmarl/overrides.py)."""
+    from flexmarl.overrides import apply_overrides  # imports ConfigError from here
+
+    return validate(_build(Config, apply_overrides(data or {}, overrides or []), ""))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs import EnvSpec, describe_env, make_env
+from envs import EnvSpec
 from flexmarl.config import Config
-from flexmarl.groups import GroupLayout, build_groups
+from flexmarl.env_probe import probe_env
+from flexmarl.groups import GroupLayout
 from flexmarl.rollout import RolloutRequest, RolloutResult, RolloutWorker
 from flexmarl.trainer import GroupTrainer
 from orchestrator.runtime import Runtime, WorkerDiedError
@@ -49,11 +50,9 @@ def request_seed(seed: int, *index: int) -> int:
 class JointOrchestrator:
     def __init__(self, cfg: Config, runtime: Runtime):
         self.cfg, self.runtime = cfg, runtime
-        probe = make_env(cfg.env.name, **cfg.env.kwargs)
-        self.spec: EnvSpec = describe_env(probe, seed=cfg.run.seed)
-        if hasattr(probe, "close"):
-            probe.close()
-        self.groups: list[GroupLayout] = build_groups(cfg, self.spec)
+        self.spec: EnvSpec
+        self.groups: list[GroupLayout]
+        self.spec, self.groups = probe_env(cfg)  # env problems surface as ConfigError naming the key
         self.store = ExperienceStore([g.name for g in self.groups])
         n_workers = cfg.rollout.num_workers
         self.workers = [runtime.create(RolloutWorker, cfg, i, pool="rollout", share=1 / n_workers) for i in range(n_workers)]
