@@ -70,6 +70,10 @@ class ModelConfig:
     """mlp: one MLP maps the observation to every action's logit. candidate_scorer (discrete actions over
     a candidate slate, e.g. recommendation): one shared network scores each candidate from the context
     and that candidate's features, so slots are interchangeable and item knowledge transfers."""
+    encoder: Literal["auto", "mlp", "cnn"] = "auto"
+    """Observation encoder before the MLP layers. auto: a small CNN for image observations (a 3-D Box with 1-4
+    channels, HWC or CHW), else the flat observation; mlp: always flatten; cnn: require images. A centralised
+    critic uses the CNN too when its input is an image (an image `state()`, or the agents' images stacked)."""
     hidden_sizes: list = field(default_factory=lambda: [64, 64])
     """Widths of the MLP layers of actor and critic."""
     activation: Literal["relu", "tanh"] = "relu"

@@ -94,8 +94,19 @@ class MetricsWriter:
 
 
 def _signature(groups) -> dict:
-    return {g.name: {"agents": list(g.agents), "obs_dim": g.obs_dim, "critic_dim": g.critic_dim,
-                     "action": [g.action.kind, g.action.dim]} for g in groups}
+    """What must match between a checkpoint and the run loading it: per group, the agents, the input widths,
+    the action head, and (when used) the CNN encoders' image shapes."""
+    out = {}
+    for g in groups:
+        sig = {"agents": list(g.agents), "obs_dim": g.obs_dim, "critic_dim": g.critic_dim,
+               "action": [g.action.kind, g.action.dim]}
+        if g.action.kind == "multi_discrete":
+            sig["action"].append(list(g.action.nvec))
+        for key, image in (("obs_image", g.obs_image), ("critic_image", g.critic_image)):
+            if image is not None:  # absent for flat inputs, so checkpoints written before images still load
+                sig[key] = [image.frames, image.channels, image.height, image.width, image.channels_last]
+        out[g.name] = sig
+    return out
 
 
 def save_checkpoint(run_dir: Path, cfg: Config, groups, state: dict) -> Path:
