@@ -38,6 +38,10 @@ def _cmd_train(args) -> int:
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: no traceback, just where the run is and how to continue it
+        print(f"\ninterrupted: run directory {run_dir}; continue from its latest checkpoint with: "
+              f"flexmarl train --resume {run_dir}", file=sys.stderr)
+        return 130
     _print_summary(cfg, run_dir, metrics)
     return 0
 
