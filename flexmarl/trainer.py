@@ -175,6 +175,7 @@ class GroupTrainer:
         self._waiting: dict[int, list[dict]] = {}  # micro-batches of later minibatches, held until their turn
         self._done_in_minibatch = 0
         self._pending_active = 0.0
+        self._held_back = 0  # micro-batches that arrived before their minibatch's turn
         self._stats, self._compute_s, self._spans = {}, 0.0, []
 
     def consume(self, sample_id: str, version: int, micro_batch: dict, slot: int | None = None) -> None:
@@ -189,6 +190,7 @@ class GroupTrainer:
         mb = _to_tensors(micro_batch)
         self._batch.append((sample_id, mb))
         self._lags.append(self.version - version)
+        self._held_back += int(slot // self._per_minibatch > self._minibatch)
         self._waiting.setdefault(slot // self._per_minibatch, []).append(mb)
         while self._waiting.get(self._minibatch):
             mb = self._waiting[self._minibatch].pop(0)
@@ -231,6 +233,7 @@ class GroupTrainer:
             "perf/policy_lag_min": float(min(self._lags)),
             "perf/policy_lag_mean": float(np.mean(self._lags)),
             "perf/policy_lag_max": float(max(self._lags)),
+            "perf/held_back": float(self._held_back),
         })
         return metrics
 
