@@ -148,6 +148,11 @@ class RolloutConfig:
     """Inference backend that computes actions ("random": uniform baseline, nothing to train)."""
     max_worker_restarts: int = 3
     """How many times a dead rollout worker is replaced before the run fails."""
+    request_timeout_s: float = 0.0
+    """Ray mode: a worker that finishes none of its requests for this many seconds (a wedged game engine) is
+    treated as dead: killed, replaced (counts against max_worker_restarts) and its rows regenerated;
+    counted in `rollout/worker_timeouts`. 0 = wait forever. Must exceed the slowest request, including the
+    first one, which also waits for the worker to start."""
     max_env_restarts: int = 3
     """Per request: how many env copies that raise mid-episode (a crashed GRF engine or SC2 client) are
     rebuilt, their episode discarded, before the request fails."""
@@ -356,6 +361,7 @@ def validate(cfg: Config) -> Config:
         ("run.checkpoint_every", cfg.run.checkpoint_every), ("run.eval_every", cfg.run.eval_every),
         ("rollout.max_worker_restarts", cfg.rollout.max_worker_restarts),
         ("rollout.max_env_restarts", cfg.rollout.max_env_restarts),
+        ("rollout.request_timeout_s", cfg.rollout.request_timeout_s),
         ("algo.entropy_coef", cfg.algo.entropy_coef), ("algo.value_coef", cfg.algo.value_coef),
         ("algo.max_grad_norm", cfg.algo.max_grad_norm), ("algo.clip_eps", cfg.algo.clip_eps),
         ("algo.value_clip_eps", cfg.algo.value_clip_eps),

@@ -41,6 +41,8 @@ class _InFlight:
     row_refs: list
     slot: int | None = None
     """Position of the request in its global batch (fixes its minibatch); None: arrival order."""
+    sent_at: float = 0.0
+    """When it was dispatched (its worker's deadline for `rollout.request_timeout_s`)."""
 
 
 def request_seed(seed: int, *index: int) -> int:
@@ -63,6 +65,8 @@ class JointOrchestrator:
         self.iteration = 0
         self.env_steps = 0
         self.worker_restarts = 0
+        self.worker_timeouts = 0
+        self._last_done: dict[int, float] = {}  # worker -> when it last finished a request
         self.timeline: dict = {}
         """Wall-clock spans of the last iteration: rollout per worker, train per group, weight sync."""
         self._weights_ref = None
@@ -92,7 +96,7 @@ class JointOrchestrator:
             version = -1 if request.version is None else request.version
             self.store.begin(g.name, self._row_id(request, g.name), version, meta={"worker": worker})
             self.store.write(g.name, self._row_id(request, g.name), "payload", ref, ready=False)
-        return _InFlight(request, worker, refs[0], refs[1:], slot)
+        return _InFlight(request, worker, refs[0], refs[1:], slot, time.time())
 
     def dispatch(self) -> list[_InFlight]:
         """Send this iteration's requests round-robin over the workers (each worker runs its queue in order)."""
@@ -119,23 +123,52 @@ class JointOrchestrator:
         self.sync_weights(workers=[index])
 
     def _next_result(self, pending: dict) -> tuple[_InFlight, RolloutResult] | None:
-        """Wait for one in-flight request. A dead worker's requests are aborted and sent again (same ids,
-        same versions) to its replacement; returns None in that case."""
-        ready, _ = self.runtime.wait([f.meta_ref for f in pending.values()])
+        """Wait for one in-flight request. A dead worker's requests, or a hung one's (no request finished
+        within `rollout.request_timeout_s`), are aborted and sent again (same ids, same versions) to its
+        replacement; returns None in that case."""
+        ready, _ = self.runtime.wait([f.meta_ref for f in pending.values()], timeout=self._wait_s(pending))
+        if not ready:
+            now, limit = time.time(), self.cfg.rollout.request_timeout_s
+            for worker, deadline in self._deadlines(pending).items():
+                if deadline <= now:
+                    self.worker_timeouts += 1
+                    self._recover(worker, pending, f"no request finished for {limit:g} s (rollout.request_timeout_s)")
+            return None
         flight = pending.pop(id(ready[0]))
         try:
-            return flight, self.runtime.get(flight.meta_ref)
+            result = self.runtime.get(flight.meta_ref)
         except WorkerDiedError as exc:
-            dead = [flight] + [f for f in pending.values() if f.worker == flight.worker]
-            for f in dead:
-                pending.pop(id(f.meta_ref), None)
-                for g in self.groups:
-                    self.store.abort(g.name, self._row_id(f.request, g.name))
-            self._replace_worker(flight.worker, str(exc))
-            for f in dead:
-                new = self._dispatch(f.request, f.worker, f.slot)
-                pending[id(new.meta_ref)] = new
+            pending[id(flight.meta_ref)] = flight
+            self._recover(flight.worker, pending, str(exc))
             return None
+        self._last_done[flight.worker] = time.time()
+        return flight, result
+
+    def _deadlines(self, pending: dict) -> dict[int, float]:
+        """Per busy worker: when it must have finished its current request (it runs its queue in order)."""
+        limit, out = self.cfg.rollout.request_timeout_s, {}
+        for f in pending.values():
+            start = max(f.sent_at, self._last_done.get(f.worker, 0.0))
+            out[f.worker] = min(out.get(f.worker, float("inf")), start + limit)
+        return out
+
+    def _wait_s(self, pending: dict) -> float | None:
+        if not self.cfg.rollout.request_timeout_s:
+            return None
+        return max(0.0, min(self._deadlines(pending).values()) - time.time())
+
+    def _recover(self, worker: int, pending: dict, reason: str) -> None:
+        """Abort a lost worker's unfinished rows, replace it, and send its requests again."""
+        dead = [f for f in pending.values() if f.worker == worker]
+        for f in dead:
+            pending.pop(id(f.meta_ref), None)
+            for g in self.groups:
+                self.store.abort(g.name, self._row_id(f.request, g.name))
+        self._replace_worker(worker, reason)
+        self._last_done[worker] = time.time()
+        for f in sorted(dead, key=lambda f: f.sent_at):  # its queue, in the order it was sent
+            new = self._dispatch(f.request, f.worker, f.slot)
+            pending[id(new.meta_ref)] = new
 
     def _publish(self, flight: _InFlight, result: RolloutResult) -> None:
         for g in self.groups:
@@ -289,6 +322,7 @@ class JointOrchestrator:
             "perf/rollout_busy": min(1.0, sum(r.sample_s for r in results) / (elapsed * len(self.workers))),
             "perf/trainer_busy": min(1.0, metrics["perf/trainer_busy_s"] / (elapsed * len(self.trainers))),
             "perf/worker_restarts": self.worker_restarts,
+            "rollout/worker_timeouts": self.worker_timeouts,
             "rollout/env_restarts": sum(r.env_restarts for r in results),
             "rollout/discarded_steps": sum(r.discarded_steps for r in results),
             "store/aborted_rows": sum(t.aborted for t in self.store.tables.values()),
