@@ -93,6 +93,7 @@ def _learn(make_cfg, tmp_path, name, kwargs, iterations, **sections):
     return run_dir, evaluate_checkpoint(latest_checkpoint(run_dir), episodes=20)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("obs_kind, action_kind, chance", [
     ("discrete", "discrete", 2 * 5 / 4), ("dict", "discrete", 2 * 5 / 4), ("tuple", "discrete", 2 * 5 / 4),
     ("multi_binary", "discrete", 2 * 5 / 4), ("multi_discrete", "multi_discrete", 2 * 5 / 6),
