@@ -8,14 +8,17 @@ This package depends on no other FlexMARL package.
 """
 
 from envs.registry import ENV_REGISTRY, UnknownEnvError, make_env, register_env, registered_names
-from envs.spec import ActionSpec, AgentSpec, EnvSpec, describe_env, split_observation
+from envs.spec import (ActionSpec, AgentSpec, EnvContractError, EnvSpec, UnsupportedSpaceError, describe_env,
+                        split_observation)
 
 __all__ = [
     "ENV_REGISTRY",
     "ActionSpec",
     "AgentSpec",
+    "EnvContractError",
     "EnvSpec",
     "UnknownEnvError",
+    "UnsupportedSpaceError",
     "describe_env",
     "make_env",
     "register_env",

@@ -70,6 +70,10 @@ class ModelConfig:
     """mlp: one MLP maps the observation to every action's logit. candidate_scorer (discrete actions over
     a candidate slate, e.g. recommendation): one shared network scores each candidate from the context
     and that candidate's features, so slots are interchangeable and item knowledge transfers."""
+    encoder: Literal["auto", "mlp", "cnn"] = "auto"
+    """Observation encoder before the MLP layers. auto: a small CNN for image observations (a 3-D Box with 1-4
+    channels, HWC or CHW), else the flat observation; mlp: always flatten; cnn: require images. A centralised
+    critic uses the CNN too when its input is an image (an image `state()`, or the agents' images stacked)."""
     hidden_sizes: list = field(default_factory=lambda: [64, 64])
     """Widths of the MLP layers of actor and critic."""
     activation: Literal["relu", "tanh"] = "relu"
@@ -144,6 +148,11 @@ class RolloutConfig:
     """Inference backend that computes actions ("random": uniform baseline, nothing to train)."""
     max_worker_restarts: int = 3
     """How many times a dead rollout worker is replaced before the run fails."""
+    request_timeout_s: float = 0.0
+    """Ray mode: a worker that finishes none of its requests for this many seconds (a wedged game engine) is
+    treated as dead: killed, replaced (counts against max_worker_restarts) and its rows regenerated;
+    counted in `rollout/worker_timeouts`. 0 = wait forever. Must exceed the slowest request, including the
+    first one, which also waits for the worker to start."""
     max_env_restarts: int = 3
     """Per request: how many env copies that raise mid-episode (a crashed GRF engine or SC2 client) are
     rebuilt, their episode discarded, before the request fails."""
@@ -356,6 +365,7 @@ def validate(cfg: Config) -> Config:
         ("run.checkpoint_every", cfg.run.checkpoint_every), ("run.eval_every", cfg.run.eval_every),
         ("rollout.max_worker_restarts", cfg.rollout.max_worker_restarts),
         ("rollout.max_env_restarts", cfg.rollout.max_env_restarts),
+        ("rollout.request_timeout_s", cfg.rollout.request_timeout_s),
         ("algo.entropy_coef", cfg.algo.entropy_coef), ("algo.value_coef", cfg.algo.value_coef),
         ("algo.max_grad_norm", cfg.algo.max_grad_norm), ("algo.clip_eps", cfg.algo.clip_eps),
         ("algo.value_clip_eps", cfg.algo.value_clip_eps),
@@ -444,36 +454,11 @@ def _validate_llm(llm: LLMConfig) -> None:
         raise ConfigError("llm.groups", llm.groups, "'independent', 'shared' or a mapping {group: [agents]}")
 
 
-def parse_overrides(overrides: list[str]) -> dict:
-    """['algo.lr_actor=1e-3', 'env.kwargs.N=4'] -> nested dict; values parsed as YAML scalars."""
-    nested: dict = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(item, item, "overrides of the form key.path=value")
-        node = nested
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(key, raw, "a path that does not cross a scalar override")
-        node[parts[-1]] = yaml.safe_load(raw)
-    return nested
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def config_from_dict(data: dict, overrides: list[str] | None = None) -> Config:
-    data = _merge(data or {}, parse_overrides(overrides or []))
-    return validate(_build(Config, data, ""))
+    """Build and check a Config from a mapping, after `key.path=value` overrides (rule: flexmarl/overrides.py)."""
+    from flexmarl.overrides import apply_overrides  # imports ConfigError from here
+
+    return validate(_build(Config, apply_overrides(data or {}, overrides or []), ""))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

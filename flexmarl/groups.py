@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from envs import ActionSpec, EnvSpec
+from envs.spec import AgentSpec, ImageSpec
 from flexmarl.config import Config, ConfigError
 
 
@@ -19,6 +20,10 @@ class GroupLayout:
     """Critic input width: the global state (MAPPO) or the agent's observation (IPPO)."""
     candidate_dim: int = 0
     """Per-candidate feature width when observations end with one block per action (else 0)."""
+    obs_image: ImageSpec | None = None
+    """The actor reads its observation with a CNN (model.encoder); None: flat observation into the MLP."""
+    critic_image: ImageSpec | None = None
+    """The critic reads its input with a CNN; None: flat input into the MLP."""
 
 
 def critic_uses_state(cfg: Config) -> bool:
@@ -28,6 +33,23 @@ def critic_uses_state(cfg: Config) -> bool:
 def global_state_dim(spec: EnvSpec) -> int:
     """`env.state()` width, or the concatenated observations when the env has no state()."""
     return spec.state_dim if spec.state_dim is not None else sum(a.obs_dim for a in spec.per_agent.values())
+
+
+def _images(cfg: Config, spec: EnvSpec, agent: AgentSpec, group: str) -> tuple[ImageSpec | None, ImageSpec | None]:
+    """(actor image, critic image) by `model.encoder`: which inputs go through a CNN."""
+    if cfg.model.encoder == "mlp":
+        return None, None
+    if cfg.model.encoder == "cnn" and agent.image is None:
+        raise ConfigError("model.encoder", "cnn", "image observations (a 3-D Box with 1-4 channels first or last); "
+                          f"group {group!r} has none: use 'auto' or 'mlp'")
+    if not critic_uses_state(cfg):
+        return agent.image, agent.image
+    if cfg.env.global_state == "concat_obs" or spec.state_dim is None:
+        images = {spec.per_agent[a].image for a in spec.agents}
+        (one,) = images if len(images) == 1 else (None,)
+        # the critic's input is every agent's image in turn: a stack of frames for one CNN
+        return agent.image, None if one is None else replace(one, frames=len(spec.agents))
+    return agent.image, spec.state_image
 
 
 def build_groups(cfg: Config, spec: EnvSpec) -> list[GroupLayout]:
@@ -64,6 +86,7 @@ def build_groups(cfg: Config, spec: EnvSpec) -> list[GroupLayout]:
         if cfg.model.actor == "candidate_scorer" and not first.candidate_dim:
             raise ConfigError("model.actor", "candidate_scorer", "an env whose observations end with one feature "
                               f"block per action (env.candidate_dim); group {name!r} has none: use 'mlp'")
+        obs_image, critic_image = _images(cfg, spec, first, name)
         layouts.append(GroupLayout(name, tuple(members), first.obs_dim, first.action, first.has_action_mask, critic_dim,
-                                   first.candidate_dim))
+                                   first.candidate_dim, obs_image, critic_image))
     return layouts

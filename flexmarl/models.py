@@ -13,7 +13,9 @@ from torch import nn
 from torch.distributions import Categorical, Independent, Normal
 
 from envs import ActionSpec
+from envs.spec import ImageSpec
 from flexmarl.config import ModelConfig
+from flexmarl.image_encoder import ImageEncoder
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -25,14 +27,19 @@ def _init(layer: nn.Linear, gain: float) -> nn.Linear:
 
 
 class Trunk(nn.Module):
-    """Input LayerNorm -> MLP -> optional GRU (hidden state reset at episode starts)."""
+    """Input LayerNorm (or a CNN for images) -> MLP -> optional GRU (hidden state reset at episode starts)."""
 
-    def __init__(self, in_dim: int, cfg: ModelConfig):
+    def __init__(self, in_dim: int, cfg: ModelConfig, image: ImageSpec | None = None):
         super().__init__()
         act = _ACTIVATIONS[cfg.activation]
         gain = nn.init.calculate_gain(cfg.activation)
-        layers: list[nn.Module] = [nn.LayerNorm(in_dim)] if cfg.input_layer_norm else []
-        width = in_dim
+        self.encoder = ImageEncoder(image) if image is not None else None
+        if self.encoder is not None:
+            layers: list[nn.Module] = [nn.LayerNorm(self.encoder.out_dim)] if cfg.input_layer_norm else []
+            width = self.encoder.out_dim
+        else:
+            layers = [nn.LayerNorm(in_dim)] if cfg.input_layer_norm else []
+            width = in_dim
         for hidden in cfg.hidden_sizes:
             layers += [_init(nn.Linear(width, hidden), gain), act()]
             width = hidden
@@ -45,6 +52,8 @@ class Trunk(nn.Module):
         return torch.zeros(batch, self.hidden_dim)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, episode_start: torch.Tensor):
+        if self.encoder is not None:  # [T, B, D] -> CNN on T * B images -> [T, B, F]
+            x = self.encoder(x.flatten(0, 1)).unflatten(0, x.shape[:2])
         features = self.mlp(x)
         if self.gru is None:
             return features, h
@@ -57,11 +66,29 @@ class Trunk(nn.Module):
         return torch.cat(outputs, dim=0), h
 
 
+class MultiCategorical:
+    """Independent categoricals, one per MultiDiscrete component, over slices of one logit vector."""
+
+    def __init__(self, logits: torch.Tensor, nvec: tuple[int, ...]):
+        self.parts = [Categorical(logits=part, validate_args=False) for part in logits.split(list(nvec), dim=-1)]
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        return sum(d.log_prob(actions[..., i]) for i, d in enumerate(self.parts))
+
+    def entropy(self) -> torch.Tensor:
+        return sum(d.entropy() for d in self.parts)
+
+
+def _multinomial(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw per row of probs [..., n], from `generator` (requests are reproducible from their seed)."""
+    return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).reshape(probs.shape[:-1])
+
+
 class Actor(nn.Module):
-    def __init__(self, obs_dim: int, action: ActionSpec, cfg: ModelConfig):
+    def __init__(self, obs_dim: int, action: ActionSpec, cfg: ModelConfig, image: ImageSpec | None = None):
         super().__init__()
         self.action = action
-        self.trunk = Trunk(obs_dim, cfg)
+        self.trunk = Trunk(obs_dim, cfg, image)
         self.head = _init(nn.Linear(self.trunk.out_dim, action.dim), gain=0.01)
         if action.kind == "box":
             self.log_std = nn.Parameter(torch.zeros(action.dim))
@@ -77,10 +104,26 @@ class Actor(nn.Module):
             if action_mask is not None:
                 out = out.masked_fill(~action_mask, -1e9)
             return Categorical(logits=out, validate_args=False), h
+        if self.action.kind == "multi_discrete":  # a mask has one flag per choice of each component
+            if action_mask is not None:
+                out = out.masked_fill(~action_mask, -1e9)
+            return MultiCategorical(out, self.action.nvec), h
         return Independent(Normal(out, self.log_std.exp().expand_as(out), validate_args=False), 1, validate_args=False), h
 
     def greedy(self, dist) -> torch.Tensor:
-        return dist.probs.argmax(-1) if self.action.kind == "discrete" else dist.mean
+        if self.action.kind == "discrete":
+            return dist.probs.argmax(-1)
+        if self.action.kind == "multi_discrete":
+            return torch.stack([d.probs.argmax(-1) for d in dist.parts], dim=-1)
+        return dist.mean
+
+    def sample(self, dist, generator: torch.Generator | None) -> torch.Tensor:
+        """A seeded draw from `dist` (the rollout's actions)."""
+        if self.action.kind == "discrete":
+            return _multinomial(dist.probs, generator)
+        if self.action.kind == "multi_discrete":
+            return torch.stack([_multinomial(d.probs, generator) for d in dist.parts], dim=-1)
+        return dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=generator)
 
 
 class CandidateScorer(Actor):
@@ -115,9 +158,9 @@ class CandidateScorer(Actor):
 
 
 class Critic(nn.Module):
-    def __init__(self, in_dim: int, cfg: ModelConfig):
+    def __init__(self, in_dim: int, cfg: ModelConfig, image: ImageSpec | None = None):
         super().__init__()
-        self.trunk = Trunk(in_dim, cfg)
+        self.trunk = Trunk(in_dim, cfg, image)
         self.head = _init(nn.Linear(self.trunk.out_dim, 1), gain=1.0)
 
     def forward(self, x, h, episode_start):
@@ -128,18 +171,20 @@ class Critic(nn.Module):
 class GroupPolicy(nn.Module):
     """Actor + critic of one agent group (every agent of the group shares them)."""
 
-    def __init__(self, obs_dim: int, critic_dim: int, action: ActionSpec, cfg: ModelConfig, candidate_dim: int = 0):
+    def __init__(self, obs_dim: int, critic_dim: int, action: ActionSpec, cfg: ModelConfig, candidate_dim: int = 0,
+                 obs_image: ImageSpec | None = None, critic_image: ImageSpec | None = None):
         super().__init__()
         if cfg.actor == "candidate_scorer":
             self.actor: Actor = CandidateScorer(obs_dim, action, cfg, candidate_dim)
         else:
-            self.actor = Actor(obs_dim, action, cfg)
-        self.critic = Critic(critic_dim, cfg)
+            self.actor = Actor(obs_dim, action, cfg, obs_image)
+        self.critic = Critic(critic_dim, cfg, critic_image)
 
     @classmethod
     def for_group(cls, group, cfg: ModelConfig) -> "GroupPolicy":
         """The policy of a `flexmarl.groups.GroupLayout`."""
-        return cls(group.obs_dim, group.critic_dim, group.action, cfg, group.candidate_dim)
+        return cls(group.obs_dim, group.critic_dim, group.action, cfg, group.candidate_dim, group.obs_image,
+                   group.critic_image)
 
 
 def to_numpy_state(module: nn.Module) -> dict[str, np.ndarray]:

@@ -68,6 +68,7 @@ class StreamingTrainer(ABC):
         self._per_minibatch = num_micro_batches // self.num_minibatches
         self._minibatch = 0  # epoch-0 minibatch being accumulated
         self._waiting: dict[int, list] = {}  # micro-batches of later minibatches, held until their turn
+        self._held_back = 0  # micro-batches that arrived before their minibatch's turn
         self._done_in_minibatch = 0
         self._pending_denominator = 0.0
         self._stats, self._compute_s, self._spans = {}, 0.0, []
@@ -84,6 +85,7 @@ class StreamingTrainer(ABC):
         mb = self.micro_batch_tensors(micro_batch)
         self._batch.append((sample_id, mb))
         self._lags.append(self.version - version)
+        self._held_back += int(slot // self._per_minibatch > self._minibatch)
         self._waiting.setdefault(slot // self._per_minibatch, []).append(mb)
         while self._waiting.get(self._minibatch):
             mb = self._waiting[self._minibatch].pop(0)
@@ -123,6 +125,7 @@ class StreamingTrainer(ABC):
             "perf/policy_lag_min": float(min(self._lags)),
             "perf/policy_lag_mean": float(np.mean(self._lags)),
             "perf/policy_lag_max": float(max(self._lags)),
+            "perf/held_back": float(self._held_back),
         })
         return metrics
 

@@ -13,6 +13,10 @@ from orchestrator.bench.suite import SuiteError
 from orchestrator.run_dir import CheckpointError, load_run_config, new_run_dir, save_run_config
 
 
+class UsageError(ValueError):
+    """A command-line argument outside its allowed range (reported like a config error)."""
+
+
 def _cmd_train(args) -> int:
     from orchestrator.train import TrainingError, train
 
@@ -20,11 +24,13 @@ def _cmd_train(args) -> int:
         run_dir = Path(args.resume)
         overrides = ([args.config] if args.config else []) + args.overrides  # no CONFIG with --resume
         cfg = load_run_config(run_dir, overrides)
+        _check_env(cfg)
         save_run_config(run_dir, cfg)
     else:
         if not args.config:
             raise SystemExit("flexmarl train: give a CONFIG file or --resume RUN_DIR")
         cfg = load_config(args.config, args.overrides)
+        _check_env(cfg)
         run_dir = new_run_dir(cfg)
     print(f"run directory: {run_dir}")
     try:
@@ -32,6 +38,10 @@ def _cmd_train(args) -> int:
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: no traceback, just where the run is and how to continue it
+        print(f"\ninterrupted: run directory {run_dir}; continue from its latest checkpoint with: "
+              f"flexmarl train --resume {run_dir}", file=sys.stderr)
+        return 130
     if cfg.run.workload == "llm":
         _print_llm_summary(run_dir, metrics)
     else:
@@ -66,6 +76,14 @@ def _cmd_llm(args) -> int:
     return 0
 
 
+def _check_env(cfg) -> None:
+    """Build the env once before Ray starts or a run directory exists: its errors are config errors."""
+    if cfg.run.workload == "marl":
+        from flexmarl.env_probe import probe_env
+
+        probe_env(cfg)
+
+
 def _print_summary(cfg, run_dir: Path, last: dict) -> None:
     import csv
 
@@ -90,6 +108,8 @@ def _print_summary(cfg, run_dir: Path, last: dict) -> None:
 def _cmd_eval(args) -> int:
     from orchestrator.train import evaluate_checkpoint
 
+    if args.episodes <= 0:
+        raise UsageError(f"flexmarl eval --episodes: got {args.episodes}; allowed: an integer > 0")
     result = evaluate_checkpoint(Path(args.checkpoint), args.episodes, args.seed)
     line = f"checkpoint iteration {result['iteration']}: mean return {result['eval/return_mean']:.3f} over {args.episodes} episodes"
     if "eval/win_rate" in result:
@@ -192,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, CheckpointError, SuiteError) as exc:
+    except (ConfigError, CheckpointError, SuiteError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -24,7 +24,7 @@ from flexmarl.llm.engine import engine_class
 from flexmarl.llm.groups import LLMGroup, build_llm_groups
 from flexmarl.llm.tasks import make_task
 from flexmarl.llm.workflow import EngineDiedError, WorkflowWorker
-from orchestrator.orchestrator import JointOrchestrator, _InFlight
+from orchestrator.orchestrator import JointOrchestrator
 from orchestrator.runtime import Runtime
 from orchestrator.store import ExperienceStore
 
@@ -93,13 +93,8 @@ class LLMOrchestrator(JointOrchestrator):
         ensure_models(cfg, self.groups)
         check_context(cfg, self.groups)
         self.store = ExperienceStore([g.name for g in self.groups])
-        self.iteration = 0
-        self.env_steps = 0
-        self.worker_restarts = 0
+        self._init_progress()
         self.engine_restarts = 0
-        self.timeline: dict = {}
-        self._stale_in_flight: dict = {}
-        self._stale_requests = 0
         self._group_weights: dict[str, object] = {}
         """Per group, a reference to the weights of the current version (None: the checkpoint's)."""
         n = cfg.llm.engines_per_agent
@@ -158,13 +153,15 @@ class LLMOrchestrator(JointOrchestrator):
             self.runtime.get(self.runtime.call(engine, "load_weights", ref, self.iteration))
 
     # -- faults -----------------------------------------------------------------------------------
-    def _recover(self, flight: _InFlight, exc: Exception, pending: dict):
+    def _repair(self, exc: Exception) -> bool:
+        """A request that lost its engine goes again; the engine is replaced once, by the first request
+        that reports it (later reports name an incarnation that is already gone)."""
         cause = _root_cause(exc)
         if not isinstance(cause, EngineDiedError):
-            return super()._recover(flight, exc, pending)
-        if cause.incarnation == self.incarnations[cause.group][cause.index]:  # not replaced yet
+            return super()._repair(exc)
+        if cause.incarnation == self.incarnations[cause.group][cause.index]:
             self._replace_engine(cause)
-        return [flight]
+        return True
 
     def _replace_engine(self, dead: EngineDiedError) -> None:
         self.engine_restarts += 1

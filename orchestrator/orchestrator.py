@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs import EnvSpec, describe_env, make_env
+from envs import EnvSpec
 from flexmarl.config import Config
-from flexmarl.groups import GroupLayout, build_groups
+from flexmarl.env_probe import probe_env
+from flexmarl.groups import GroupLayout
 from flexmarl.rollout import RolloutRequest, RolloutResult, RolloutWorker
 from flexmarl.trainer import GroupTrainer
 from orchestrator.runtime import Runtime, WorkerDiedError
@@ -40,6 +41,8 @@ class _InFlight:
     row_refs: list
     slot: int | None = None
     """Position of the request in its global batch (fixes its minibatch); None: arrival order."""
+    sent_at: float = 0.0
+    """When it was dispatched (its worker's deadline for `rollout.request_timeout_s`)."""
 
 
 def request_seed(seed: int, *index: int) -> int:
@@ -49,26 +52,30 @@ def request_seed(seed: int, *index: int) -> int:
 class JointOrchestrator:
     def __init__(self, cfg: Config, runtime: Runtime):
         self.cfg, self.runtime = cfg, runtime
-        probe = make_env(cfg.env.name, **cfg.env.kwargs)
-        self.spec: EnvSpec = describe_env(probe, seed=cfg.run.seed)
-        if hasattr(probe, "close"):
-            probe.close()
-        self.groups: list[GroupLayout] = build_groups(cfg, self.spec)
+        self.spec: EnvSpec
+        self.groups: list[GroupLayout]
+        self.spec, self.groups = probe_env(cfg)  # env problems surface as ConfigError naming the key
         self.store = ExperienceStore([g.name for g in self.groups])
         self.workers = [self._make_worker(i) for i in range(cfg.rollout.num_workers)]
         self.trainers = {
             g.name: runtime.create(GroupTrainer, cfg, g, cfg.run.seed * 1000 + i, pool="trainer", share=1 / len(self.groups))
             for i, g in enumerate(self.groups)
         }
+        self._init_progress()
+        self.sync_weights()
+
+    def _init_progress(self) -> None:
+        """Counters and in-flight bookkeeping of a fresh run (every workload starts from these)."""
         self.iteration = 0
         self.env_steps = 0
         self.worker_restarts = 0
+        self.worker_timeouts = 0
+        self._last_done: dict[int, float] = {}  # worker -> when it last finished a request
         self.timeline: dict = {}
         """Wall-clock spans of the last iteration: rollout per worker, train per group, weight sync."""
         self._weights_ref = None
         self._stale_in_flight: dict[int, _InFlight] = {}
         self._stale_requests = 0
-        self.sync_weights()
 
     def _make_worker(self, index: int):
         return self.runtime.create(RolloutWorker, self.cfg, index, pool="rollout", share=1 / self.cfg.rollout.num_workers)
@@ -95,7 +102,7 @@ class JointOrchestrator:
             version = -1 if request.version is None else request.version
             self.store.begin(g.name, self._row_id(request, g.name), version, meta={"worker": worker})
             self.store.write(g.name, self._row_id(request, g.name), "payload", ref, ready=False)
-        return _InFlight(request, worker, refs[0], refs[1:], slot)
+        return _InFlight(request, worker, refs[0], refs[1:], slot, time.time())
 
     def dispatch(self) -> list[_InFlight]:
         """Send this iteration's requests round-robin over the workers (each worker runs its queue in order)."""
@@ -120,32 +127,68 @@ class JointOrchestrator:
         self.sync_weights(workers=[index])
 
     def _next_result(self, pending: dict) -> tuple[_InFlight, RolloutResult] | None:
-        """Wait for one in-flight request. A dead worker's requests are aborted and sent again (same ids,
-        same versions) to its replacement; returns None in that case."""
-        ready, _ = self.runtime.wait([f.meta_ref for f in pending.values()])
+        """Wait for one in-flight request. A dead worker's requests, or a hung one's (no request finished
+        within `rollout.request_timeout_s`), are aborted and sent again (same ids, same versions) to its
+        replacement; returns None in that case."""
+        ready, _ = self.runtime.wait([f.meta_ref for f in pending.values()], timeout=self._wait_s(pending))
+        if not ready:
+            now, limit = time.time(), self.cfg.rollout.request_timeout_s
+            for worker, deadline in self._deadlines(pending).items():
+                if deadline <= now:
+                    self.worker_timeouts += 1
+                    self._recover(worker, pending, f"no request finished for {limit:g} s (rollout.request_timeout_s)")
+            return None
         flight = pending.pop(id(ready[0]))
         try:
-            return flight, self.runtime.get(flight.meta_ref)
+            result = self.runtime.get(flight.meta_ref)
+        except WorkerDiedError as exc:
+            pending[id(flight.meta_ref)] = flight
+            self._recover(flight.worker, pending, str(exc))
+            return None
         except Exception as exc:
-            lost = self._recover(flight, exc, pending)
-            if lost is None:
+            if not self._repair(exc):
                 raise
+            self._resend([flight], pending)
+            return None
+        self._last_done[flight.worker] = time.time()
+        return flight, result
+
+    def _repair(self, exc: Exception) -> bool:
+        """A request failed with `exc` while its worker lives: repair the cause and return True to send
+        the request again, or False (the error is fatal). Workloads with more actors extend this."""
+        return False
+
+    def _deadlines(self, pending: dict) -> dict[int, float]:
+        """Per busy worker: when it must have finished its current request (it runs its queue in order)."""
+        limit, out = self.cfg.rollout.request_timeout_s, {}
+        for f in pending.values():
+            start = max(f.sent_at, self._last_done.get(f.worker, 0.0))
+            out[f.worker] = min(out.get(f.worker, float("inf")), start + limit)
+        return out
+
+    def _wait_s(self, pending: dict) -> float | None:
+        if not self.cfg.rollout.request_timeout_s:
+            return None
+        return max(0.0, min(self._deadlines(pending).values()) - time.time())
+
+    def _resend(self, lost: list[_InFlight], pending: dict) -> None:
+        """Abort lost requests' unfinished rows and send them again (same ids, versions, seeds)."""
         for f in lost:
             pending.pop(id(f.meta_ref), None)
             for g in self.groups:
                 self.store.abort(g.name, self._row_id(f.request, g.name))
-        for f in lost:
+        for f in sorted(lost, key=lambda f: f.sent_at):  # a worker's queue, in the order it was sent
             new = self._dispatch(f.request, f.worker, f.slot)
             pending[id(new.meta_ref)] = new
-        return None
 
-    def _recover(self, flight: _InFlight, exc: Exception, pending: dict) -> list[_InFlight] | None:
-        """Repair what a failed request reveals; returns the requests to send again, or None (fatal).
-        A dead worker takes its queued requests with it: it is replaced and they all go again."""
-        if not isinstance(exc, WorkerDiedError):
-            return None
-        self._replace_worker(flight.worker, str(exc))
-        return [flight] + [f for f in pending.values() if f.worker == flight.worker]
+    def _recover(self, worker: int, pending: dict, reason: str) -> None:
+        """Replace a lost (dead or hung) worker and send its requests again."""
+        lost = [f for f in pending.values() if f.worker == worker]
+        for f in lost:
+            pending.pop(id(f.meta_ref), None)
+        self._replace_worker(worker, reason)
+        self._last_done[worker] = time.time()
+        self._resend(lost, pending)
 
     def _publish(self, flight: _InFlight, result: RolloutResult) -> None:
         for g in self.groups:
@@ -299,6 +342,7 @@ class JointOrchestrator:
             "perf/rollout_busy": min(1.0, sum(r.sample_s for r in results) / (elapsed * len(self.workers))),
             "perf/trainer_busy": min(1.0, metrics["perf/trainer_busy_s"] / (elapsed * len(self.trainers))),
             "perf/worker_restarts": self.worker_restarts,
+            "rollout/worker_timeouts": self.worker_timeouts,
             "rollout/env_restarts": sum(r.env_restarts for r in results),
             "rollout/discarded_steps": sum(r.discarded_steps for r in results),
             "store/aborted_rows": sum(t.aborted for t in self.store.tables.values()),

@@ -55,7 +55,9 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
 class MetricsWriter:
     """metrics.csv (columns grow when new metrics appear: the file is rewritten) + TensorBoard."""
 
-    def __init__(self, run_dir: Path, resume_after_iteration: int | None = None):
+    def __init__(self, run_dir: Path, resume_after_iteration: int | None = None, resume_env_steps: int = 0):
+        """On resume, rows after `resume_after_iteration` are dropped and TensorBoard events after
+        `resume_env_steps` (the checkpoint's step) are purged: the resumed run writes those steps again."""
         self.path = Path(run_dir) / "metrics.csv"
         self.rows: list[dict] = []
         if resume_after_iteration is not None and self.path.exists():
@@ -65,7 +67,8 @@ class MetricsWriter:
         self._rewrite()
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(str(Path(run_dir) / "tb"))
+        purge = resume_env_steps + 1 if resume_after_iteration is not None else None
+        self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=purge)
 
     def _rewrite(self) -> None:
         with self.path.open("w", newline="") as f:
@@ -94,10 +97,21 @@ class MetricsWriter:
 
 
 def _signature(groups) -> dict:
+    """What must match between a checkpoint and the run loading it: per group, the agents, the input widths,
+    the action head, and (when used) the CNN encoders' image shapes."""
     if groups and hasattr(groups[0], "signature"):  # LLM model groups describe themselves
         return {g.name: g.signature() for g in groups}
-    return {g.name: {"agents": list(g.agents), "obs_dim": g.obs_dim, "critic_dim": g.critic_dim,
-                     "action": [g.action.kind, g.action.dim]} for g in groups}
+    out = {}
+    for g in groups:
+        sig = {"agents": list(g.agents), "obs_dim": g.obs_dim, "critic_dim": g.critic_dim,
+               "action": [g.action.kind, g.action.dim]}
+        if g.action.kind == "multi_discrete":
+            sig["action"].append(list(g.action.nvec))
+        for key, image in (("obs_image", g.obs_image), ("critic_image", g.critic_image)):
+            if image is not None:  # absent for flat inputs, so checkpoints written before images still load
+                sig[key] = [image.frames, image.channels, image.height, image.width, image.channels_last]
+        out[g.name] = sig
+    return out
 
 
 def save_checkpoint(run_dir: Path, cfg: Config, groups, state: dict) -> Path:
@@ -124,6 +138,32 @@ def save_checkpoint(run_dir: Path, cfg: Config, groups, state: dict) -> Path:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = sorted((Path(run_dir) / "checkpoints").glob("iter_*"))
     return found[-1] if found else None
+
+
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The latest checkpoint if it is intact; if not, a CheckpointError naming the newest intact one and
+    the command that makes `--resume` continue from it (moving the unusable ones aside, not deleting them)."""
+    found = sorted((Path(run_dir) / "checkpoints").glob("iter_*"))
+    if not found:
+        return None
+    try:
+        load_checkpoint(found[-1])
+        return found[-1]
+    except CheckpointError as exc:
+        problem = exc
+    for i in range(len(found) - 2, -1, -1):
+        try:
+            load_checkpoint(found[i])
+        except CheckpointError:
+            continue
+        unusable = found[i + 1 :]
+        moves = "; ".join(f"mv {p} {p.parent / ('corrupt-' + p.name)}" for p in unusable)
+        raise CheckpointError(
+            f"cannot resume {run_dir}: the latest checkpoint {found[-1].name} is unusable ({problem}). The newest "
+            f"intact checkpoint is {found[i].name}; to continue from it, move the later ones aside and resume again: "
+            f"{moves}; flexmarl train --resume {run_dir}")
+    raise CheckpointError(f"cannot resume {run_dir}: the latest checkpoint {found[-1].name} is unusable ({problem}) "
+                          "and no earlier checkpoint is intact; start a new run")
 
 
 def load_checkpoint(path: Path, groups=None) -> dict:

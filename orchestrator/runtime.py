@@ -8,7 +8,9 @@ surface at `get` in both modes.
 from __future__ import annotations
 
 import os
+import random
 from abc import ABC, abstractmethod
+from collections import deque
 from typing import Any
 
 from flexmarl.config import Config
@@ -21,6 +23,8 @@ class WorkerDiedError(RuntimeError):
 class SerialRef:
     def __init__(self, value: Any = None, error: BaseException | None = None):
         self.value, self.error = value, error
+        self.pending = False
+        """True while the call behind it is queued (out-of-order serial runtime only)."""
 
 
 class Runtime(ABC):
@@ -51,28 +55,70 @@ class Runtime(ABC):
 
 
 class SerialRuntime(Runtime):
-    """Same components, one process, no Ray: for debugging and fast tests."""
+    """Same components, one process, no Ray: for debugging and fast tests.
+
+    By default every call runs when it is made, so requests complete in dispatch order. With
+    `completion_seed`, calls are queued per actor and `wait` completes a seeded random actor's next call,
+    as Ray's workers finish in whatever order they finish: each actor still runs its own calls in order
+    (as a Ray actor does), but requests on different workers complete out of dispatch order. Tests use it
+    to exercise what the pipelines do with out-of-order rows, deterministically."""
+
+    def __init__(self, completion_seed: int | None = None):
+        self._rng = None if completion_seed is None else random.Random(completion_seed)
+        self._queues: dict[int, deque] = {}
+        self._owner: dict[int, int] = {}  # id(ref) -> id(handle) while the ref is pending
 
     def create(self, cls, *args, pool, share=1.0, concurrency=1, **kwargs):
         return cls(*args, **kwargs)
 
-    def call(self, handle, method, *args, num_returns=1):
+    def _run(self, handle, method, args, num_returns, refs: list[SerialRef]) -> None:
         args = [self.get(a) if isinstance(a, SerialRef) else a for a in args]
         try:
             out = getattr(handle, method)(*args)
+            values = [out] if num_returns == 1 else list(out)
+            for ref, value in zip(refs, values):
+                ref.value = value
         except Exception as exc:  # surfaced at get(), as Ray does
-            return SerialRef(error=exc) if num_returns == 1 else [SerialRef(error=exc)] * num_returns
-        return SerialRef(out) if num_returns == 1 else [SerialRef(v) for v in out]
+            for ref in refs:
+                ref.error = exc
+        for ref in refs:
+            ref.pending = False
+            self._owner.pop(id(ref), None)
+
+    def _run_next(self, handle_key: int) -> None:
+        self._run(*self._queues[handle_key].popleft())
+
+    def call(self, handle, method, *args, num_returns=1):
+        refs = [SerialRef() for _ in range(num_returns)]
+        if self._rng is None:
+            self._run(handle, method, args, num_returns, refs)
+        else:
+            key = id(handle)
+            self._queues.setdefault(key, deque()).append((handle, method, args, num_returns, refs))
+            for ref in refs:
+                ref.pending = True
+                self._owner[id(ref)] = key
+        return refs[0] if num_returns == 1 else refs
 
     def get(self, ref_or_refs):
         if isinstance(ref_or_refs, list):
             return [self.get(r) for r in ref_or_refs]
+        while ref_or_refs.pending:  # run its actor's queue up to it
+            self._run_next(self._owner[id(ref_or_refs)])
         if ref_or_refs.error is not None:
             raise ref_or_refs.error
         return ref_or_refs.value
 
     def wait(self, refs, timeout=None):
-        return list(refs), []
+        refs = list(refs)
+        if self._rng is not None and all(r.pending for r in refs):
+            actors = sorted({self._owner[id(r)] for r in refs}, key=lambda k: min(
+                i for i, r in enumerate(refs) if self._owner.get(id(r)) == k))  # a stable order for the seed
+            key = self._rng.choice(actors)
+            while all(r.pending for r in refs if self._owner.get(id(r), key) == key):
+                self._run_next(key)
+        done = [r for r in refs if not r.pending]
+        return done, [r for r in refs if r.pending]
 
     def put(self, value):
         return SerialRef(value)

@@ -17,8 +17,8 @@ from flexmarl.rollout.evaluate import evaluate_policy
 from flexmarl.rollout.worker import make_eval_env
 from orchestrator.llm import EngineFailure, make_orchestrator
 from orchestrator.orchestrator import WorkerFailure
-from orchestrator.run_dir import MetricsWriter, latest_checkpoint, load_checkpoint, save_checkpoint
-from orchestrator.runtime import make_runtime
+from orchestrator.run_dir import MetricsWriter, latest_checkpoint, load_checkpoint, resume_checkpoint, save_checkpoint
+from orchestrator.runtime import WorkerDiedError, make_runtime
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +33,20 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 def train(cfg: Config, run_dir: Path, resume: bool = False, address: str | None = None) -> dict:
     """Train until `run.iterations`; returns the last iteration's metrics."""
+    checkpoint = resume_checkpoint(run_dir) if resume else None  # a corrupt one is refused before Ray starts
     runtime = make_runtime(cfg, address)
     orch = None
     writer = None
     last: dict = {}
     try:
         orch = make_orchestrator(cfg, runtime)
-        checkpoint = latest_checkpoint(run_dir) if resume else None
         if resume and checkpoint is None:
             log.warning("%s has no checkpoint; starting from iteration 0", run_dir)
         if checkpoint is not None:
             orch.set_state(load_checkpoint(checkpoint, orch.groups)["state"])
             log.info("resumed from %s (iteration %d)", checkpoint, orch.iteration)
-        writer = MetricsWriter(run_dir, resume_after_iteration=orch.iteration if resume else None)
+        writer = MetricsWriter(run_dir, resume_after_iteration=orch.iteration if resume else None,
+                               resume_env_steps=orch.env_steps)
         llm = cfg.run.workload == "llm"  # LLM runs count trajectories (query x group member), not env steps
         per_iteration = cfg.llm.queries_per_iteration * cfg.llm.group_size if llm else cfg.run.batch_env_steps
         bar = tqdm(total=cfg.run.iterations * per_iteration, initial=orch.env_steps, unit="traj" if llm else "step",
@@ -55,13 +56,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, address: str | None 
                 metrics = orch.step()
                 if cfg.run.eval_every and orch.iteration % cfg.run.eval_every == 0:
                     metrics.update(orch.evaluate(cfg.run.eval_episodes))
-            except (EnvStepError, EnvOutputError, WorkerFailure, EngineFailure, WeightSyncError) as exc:
-                saved = latest_checkpoint(run_dir)
-                message = (f"{type(_root_cause(exc)).__name__}: {_root_cause(exc)}\n"
-                           f"The run directory {run_dir} keeps every metric row and checkpoint written before "
-                           f"this error (latest checkpoint: {saved.name if saved else 'none'}).")
-                (Path(run_dir) / "error.txt").write_text(message + "\n")
-                raise TrainingError(message) from exc
+            except (EnvStepError, EnvOutputError, WorkerFailure, WorkerDiedError, EngineFailure, WeightSyncError) as exc:
+                raise _stop(run_dir, exc) from exc
             writer.write(metrics)
             last = metrics
             bar.update(metrics["env_steps"] - bar.n)
@@ -80,6 +76,23 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, address: str | None 
             orch.shutdown()
         else:
             runtime.shutdown()
+
+
+def _stop(run_dir: Path, exc: BaseException) -> TrainingError:
+    """Write error.txt and say where the run can continue from.
+
+    A dead trainer actor is not replaced mid-iteration: its optimizer and value-normaliser state since the
+    last checkpoint is gone, so the run stops and `--resume` continues exactly from that checkpoint."""
+    saved = latest_checkpoint(run_dir)
+    cause = _root_cause(exc)
+    what = (f"a trainer actor died ({cause}); a trainer is not replaced mid-run, because its state since the last "
+            "checkpoint died with it" if isinstance(exc, WorkerDiedError) else f"{type(cause).__name__}: {cause}")
+    resume = (f"Continue from {saved.name} with: flexmarl train --resume {run_dir}" if saved
+              else "No checkpoint was written yet; start the run again.")
+    message = (f"{what}\nThe run directory {run_dir} keeps every metric row and checkpoint written before this "
+               f"error. {resume}")
+    (Path(run_dir) / "error.txt").write_text(message + "\n")
+    return TrainingError(message)
 
 
 def _eval_setup(cfg: Config, seed: int, episodes: int):

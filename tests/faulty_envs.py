@@ -9,11 +9,13 @@ from envs.wrappers import ParallelEnvWrapper
 
 
 class FaultyEnv(ParallelEnvWrapper):
-    """fault: 'nan_reward' | 'nan_obs' | 'wrong_obs_shape' | 'raise' | 'die' (exits the process)."""
+    """fault: 'nan_reward' | 'nan_obs' | 'wrong_obs_shape' | 'raise' | 'die' (exits the process) |
+    'die_once' / 'hang_once' (exit / sleep for an hour, only in the first process to get there: `flag` is a
+    file path that marks it happened, so the replacement worker runs normally)."""
 
-    def __init__(self, fault: str, at_step: int, agent: str = "agent_1", **kwargs):
+    def __init__(self, fault: str, at_step: int, agent: str = "agent_1", flag: str = "", **kwargs):
         super().__init__(make_env("mpe/simple_spread", **kwargs))
-        self.fault, self.at_step, self.agent = fault, at_step, agent
+        self.fault, self.at_step, self.agent, self.flag = fault, at_step, agent, flag
         self.t = 0
 
     def step(self, actions):
@@ -32,6 +34,17 @@ class FaultyEnv(ParallelEnvWrapper):
                 import os
 
                 os._exit(1)
+            elif self.fault in ("die_once", "hang_once"):
+                import os
+                import time
+
+                try:
+                    os.close(os.open(self.flag, os.O_CREAT | os.O_EXCL))  # atomic: one process wins
+                except FileExistsError:
+                    return obs, rewards, terms, truncs, infos
+                if self.fault == "die_once":
+                    os._exit(1)
+                time.sleep(3600)  # a wedged game engine
         return obs, rewards, terms, truncs, infos
 
 

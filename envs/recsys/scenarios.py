@@ -21,6 +21,7 @@ a value outside its range fails naming the scenario).
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,7 +147,7 @@ def build_scenario(spec) -> Scenario:
     if not isinstance(spec, str):
         raise ScenarioError(f"scenario spec {spec!r}: a built-in name, 'module:Class', or {{type: ..., ...}}")
     if spec in BUILTIN_SCENARIOS:
-        return BUILTIN_SCENARIOS[spec](**kwargs)
+        return _instantiate(spec, BUILTIN_SCENARIOS[spec], kwargs)
     plugins = _entry_point_scenarios()
     if spec in plugins:
         return _instantiate(spec, plugins[spec].load(), kwargs)
@@ -172,7 +173,27 @@ def _entry_point_scenarios() -> dict:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def scenario_options(cls) -> list[str]:
+    """Keyword options a scenario class accepts: its __init__'s and, where it forwards **kwargs, its bases'."""
+    names: list[str] = []
+    for klass in getattr(cls, "__mro__", ())[:-1]:  # object's __init__ takes nothing
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())[1:]
+        names += [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in names]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
 def _instantiate(spec: str, cls, kwargs: dict) -> Scenario:
+    if isinstance(cls, type):
+        allowed = scenario_options(cls)
+        unknown = sorted(set(kwargs) - set(allowed))
+        if unknown:
+            raise ScenarioError(f"scenario {spec!r}: unknown option {unknown[0]!r}; its options: "
+                                f"{', '.join(allowed) or 'none'}")
     scenario = cls(**kwargs)
     if not isinstance(scenario, Scenario):
         raise ScenarioError(f"scenario {spec!r}: {cls!r} does not build an envs.recsys.Scenario")

@@ -74,14 +74,7 @@ class TorchPolicyBackend(InferenceBackend):
         starts = torch.as_tensor(episode_start, dtype=torch.float32)[None]
         mask = None if action_mask is None else torch.as_tensor(action_mask)[None]
         dist, h_a = policy.actor.distribution(torch.as_tensor(obs)[None], torch.as_tensor(h_actor), starts, mask)
-        if deterministic:
-            actions = policy.actor.greedy(dist)
-        elif policy.actor.action.kind == "discrete":
-            actions = torch.multinomial(dist.probs.reshape(-1, dist.probs.shape[-1]), 1, generator=generator)
-            actions = actions.reshape(dist.probs.shape[:-1])
-        else:
-            noise = torch.randn(dist.mean.shape, generator=generator)
-            actions = dist.mean + dist.stddev * noise
+        actions = policy.actor.greedy(dist) if deterministic else policy.actor.sample(dist, generator)
         logp = dist.log_prob(actions)
         values_norm, h_c = policy.critic(torch.as_tensor(critic_in)[None], torch.as_tensor(h_critic), starts)
         values_norm = values_norm[0].numpy()
@@ -113,11 +106,15 @@ class RandomPolicyBackend(InferenceBackend):
     def act(self, group, obs, critic_in, action_mask, h_actor, h_critic, episode_start, deterministic, generator):
         action = self.groups[group].action
         batch = obs.shape[0]
-        if action.kind == "discrete":
-            mask = np.ones((batch, action.n), bool) if action_mask is None else np.asarray(action_mask, bool)
+        if action.kind in ("discrete", "multi_discrete"):
+            mask = np.ones((batch, action.dim), bool) if action_mask is None else np.asarray(action_mask, bool)
             scores = torch.rand(mask.shape, generator=generator).numpy() * mask
-            actions = scores.argmax(-1)
-            logp = -np.log(mask.sum(-1))
+            sizes = [action.n] if action.kind == "discrete" else list(action.nvec)
+            cuts = np.cumsum(sizes)[:-1]  # one component per slice of the mask
+            actions = np.stack([part.argmax(-1) for part in np.split(scores, cuts, axis=-1)], -1)
+            logp = -sum(np.log(part.sum(-1)) for part in np.split(mask, cuts, axis=-1))
+            if action.kind == "discrete":
+                actions = actions[:, 0]
         else:
             low, high = np.asarray(action.low, np.float32), np.asarray(action.high, np.float32)
             actions = low + (high - low) * torch.rand((batch, action.dim), generator=generator).numpy()

@@ -37,16 +37,21 @@ def check_reward(reward, agent: str, step: int, env_index: int, sample_id: str) 
     return value
 
 
-def check_actions(actions: np.ndarray, kind: str, n: int, low, high, agents, step: int, sample_id: str) -> None:
-    """actions [C] (discrete) or [C, A] (box) for the columns of one group, ordered env-major."""
-    if kind == "discrete":
-        bad = np.flatnonzero((actions < 0) | (actions >= n))
+def check_actions(actions: np.ndarray, action, agents, step: int, sample_id: str) -> None:
+    """actions [C] (discrete), [C, K] (multi_discrete) or [C, A] (box) for the columns of one group, env-major;
+    `action` is the group's `envs.ActionSpec`."""
+    if action.kind == "discrete":
+        bad = np.flatnonzero((actions < 0) | (actions >= action.n))
+        space = f"Discrete({action.n})"
+    elif action.kind == "multi_discrete":
+        bad = np.flatnonzero(np.any((actions < 0) | (actions >= np.asarray(action.nvec)), axis=-1))
+        space = f"MultiDiscrete({list(action.nvec)})"
     else:
         bad = np.flatnonzero(~np.all(np.isfinite(actions), axis=-1))
+        space = f"Box({action.low}, {action.high})"
     if bad.size:
         col = int(bad[0])
         agent = agents[col % len(agents)]
         raise EnvOutputError(
-            f"{where(agent, step, col // len(agents), sample_id)}: action {actions[col]!r} is outside the action space"
-            + (f" Discrete({n})" if kind == "discrete" else f" Box({low}, {high})")
+            f"{where(agent, step, col // len(agents), sample_id)}: action {actions[col]!r} is outside the action space {space}"
         )

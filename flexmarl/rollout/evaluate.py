@@ -26,7 +26,7 @@ def evaluate_policy(env, spec: EnvSpec, groups: list[GroupLayout], backend: Infe
         start = np.ones(1, np.float32)
         total, won, step = 0.0, None, 0
         while raw:
-            flat = {a: split_observation(o) for a, o in raw.items()}
+            flat = {a: split_observation(o, spec.per_agent[a]) for a, o in raw.items()}
             for agent, (vec, _) in flat.items():
                 check_observation(vec, spec.per_agent[agent].obs_dim, agent, step, 0, f"eval-{episode}")
             state = critic_input(env, spec, {a: v for a, (v, _) in flat.items()}, use_state, global_state)

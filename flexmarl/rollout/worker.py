@@ -143,7 +143,10 @@ def _pack_active(row: dict) -> dict:
     """Feed-forward policies need no time structure: keep only active samples, as one [1, N] sequence,
     so training cost follows the steps actually played (not the padded length of a long-tail request)."""
     keep = row["active"] > 0
-    packed = {k: (v[keep][None] if k in _TIME_MAJOR or k in ("advantages", "returns") else v) for k, v in row.items()}
+    # Every sample active (the common case): a reshape gives the same [1, N] order without copying
+    # (large image observations make that copy the slowest part of a request).
+    pick = (lambda v: v.reshape(1, -1, *v.shape[2:])) if keep.all() else (lambda v: v[keep][None])
+    packed = {k: (pick(v) if k in _TIME_MAJOR or k in ("advantages", "returns") else v) for k, v in row.items()}
     packed["h0_actor"] = np.zeros((int(keep.sum()), row["h0_actor"].shape[1]), np.float32)
     packed["h0_critic"] = np.zeros((int(keep.sum()), row["h0_critic"].shape[1]), np.float32)
     return packed
@@ -168,14 +171,14 @@ class _Sampler:
 
     def _allocate(self, g: GroupLayout) -> dict:
         T, C = self.T, self.E * len(g.agents)
-        a_shape = (T, C) if g.action.kind == "discrete" else (T, C, g.action.dim)
+        a_shape = {"discrete": (T, C), "multi_discrete": (T, C, len(g.action.nvec))}.get(g.action.kind, (T, C, g.action.dim))
         h_actor, h_critic = self.w.backend.initial_state(g.name, C)
         buf = {
             # The agent behind each column (its index in the group): per-agent gradients need it.
             "agent_index": np.tile(np.arange(len(g.agents)), (T, self.E)),
             "obs": np.zeros((T, C, g.obs_dim), np.float32),
             "critic_in": np.zeros((T, C, g.critic_dim), np.float32),
-            "actions": np.zeros(a_shape, np.int64 if g.action.kind == "discrete" else np.float32),
+            "actions": np.zeros(a_shape, np.float32 if g.action.kind == "box" else np.int64),
             "logp": np.zeros((T, C), np.float32),
             "values_norm": np.zeros((T, C), np.float32),
             "values": np.zeros((T, C), np.float32),
@@ -206,10 +209,10 @@ class _Sampler:
         """Write env e's observations into each group's current-step arrays; returns flat obs by agent."""
         flat = {}
         for agent, obs in raw_obs.items():
-            vec, mask = split_observation(obs)
             spec = self.w.spec.per_agent.get(agent)
             if spec is None:
                 raise EnvStepError(f"env copy {e} at step {step}: observation for unknown agent {agent!r}")
+            vec, mask = split_observation(obs, spec)
             check_observation(vec, spec.obs_dim, agent, step, e, self.req.request_id)
             flat[agent] = (vec, mask)
         for g in self.w.groups:
@@ -288,7 +291,7 @@ class _Sampler:
 
     def record(self, g: GroupLayout, t: int, out: ActOutput) -> None:
         """Check a group's actions and write step t (current inputs and the policy's outputs) to its buffers."""
-        check_actions(out.actions, g.action.kind, g.action.n, g.action.low, g.action.high, g.agents, t, self.req.request_id)
+        check_actions(out.actions, g.action, g.agents, t, self.req.request_id)
         buf = self.buffers[g.name]
         buf["obs"][t], buf["critic_in"][t] = buf["cur_obs"], buf["cur_critic"]
         buf["actions"][t], buf["logp"][t] = out.actions, out.logp
@@ -394,7 +397,7 @@ class _Sampler:
 
     def _truncation_values(self, e: int, t: int, raw_obs: dict, trunc_rows: dict) -> None:
         """V(final observation) of agents cut by a time limit: they bootstrap instead of ending at 0."""
-        final = {a: split_observation(o)[0] for a, o in raw_obs.items()}
+        final = {a: split_observation(o, self.w.spec.per_agent[a])[0] for a, o in raw_obs.items()}
         state_row = self._critic_rows(self.w.envs[e], final)
         for g in self.w.groups:
             if g.name not in trunc_rows:

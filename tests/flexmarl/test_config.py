@@ -51,3 +51,33 @@ def test_bad_override_syntax():
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="existing YAML"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_dotted_override_merges_into_a_mapping():
+    cfg = load_config(ROOT / "configs/demo.yaml", ["env.kwargs.N=4"])
+    assert cfg.env.kwargs == {"N": 4, "max_cycles": 25}
+
+
+@pytest.mark.parametrize("value, expected", [("{}", {}), ("{N: 5}", {"N": 5})])
+def test_mapping_override_replaces_the_mapping(value, expected):
+    cfg = load_config(ROOT / "configs/demo.yaml", [f"env.kwargs={value}"])
+    assert cfg.env.kwargs == expected
+
+
+def test_a_changed_env_name_drops_the_base_kwargs():
+    cfg = load_config(ROOT / "configs/demo.yaml", ["env.name=tests.user_envs:match_game"])
+    assert cfg.env.name == "tests.user_envs:match_game" and cfg.env.kwargs == {}
+    same = load_config(ROOT / "configs/demo.yaml", ["env.name=mpe/simple_spread"])
+    assert same.env.kwargs == {"N": 3, "max_cycles": 25}
+
+
+def test_a_changed_env_name_keeps_kwargs_given_beside_it():
+    cfg = load_config(ROOT / "configs/demo.yaml", ["env.name=tests.user_envs:match_game", "env.kwargs.episode_length=3"])
+    assert cfg.env.kwargs == {"episode_length": 3}
+
+
+@pytest.mark.parametrize("item, path", [("algo", "algo"), ("algo.lr_actor.x=1", "algo.lr_actor.x"), ("=3", "=3")])
+def test_malformed_overrides_name_the_key(item, path):
+    with pytest.raises(ConfigError) as info:
+        load_config(ROOT / "configs/demo.yaml", [item])
+    assert info.value.path == path

@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+from envs import ActionSpec
+
 from flexmarl.rollout import EnvOutputError, EnvStepError, RolloutRequest, RolloutWorker
 from flexmarl.trainer import GroupTrainer
 
@@ -82,7 +84,9 @@ def test_out_of_space_action_is_refused():
     from flexmarl.rollout.checks import check_actions
 
     with pytest.raises(EnvOutputError, match=r"agent 'b' at step 4 \(env copy 1.*outside the action space Discrete\(5\)"):
-        check_actions(np.array([0, 1, 2, 7]), "discrete", 5, (), (), ("a", "b"), 4, "r9")
+        check_actions(np.array([0, 1, 2, 7]), ActionSpec("discrete", n=5), ("a", "b"), 4, "r9")
+    with pytest.raises(EnvOutputError, match=r"agent 'a' at step 0 \(env copy 0.*MultiDiscrete\(\[3, 2\]\)"):
+        check_actions(np.array([[2, 2], [0, 1]]), ActionSpec("multi_discrete", nvec=(3, 2)), ("a", "b"), 0, "r9")
 
 
 def test_greedy_evaluation_reports_return(make_cfg):

@@ -1,0 +1,58 @@
+"""Errors before anything starts: one `error:` line with the key path, exit code 2, no Ray, no run directory."""
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = str(ROOT / "configs/demo.yaml")
+
+
+@pytest.mark.parametrize(
+    "overrides, fragments",
+    [
+        (["env.name=no_such_module:make"], ["config key 'env.name'", "cannot import module 'no_such_module'"]),
+        (["env.name=mpe/no_such_task"], ["config key 'env.name'", "unknown env 'mpe/no_such_task'", "mpe/simple_spread"]),
+        (["env.name=tests.faulty_envs:nothing_here"], ["config key 'env.name'", "has no callable 'nothing_here'"]),
+        (["env.kwargs.NN=3"], ["config key 'env.kwargs'", "could not be built", "NN"]),
+        (["env.name=tests.user_envs:match_game", "env.kwargs={episode_lenght: 3}"],
+         ["config key 'env.kwargs.episode_lenght'", "accepts: obs_kind, action_kind, episode_length"]),
+        (["env.name=tests.user_envs:text_obs"], ["config key 'env.name'", "observation space Text", "not supported"]),
+        (["env.name=pettingzoo.classic.rps_v2:env"], ["config key 'env.name'", "AEC env", "aec_to_parallel"]),
+        (["env.name=pettingzoo.classic.rps_v2:raw_env"], ["config key 'env.name'", "AEC env", "aec_to_parallel"]),
+        (["env.name=recsys/movielens", "env.kwargs={scenarios: [home_feed, home_fed]}"],
+         ["config key 'env.kwargs'", "unknown scenario 'home_fed'", "home_feed, genre_channel, more_like_this"]),
+        (["env.name=recsys/movielens", "env.kwargs={scenarios: [{type: genre_channel, genr: Drama}]}"],
+         ["config key 'env.kwargs'", "scenario 'genre_channel': unknown option 'genr'", "genre, num_candidates"]),
+        (["env.groups={team: [agent_0]}"], ["config key 'env.groups'", "missing: agent_1, agent_2"]),
+    ],
+)
+def test_env_errors_are_config_errors_before_ray_or_a_run_directory(tmp_path, capsys, overrides, fragments):
+    import ray
+
+    ray_was_up = ray.is_initialized()
+    assert main(["train", DEMO, f"run.output_dir={tmp_path}", "run.mode=ray", *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in err[0], err[0]
+    assert not any(tmp_path.iterdir())
+    assert ray.is_initialized() == ray_was_up
+
+
+def test_resume_with_a_broken_env_override_fails_before_starting(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(Path(DEMO).read_text())
+    assert main(["train", "--resume", str(run_dir), "env.name=no_such_module:make"]) == 2
+    assert "config key 'env.name'" in capsys.readouterr().err
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]
+
+
+@pytest.mark.parametrize("episodes", ["0", "-3"])
+def test_eval_refuses_a_non_positive_episode_count(tmp_path, capsys, episodes):
+    assert main(["eval", str(tmp_path), "--episodes", episodes]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: flexmarl eval --episodes: got {episodes}; allowed: an integer > 0"]
