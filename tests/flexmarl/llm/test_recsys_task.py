@@ -157,6 +157,7 @@ def recsys_config(models: dict, groups: str, loss: str, seed: int = 0):
         "llm": {"task": f"{__name__}:RecordingRecsysSessions", "task_kwargs": {"session_steps": SESSION_STEPS},
                 "models": {k: str(v) for k, v in names.items()}, "groups": groups, "backend": "hf",
                 "group_size": 2, "queries_per_request": 1, "queries_per_iteration": 2, "max_new_tokens": 5,
+                "max_prompt_tokens": 64,
                 "loss": loss, "lr": 1e-3, "concurrent_requests": 1},
         "pipeline": {"mode": "microbatch"},
     })
