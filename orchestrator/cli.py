@@ -140,7 +140,8 @@ def _cmd_bench(args) -> int:
     if args.what == "llm":
         from orchestrator.bench.llm import run_llm_bench
 
-        result = run_llm_bench(iterations=args.iterations, out=Path(args.out) if args.out else None)
+        result = run_llm_bench(iterations=args.iterations, out=Path(args.out) if args.out else None,
+                               overrides=args.set)
         print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=1))
         return 0
     if args.what == "suite":
@@ -196,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--only-algorithms", help="suite: comma-separated subset of algorithms")
     b.add_argument("--mode", choices=["ray", "serial"], help="suite: override run.mode")
     b.add_argument("--runs-dir", help="suite: where run directories live (default runs/suites/<suite>)")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="llm: config overrides of the benchmark's workload, e.g. --set llm.queries_per_request=1")
     b.add_argument("--report-only", action="store_true", help="suite: rebuild the report from existing runs")
     b.set_defaults(fn=_cmd_bench)
     m = sub.add_parser("llm", help="LLM agents: build a task's tiny warm-started models locally")

@@ -65,20 +65,24 @@ def engine_measurements(model_dir: str, batch: int = 32, max_tokens: int = 8) ->
     same batch, on one agent's model."""
     from flexmarl.llm.engine import HFEngine, generation_throughput
     from flexmarl.llm.models import load_causal_lm
-    from flexmarl.llm.vllm_engine import VLLMEngine, measure_weight_push
+    from flexmarl.llm.vllm_engine import VLLMEngine
+    from flexmarl.llm.weights import engine_weights, measure_weight_push
 
     model = load_causal_lm(model_dir, "cpu")
-    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    weights = engine_weights({k: v.detach().clone() for k, v in model.state_dict().items()}, model_dir)
     prompts = [[1 + (i % 7), 2, 3 + (i % 5)] for i in range(batch)]
-    vllm = VLLMEngine(model_dir=model_dir, seed=0, max_model_len=256, omp_threads_bind="nobind",
-                      kv_cache_gib=0.5, device="cpu", engine_name="bench")
+    settings = dict(model_dir=model_dir, seed=0, max_model_len=64, omp_threads_bind="0", device="cpu")
+    vllm = VLLMEngine(engine_name="bench-vllm", kv_cache_gib=0.5, **settings)
     try:
         push = measure_weight_push(vllm, weights)
-        vllm_tps = generation_throughput(vllm, prompts, max_tokens, batch)
+        vllm_tps = generation_throughput(vllm, prompts, max_tokens, batch)["tokens_per_s"]
     finally:
-        vllm.shutdown()
-    hf_tps = generation_throughput(HFEngine(model_dir=model_dir, seed=0, max_model_len=256, device="cpu",
-                                            engine_name="bench-hf"), prompts, max_tokens, batch)
+        vllm.close()
+    hf = HFEngine(engine_name="bench-hf", **settings)
+    try:
+        hf_tps = generation_throughput(hf, prompts, max_tokens, batch)["tokens_per_s"]
+    finally:
+        hf.close()
     return {**push, "vllm_tokens_per_s": vllm_tps, "hf_generate_tokens_per_s": hf_tps,
             "throughput_batch": batch, "throughput_new_tokens": max_tokens}
 
