@@ -36,13 +36,15 @@ def completion_loss(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.
 
 
 def warm_start(model, tokenizer, examples: list[tuple[str, str]], steps: int, lr: float = 3e-3, batch: int = 32,
-               seed: int = 0) -> list[float]:
-    """`steps` Adam steps on batches drawn (seeded) from `examples`; returns the loss of every step. The
-    model is trained in place and left in eval mode."""
+               seed: int = 0, warmup_steps: int = 0, max_grad_norm: float | None = None) -> list[float]:
+    """`steps` Adam steps on batches drawn (seeded) from `examples`, the learning rate rising linearly over
+    the first `warmup_steps`; returns the loss of every step. The model is trained in place and left in
+    eval mode."""
     pairs = tokenize_examples(tokenizer, examples)
     rng = np.random.default_rng(seed)
     device = next(model.parameters()).device
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(warmup_steps, 1)))
     losses: list[float] = []
     model.train()
     for _ in range(steps):
@@ -51,7 +53,10 @@ def warm_start(model, tokenizer, examples: list[tuple[str, str]], steps: int, lr
         loss = completion_loss(model, ids, mask, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
+        schedule.step()
         losses.append(float(loss.detach()))
     model.eval()
     return losses

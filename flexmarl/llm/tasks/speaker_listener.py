@@ -32,8 +32,11 @@ def speaker_prompt(target: str, distractors: list[str]) -> str:
 
 
 def listener_prompt(message: str, candidates: list[str]) -> str:
+    """The candidates first and the message last: a 2-layer model then reads the message words at the
+    position that predicts the answer (with the message first, warm start sat on a plateau at chance
+    for 600+ steps; with it last, the loss left chance within 150)."""
     listed = ", ".join(f"{letter} {obj}" for letter, obj in zip(string.ascii_uppercase, candidates))
-    return f"listener: message {message}. {listed}. answer:"
+    return f"listener: {listed}. message: {message}".rstrip()
 
 
 def clean_message(text: str) -> str:

@@ -9,7 +9,7 @@ import flexmarl.llm.models
 import flexmarl.llm.tasks.speaker_listener
 import flexmarl.llm.warm_start
 
-TINY_BUILD = dict(warm_start_steps=150, sft_examples=1024, eval_queries=16)
+TINY_BUILD = dict(warm_start_steps=200, warm_start_batch=32, sft_examples=1024, eval_queries=16)
 """The speaker-listener models other tests run: default sizes (vLLM-loadable), a short warm start
 (well under a minute on one core); they answer in format and succeed now and then."""
 
