@@ -174,6 +174,9 @@ class ResourcesConfig:
     """CPUs of the rollout pool (shared by the rollout workers)."""
     trainer_cpus: float = 1.0
     """CPUs of the training pool (shared by the group trainers)."""
+    bind_cpus: bool = True
+    """LLM workload on a CPU node: bind inference engines to the rollout pool's first cores and trainers
+    to the next ones, so generation and training do not fight over cores (flexmarl/llm/cpus.py)."""
 
 
 @dataclass

@@ -14,12 +14,11 @@ requests that were using them are sent again under the same sample ids: nothing 
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
 from pathlib import Path
 
 from flexmarl.config import Config, ConfigError
+from flexmarl.llm.cpus import engine_binding
 from flexmarl.llm.engine import engine_class
 from flexmarl.llm.groups import LLMGroup, build_llm_groups
 from flexmarl.llm.tasks import make_task
@@ -37,18 +36,6 @@ class EngineFailure(RuntimeError):
 
 def _root_cause(exc: BaseException) -> BaseException:
     return getattr(exc, "cause", None) or exc  # Ray wraps remote exceptions; `cause` is the original
-
-
-def engine_cpu_binding(cfg: Config, index: int) -> str:
-    """The core an engine's OpenMP threads are bound to: the rollout pool takes the first
-    ceil(rollout_cpus) cores of this machine, engines are spread over them, and the trainers keep the
-    rest, so generation and training do not fight over the same cores. "nobind" when the machine has
-    fewer cores than the pools ask for (or on a cluster, where Ray places actors on other nodes)."""
-    cores = os.cpu_count() or 1
-    rollout = max(1, math.ceil(cfg.resources.rollout_cpus))
-    if rollout + max(1, math.ceil(cfg.resources.trainer_cpus)) > cores:
-        return "nobind"
-    return str(index % rollout)
 
 
 def ensure_models(cfg: Config, groups: list[LLMGroup]) -> None:
@@ -115,7 +102,7 @@ class LLMOrchestrator(JointOrchestrator):
         self._engines_started = getattr(self, "_engines_started", 0) + 1
         settings = dict(model_dir=group.model_dir, seed=cfg.run.seed,
                         max_model_len=llm.max_prompt_tokens + llm.max_new_tokens,
-                        omp_threads_bind=engine_cpu_binding(cfg, self._engines_started - 1),
+                        omp_threads_bind=engine_binding(cfg, self._engines_started - 1),
                         kv_cache_gib=llm.engine_kv_cache_gib, device=_engine_device(llm.device),
                         gpu_memory_utilization=llm.gpu_memory_utilization, engine_name=f"{group.name}/{index}",
                         max_batch=llm.engine_max_batch)

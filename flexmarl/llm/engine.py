@@ -141,6 +141,15 @@ class BatchingEngine(InferenceEngine):
 
     # -- contract ---------------------------------------------------------------------------------
     def generate(self, prompt_ids, max_tokens, temperature, seed, version=None) -> Generation:
+        return self._submit(prompt_ids, max_tokens, temperature, seed, version).result()
+
+    def generate_many(self, calls: list[dict]) -> list[Generation]:
+        """Several `generate` calls (keyword dicts) in one round trip: a client that has many calls ready
+        at once pays one actor call instead of one per call; they batch inside the engine as usual."""
+        futures = [self._submit(**call) for call in calls]
+        return [f.result() for f in futures]
+
+    def _submit(self, prompt_ids, max_tokens, temperature, seed, version=None) -> Future:
         self._check_usable()
         if version is not None and version != self._version:
             raise VersionMismatchError(
@@ -156,7 +165,7 @@ class BatchingEngine(InferenceEngine):
                 raise RuntimeError(f"engine {self.engine_name} is closed")
             self._waiting += 1
             self._queue.put(call)
-        return call.future.result()
+        return call.future
 
     def load_weights(self, weights, version) -> float:
         return self._push(_Push(weight_io.drop_tied_aliases(weights, self._tied), None, int(version)))

@@ -27,6 +27,7 @@ import torch
 
 from flexmarl.algorithms.group_losses import GROUP_LOSSES, aggregate_token_loss, kl_penalty
 from flexmarl.config import Config
+from flexmarl.llm.cpus import bind_process, trainer_binding
 from flexmarl.llm import weights as weight_io
 from flexmarl.llm.models import load_causal_lm
 from flexmarl.streaming import StreamingTrainer
@@ -114,6 +115,7 @@ class LLMGroupTrainer(StreamingTrainer):
         llm = cfg.llm
         super().__init__(group, seed, llm.epochs, llm.num_minibatches)
         self.cfg, self.group, self.model_dir = cfg, group, str(model_dir)
+        bind_process(trainer_binding(cfg))  # off the engines' cores (flexmarl/llm/cpus.py)
         self.device = resolve_device(llm.device)
         # Eval mode throughout: no dropout, so the trainer's log-probs are the engines' (the ratio is 1
         # on-policy) and an update is a deterministic function of its inputs.

@@ -87,7 +87,10 @@ def engine_measurements(model_dir: str, batch: int = 32, max_tokens: int = 8) ->
             "throughput_batch": batch, "throughput_new_tokens": max_tokens}
 
 
-def run_llm_bench(iterations: int = 6, out: Path | None = None, overrides: list[str] | None = None) -> dict:
+def run_llm_bench(iterations: int = 6, out: Path | None = None, overrides: list[str] | None = None,
+                  engine_numbers: bool = True) -> dict:
+    """`iterations` timed rounds (one sync and one microbatch iteration each) after a warm-up round;
+    `engine_numbers`: also measure weight push and tokens/s on an in-process engine."""
     from orchestrator.llm import LLMOrchestrator
     from orchestrator.runtime import RayRuntime
 
@@ -109,7 +112,7 @@ def run_llm_bench(iterations: int = 6, out: Path | None = None, overrides: list[
     finally:
         orch.shutdown()
     timed = {m: [h for h in history if h["mode"] == m and not h["warmup"]] for m in ("sync", "microbatch")}
-    engine = engine_measurements(orch.groups[0].model_dir)
+    engine = engine_measurements(orch.groups[0].model_dir) if engine_numbers else {}
     rewards = [h["charts/reward_mean"] for h in history]
     result = {
         "step_s_sync": _median([h["perf/iteration_s"] for h in timed["sync"]]),
