@@ -92,7 +92,11 @@ class JointOrchestrator:
             workers = list(range(len(self.workers)))
         acks = [self.runtime.call(self.workers[i], "set_weights", self._weights_ref, self.iteration) for i in workers]
         if wait:
-            self.runtime.get(acks)
+            for index, ack in zip(workers, acks):
+                try:
+                    self.runtime.get(ack)
+                except WorkerDiedError as exc:  # e.g. its node died: replaced like a worker lost mid-request
+                    self._replace_worker(index, str(exc))
 
     # -- rollout ----------------------------------------------------------------------------------
     def _row_id(self, request: RolloutRequest, group: str) -> str:

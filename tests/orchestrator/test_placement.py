@@ -110,3 +110,19 @@ def test_serial_runtime_accepts_the_plan_and_ignores_it(make_cfg):
     runtime.place(plan_placement(cfg, marl_actors(["shared"], 1)))
     assert runtime.create(dict, actor="trainer/shared", a=1) == {"a": 1}
     assert check_plan(runtime.plan, []) == {}
+
+
+def test_a_gpu_demand_on_this_cpu_machine_fails_before_any_actor_starts(tmp_path, capsys):
+    """Through the CLI on a local Ray instance: exit 2, one line naming the group, its demand and the node."""
+    from pathlib import Path
+
+    from orchestrator.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    code = main(["train", str(root / "configs/demo.yaml"), f"run.output_dir={tmp_path}", "run.mode=ray",
+                 "run.progress=false", "resources.per_group={shared: {trainer: {gpus: 1}}}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: placement (resources.per_group.shared.trainer): the trainer of group 'shared' "
+                             "asks for 1 CPU, 1 GPU; no node of this cluster has that much: node ")
+    assert "(head): 2 CPUs, 0 GPUs" in err[0]
