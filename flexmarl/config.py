@@ -169,14 +169,45 @@ class PipelineConfig:
 
 
 @dataclass
+class ActorDemand:
+    """What one actor (a trainer, a rollout worker, an inference engine) asks of its placement bundle."""
+
+    cpus: float = 0.0
+    """CPUs; 0 = an equal share of its pool's `rollout_cpus` / `trainer_cpus` (the default)."""
+    gpus: float = 0.0
+    """GPUs (fractions allowed); > 0 puts the actor's model on the GPU Ray gives it (CUDA_VISIBLE_DEVICES)."""
+    memory_gib: float = 0.0
+    """Memory reserved for the actor in GiB (Ray's `memory` resource); 0 = none reserved."""
+
+
+PLACEMENT_ROLES = ("trainer", "engine")
+"""Roles a `resources.per_group` entry may set: the group's trainer, and (LLM) its engine instances."""
+
+
+@dataclass
 class ResourcesConfig:
+    """Placement: one bundle per actor, grouped in two pools (rollout, trainer); see docs/cluster.md."""
+
     rollout_cpus: float = 1.0
-    """CPUs of the rollout pool (shared by the rollout workers)."""
+    """CPUs of the rollout pool, split evenly over the rollout actors (workers, LLM engines) that do not
+    set their own `cpus`."""
     trainer_cpus: float = 1.0
-    """CPUs of the training pool (shared by the group trainers)."""
+    """CPUs of the training pool, split evenly over the group trainers that do not set their own `cpus`."""
     bind_cpus: bool = True
     """LLM workload on a CPU node: bind inference engines to the rollout pool's first cores and trainers
     to the next ones, so generation and training do not fight over cores (flexmarl/llm/cpus.py)."""
+    strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = "PACK"
+    """Ray placement strategy of both pools' bundles: PACK (as few nodes as possible), SPREAD (over nodes,
+    best effort), STRICT_SPREAD (each of a pool's actors on a different node)."""
+    trainer: ActorDemand = field(default_factory=ActorDemand)
+    """Default demand of each group trainer."""
+    rollout_worker: ActorDemand = field(default_factory=ActorDemand)
+    """Default demand of each rollout worker (MARL env stepping; LLM workflow workers)."""
+    engine: ActorDemand = field(default_factory=ActorDemand)
+    """Default demand of each inference engine instance (`run.workload: llm`)."""
+    per_group: dict = field(default_factory=dict)
+    """Per agent group overrides, key by key: {group: {trainer: {cpus, gpus, memory_gib}, engine: {...}}},
+    e.g. {listener: {trainer: {gpus: 1}}}. `engine` applies to LLM groups only."""
 
 
 @dataclass
@@ -405,6 +436,7 @@ def validate(cfg: Config) -> Config:
             "algo.num_minibatches", cfg.algo.num_minibatches,
             f"a divisor of the {cfg.requests_per_iteration} micro-batches per iteration",
         )
+    _validate_resources(cfg.resources)
     if cfg.run.workload == "llm":
         _validate_llm(cfg.llm)
     groups = cfg.env.groups
@@ -418,6 +450,25 @@ def validate(cfg: Config) -> Config:
     else:
         raise ConfigError("env.groups", groups, "'shared', 'independent' or a mapping {group: [agents]}")
     return cfg
+
+
+def _validate_resources(res: ResourcesConfig) -> None:
+    for role in ("trainer", "rollout_worker", "engine"):
+        demand = getattr(res, role)
+        for key in ("cpus", "gpus", "memory_gib"):
+            _positive(f"resources.{role}.{key}", getattr(demand, key), allow_zero=True)
+    for group, roles in res.per_group.items():
+        if not isinstance(roles, dict):
+            raise ConfigError(f"resources.per_group.{group}", roles, "a mapping {trainer: {...}, engine: {...}}")
+        for role, demand in roles.items():
+            path = f"resources.per_group.{group}.{role}"
+            if role not in PLACEMENT_ROLES:
+                raise ConfigError(path, demand, "keys " + ", ".join(PLACEMENT_ROLES))
+            built = _build(ActorDemand, demand, f"{path}.") if isinstance(demand, dict) else None
+            if built is None:
+                raise ConfigError(path, demand, "a mapping with keys cpus, gpus, memory_gib")
+            for key in demand:
+                _positive(f"{path}.{key}", getattr(built, key), allow_zero=True)
 
 
 def _validate_llm(llm: LLMConfig) -> None:

@@ -24,6 +24,7 @@ from flexmarl.llm.groups import LLMGroup, build_llm_groups
 from flexmarl.llm.tasks import make_task
 from flexmarl.llm.workflow import EngineDiedError, WorkflowWorker
 from orchestrator.orchestrator import JointOrchestrator
+from orchestrator.placement import llm_actors, plan_placement
 from orchestrator.runtime import Runtime
 from orchestrator.store import ExperienceStore
 
@@ -85,11 +86,12 @@ class LLMOrchestrator(JointOrchestrator):
         self._group_weights: dict[str, object] = {}
         """Per group, a reference to the weights of the current version (None: the checkpoint's)."""
         n = cfg.llm.engines_per_agent
+        runtime.place(plan_placement(cfg, llm_actors([g.name for g in self.groups], n, cfg.rollout.num_workers)))
         self.incarnations = {g.name: [0] * n for g in self.groups}
         self.engines = {g.name: [self._make_engine(g, i) for i in range(n)] for g in self.groups}
         self.trainers = {
             g.name: runtime.create(_trainer_class(), cfg, g.name, g.model_dir, cfg.run.seed * 1000 + i,
-                                   pool="trainer", share=1 / len(self.groups))
+                                   actor=f"trainer/{g.name}")
             for i, g in enumerate(self.groups)
         }
         self.workers = [self._make_worker(i) for i in range(cfg.rollout.num_workers)]
@@ -98,26 +100,24 @@ class LLMOrchestrator(JointOrchestrator):
     # -- actors -----------------------------------------------------------------------------------
     def _make_engine(self, group: LLMGroup, index: int):
         cfg, llm = self.cfg, self.cfg.llm
-        n_engines = len(self.groups) * llm.engines_per_agent
         self._engines_started = getattr(self, "_engines_started", 0) + 1
         settings = dict(model_dir=group.model_dir, seed=cfg.run.seed,
                         max_model_len=llm.max_prompt_tokens + llm.max_new_tokens,
                         omp_threads_bind=engine_binding(cfg, self._engines_started - 1),
-                        kv_cache_gib=llm.engine_kv_cache_gib, device=_engine_device(llm.device),
+                        kv_cache_gib=llm.engine_kv_cache_gib,
+                        device=self.runtime.device_for(f"engine/{group.name}/{index}", llm.device),
                         gpu_memory_utilization=llm.gpu_memory_utilization, engine_name=f"{group.name}/{index}",
                         max_batch=llm.engine_max_batch)
         # Concurrency: the calls of every in-flight request batch together inside the engine.
         concurrency = max(8, llm.concurrent_requests * llm.max_concurrent_calls)
-        return self.runtime.create(engine_class(llm.backend), pool="rollout",
-                                   share=1 / (n_engines + cfg.rollout.num_workers), concurrency=concurrency, **settings)
+        return self.runtime.create(engine_class(llm.backend), actor=f"engine/{group.name}/{index}",
+                                   concurrency=concurrency, **settings)
 
     def _make_worker(self, index: int):
         cfg = self.cfg
-        n_engines = len(self.groups) * cfg.llm.engines_per_agent
         # + 2 threads for control calls (engine replacement) while every request slot is busy
         return self.runtime.create(WorkflowWorker, cfg, index, self.groups, self.engines, self.incarnations,
-                                   pool="rollout", share=1 / (n_engines + cfg.rollout.num_workers),
-                                   concurrency=cfg.llm.concurrent_requests + 2)
+                                   actor=f"worker/{index}", concurrency=cfg.llm.concurrent_requests + 2)
 
     # -- weights ----------------------------------------------------------------------------------
     def sync_weights(self, workers: list[int] | None = None, wait: bool = True) -> None:
@@ -179,14 +179,6 @@ class LLMOrchestrator(JointOrchestrator):
         """Calls each engine instance served, summed over workers (per-agent request counts)."""
         per_worker = self.runtime.get([self.runtime.call(w, "engine_calls") for w in self.workers])
         return {g: [sum(c[g][i] for c in per_worker) for i in range(len(per_worker[0][g]))] for g in per_worker[0]}
-
-
-def _engine_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _trainer_class():

@@ -23,6 +23,7 @@ from flexmarl.env_probe import probe_env
 from flexmarl.groups import GroupLayout
 from flexmarl.rollout import RolloutRequest, RolloutResult, RolloutWorker
 from flexmarl.trainer import GroupTrainer
+from orchestrator.placement import marl_actors, plan_placement
 from orchestrator.runtime import Runtime, WorkerDiedError
 from orchestrator.store import ExperienceStore
 
@@ -56,9 +57,10 @@ class JointOrchestrator:
         self.groups: list[GroupLayout]
         self.spec, self.groups = probe_env(cfg)  # env problems surface as ConfigError naming the key
         self.store = ExperienceStore([g.name for g in self.groups])
+        runtime.place(plan_placement(cfg, marl_actors([g.name for g in self.groups], cfg.rollout.num_workers)))
         self.workers = [self._make_worker(i) for i in range(cfg.rollout.num_workers)]
         self.trainers = {
-            g.name: runtime.create(GroupTrainer, cfg, g, cfg.run.seed * 1000 + i, pool="trainer", share=1 / len(self.groups))
+            g.name: runtime.create(GroupTrainer, cfg, g, cfg.run.seed * 1000 + i, actor=f"trainer/{g.name}")
             for i, g in enumerate(self.groups)
         }
         self._init_progress()
@@ -78,7 +80,7 @@ class JointOrchestrator:
         self._stale_requests = 0
 
     def _make_worker(self, index: int):
-        return self.runtime.create(RolloutWorker, self.cfg, index, pool="rollout", share=1 / self.cfg.rollout.num_workers)
+        return self.runtime.create(RolloutWorker, self.cfg, index, actor=f"worker/{index}")
 
     # -- weights ----------------------------------------------------------------------------------
     def sync_weights(self, workers: list[int] | None = None, wait: bool = True) -> None:
@@ -90,7 +92,11 @@ class JointOrchestrator:
             workers = list(range(len(self.workers)))
         acks = [self.runtime.call(self.workers[i], "set_weights", self._weights_ref, self.iteration) for i in workers]
         if wait:
-            self.runtime.get(acks)
+            for index, ack in zip(workers, acks):
+                try:
+                    self.runtime.get(ack)
+                except WorkerDiedError as exc:  # e.g. its node died: replaced like a worker lost mid-request
+                    self._replace_worker(index, str(exc))
 
     # -- rollout ----------------------------------------------------------------------------------
     def _row_id(self, request: RolloutRequest, group: str) -> str:

@@ -1,8 +1,8 @@
 """Where components run: `RayRuntime` (actors on two resource pools) or `SerialRuntime` (one process).
 
-The orchestrator talks to both through the same small interface: create actors, call methods (getting
-references back), wait, get, put. Serial references hold the result (or the raised exception), so errors
-surface at `get` in both modes.
+The orchestrator talks to both through the same small interface: place a plan (orchestrator/placement.py),
+create the plan's actors, call methods (getting references back), wait, get, put. Serial references hold
+the result (or the raised exception), so errors surface at `get` in both modes.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections import deque
 from typing import Any
 
 from flexmarl.config import Config
+from orchestrator.placement import Node, PlacementPlan, check_plan
 
 
 class WorkerDiedError(RuntimeError):
@@ -28,10 +29,26 @@ class SerialRef:
 
 
 class Runtime(ABC):
+    plan: PlacementPlan | None = None
+
+    def place(self, plan: PlacementPlan) -> None:
+        """Reserve the plan's bundles (checked against the cluster first); the serial runtime keeps the
+        plan and ignores it."""
+        self.plan = plan
+
+    def device_for(self, actor: str, device: str) -> str:
+        """The torch device an actor should put its model on: `device` unless "auto"; auto = cuda when
+        this process sees a GPU (serial); the Ray runtime answers from the actor's bundle instead."""
+        if device != "auto":
+            return device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
     @abstractmethod
-    def create(self, cls: type, *args, pool: str, share: float = 1.0, concurrency: int = 1, **kwargs) -> Any:
-        """Start an instance of `cls` on `pool` ("rollout" or "trainer"), taking `share` of its CPUs;
-        `concurrency` > 1: up to that many of its method calls run at once (threads)."""
+    def create(self, cls: type, *args, actor: str, concurrency: int = 1, **kwargs) -> Any:
+        """Start an instance of `cls` as the plan's `actor` (its key, e.g. "trainer/shared"), on that
+        actor's bundle; `concurrency` > 1: up to that many of its method calls run at once (threads)."""
 
     @abstractmethod
     def call(self, handle, method: str, *args, num_returns: int = 1):
@@ -68,7 +85,7 @@ class SerialRuntime(Runtime):
         self._queues: dict[int, deque] = {}
         self._owner: dict[int, int] = {}  # id(ref) -> id(handle) while the ref is pending
 
-    def create(self, cls, *args, pool, share=1.0, concurrency=1, **kwargs):
+    def create(self, cls, *args, actor, concurrency=1, **kwargs):
         return cls(*args, **kwargs)
 
     def _run(self, handle, method, args, num_returns, refs: list[SerialRef]) -> None:
@@ -125,46 +142,75 @@ class SerialRuntime(Runtime):
 
 
 class RayRuntime(Runtime):
-    """Ray actors on two placement groups: the rollout pool and the training pool."""
+    """Ray actors on two placement groups, the rollout pool and the training pool, with one bundle per
+    actor (so a pool may span nodes). Ray starts (or joins a cluster) when the plan is placed."""
 
     def __init__(self, cfg: Config, address: str | None = None):
         import ray
-        from ray.util.placement_group import placement_group
 
         self.ray = ray
+        self.address = address or os.environ.get("RAY_ADDRESS")
         self._actor_classes: dict[type, Any] = {}
-        address = address or os.environ.get("RAY_ADDRESS")
-        if not ray.is_initialized():
-            if address:
-                ray.init(address=address, log_to_driver=True)
-            else:
-                cpus = cfg.resources.rollout_cpus + cfg.resources.trainer_cpus
-                # address="local": always a private instance, never a cluster another process started here
-                ray.init(address="local", num_cpus=max(1, int(round(cpus + 0.49))), include_dashboard=False,
-                         object_store_memory=300 * 1024 * 1024, log_to_driver=True)
-            self._owns_ray = not address
+        self.pools: dict[str, Any] = {}
+        self._owns_ray = False
+        self._cluster_gpus = 0.0
+
+    def _start(self, plan: PlacementPlan) -> None:
+        ray = self.ray
+        if ray.is_initialized():
+            return
+        if self.address:
+            ray.init(address=self.address, log_to_driver=True)
         else:
-            self._owns_ray = False
-        self.pools = {
-            "rollout": placement_group([{"CPU": cfg.resources.rollout_cpus}], strategy="PACK"),
-            "trainer": placement_group([{"CPU": cfg.resources.trainer_cpus}], strategy="PACK"),
-        }
-        self.pool_cpus = {"rollout": cfg.resources.rollout_cpus, "trainer": cfg.resources.trainer_cpus}
+            # address="local": always a private instance, never a cluster another process started here
+            ray.init(address="local", num_cpus=max(1, int(round(plan.total("CPU") + 0.49))), include_dashboard=False,
+                     object_store_memory=300 * 1024 * 1024, log_to_driver=True)
+            self._owns_ray = True
+
+    def nodes(self) -> list[Node]:
+        """The cluster's live nodes and their total resources."""
+        return [Node(n["NodeID"], dict(n["Resources"]), "node:__internal_head__" in n["Resources"])
+                for n in self.ray.nodes() if n.get("Alive")]
+
+    def place(self, plan: PlacementPlan) -> None:
+        from ray.util.placement_group import placement_group
+
+        self._start(plan)
+        nodes = self.nodes()
+        check_plan(plan, nodes)  # a demand the cluster cannot meet fails here, naming the actor
+        self._cluster_gpus = sum(n.resources.get("GPU", 0.0) for n in nodes)
+        self.plan = plan
+        for name, pool in plan.pools.items():
+            if pool.bundles:
+                self.pools[name] = placement_group([b.resources() for b in pool.bundles], strategy=pool.strategy,
+                                                   name=f"flexmarl-{name}-{os.getpid()}")
         for name, pg in self.pools.items():
             if not pg.wait(timeout_seconds=60):
+                wanted = "; ".join(f"{b.actor.key}: {b.describe()}" for b in plan.pools[name].bundles)
                 raise RuntimeError(
-                    f"the {name} pool needs {self.pool_cpus[name]} CPUs that this Ray cluster cannot provide; "
-                    f"cluster resources: {ray.cluster_resources()}"
-                )
+                    f"the {name} pool ({wanted}; strategy {plan.pools[name].strategy}) was not placed within 60 s: "
+                    f"the cluster has the resources in total but they are in use; available now: "
+                    f"{self.ray.available_resources()}")
 
-    def create(self, cls, *args, pool, share=1.0, concurrency=1, **kwargs):
+    def device_for(self, actor, device):
+        if device != "auto":
+            return device
+        return "cuda" if self.plan.locate(actor)[2].gpus > 0 else "cpu"
+
+    def create(self, cls, *args, actor, concurrency=1, **kwargs):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        pool, index, bundle = self.plan.locate(actor)
         actor_cls = self._actor_classes.setdefault(cls, self.ray.remote(cls))
-        strategy = PlacementGroupSchedulingStrategy(placement_group=self.pools[pool], placement_group_bundle_index=0)
-        cpus = round(self.pool_cpus[pool] * share, 4)
-        return actor_cls.options(num_cpus=cpus, scheduling_strategy=strategy, max_restarts=0,
-                                 max_concurrency=concurrency).remote(*args, **kwargs)
+        strategy = PlacementGroupSchedulingStrategy(placement_group=self.pools[pool], placement_group_bundle_index=index)
+        options = dict(num_cpus=bundle.cpus, num_gpus=bundle.gpus, scheduling_strategy=strategy, max_restarts=0,
+                       max_concurrency=concurrency)
+        if bundle.memory_bytes:
+            options["memory"] = bundle.memory_bytes
+        if self._cluster_gpus and not bundle.gpus:
+            # Ray leaves CUDA_VISIBLE_DEVICES alone for an actor without GPUs: it would see every GPU of its node
+            options["runtime_env"] = {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}}
+        return actor_cls.options(**options).remote(*args, **kwargs)
 
     def call(self, handle, method, *args, num_returns=1):
         fn = getattr(handle, method)
@@ -192,6 +238,7 @@ class RayRuntime(Runtime):
 
         for pg in self.pools.values():
             remove_placement_group(pg)
+        self.pools = {}
         if self._owns_ray:
             self.ray.shutdown()
 

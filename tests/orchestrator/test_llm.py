@@ -140,10 +140,14 @@ def test_vllm_engines_on_ray_zero_lag_pushed_weights_and_a_killed_engine(tiny_ta
         assert logprob_agreement(orch) < 1e-4  # engines serve exactly the trained weights
 
         # An engine killed while the iteration's requests are in flight: requests re-sent, none lost or doubled.
+        listener = orch.engines["listener"][0]
+        served = rt.get(rt.call(listener, "load"))["calls"]
         orch._begin_updates()
         in_flight = orch.dispatch()
-        time.sleep(0.5)
-        ray.kill(orch.engines["listener"][0], no_restart=True)
+        deadline = time.time() + 60
+        while rt.get(rt.call(listener, "load"))["calls"] == served and time.time() < deadline:
+            time.sleep(0.005)  # until the listener engine is serving this iteration's calls
+        ray.kill(listener, no_restart=True)
         results = orch.collect(in_flight, on_publish=orch._feed)
         finished = orch._finish_updates()
         assert orch.engine_restarts == 1 and len(results) == cfg.requests_per_iteration
