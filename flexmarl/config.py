@@ -174,6 +174,11 @@ class ResourcesConfig:
     """CPUs of the rollout pool (shared by the rollout workers)."""
     trainer_cpus: float = 1.0
     """CPUs of the training pool (shared by the group trainers)."""
+    trainer_slots: int = 0
+    """LLM workload: trainer actors the model groups share. 0 = one trainer per group, bound for the
+    whole run; n > 0 = n slots, groups time-share them (group i on slot i % n): an idle group's weights,
+    Adam state, gradients and version are swapped out (`llm.swap_to`) and swapped back in when its
+    next micro-batch arrives (orchestrator/slots.py)."""
 
 
 @dataclass
@@ -249,6 +254,15 @@ class LLMConfig:
     """vLLM on CUDA: share of the GPU's memory an engine may take."""
     max_engine_restarts: int = 3
     """How many times a dead inference engine is replaced (its requests re-sent) before the run fails."""
+    load_balancing: bool = True
+    """Inter-agent load balancing between iterations: engine instances follow each model group's calls
+    of the last iteration (flexmarl.llm.balance.plan_allocation); false keeps the initial allocation."""
+    rebalance_threshold: float = 5.0
+    """Load disparity (busiest group's calls per instance / idlest group's) above which instances move
+    between groups (the paper uses 5); 0 re-plans after every iteration."""
+    swap_to: Literal["host", "remote"] = "host"
+    """Where an idle group's training state goes when `resources.trainer_slots` makes groups share
+    trainers: host memory of the slot, or the Ray object store (needs `run.mode: ray`)."""
 
 
 @dataclass
@@ -369,6 +383,8 @@ def validate(cfg: Config) -> Config:
         ("algo.entropy_coef", cfg.algo.entropy_coef), ("algo.value_coef", cfg.algo.value_coef),
         ("algo.max_grad_norm", cfg.algo.max_grad_norm), ("algo.clip_eps", cfg.algo.clip_eps),
         ("algo.value_clip_eps", cfg.algo.value_clip_eps),
+        ("resources.trainer_slots", cfg.resources.trainer_slots),
+        ("llm.rebalance_threshold", cfg.llm.rebalance_threshold),
     ]:
         _positive(path, value, allow_zero=True)
     for path, value in [("algo.gamma", cfg.algo.gamma), ("algo.gae_lambda", cfg.algo.gae_lambda)]:
