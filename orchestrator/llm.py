@@ -197,6 +197,7 @@ class LLMOrchestrator(JointOrchestrator):
         metrics["perf/tokens_per_s"] = metrics.get("llm/generated_tokens", 0) / metrics["perf/iteration_s"]
         metrics["charts/reward_mean"] = metrics["episode_return_mean"]
         self._balance(metrics)
+        self._slot_metrics(metrics)
         return metrics
 
     def engine_calls(self) -> dict[str, list[int]]:
@@ -213,6 +214,23 @@ class LLMOrchestrator(JointOrchestrator):
         from orchestrator.slots import make_slotted_trainers
 
         return make_slotted_trainers(self.runtime, self.cfg, self.groups)
+
+    def _slot_metrics(self, metrics: dict) -> None:
+        """Trainer-slot swaps of the iteration: count, seconds, and the share of those seconds spent
+        while rollout was still running (hidden behind it)."""
+        from orchestrator.slots import SlotGroupHandle
+
+        slots = list({id(h.slot): h.slot for h in self.trainers.values() if isinstance(h, SlotGroupHandle)}.values())
+        if not slots:
+            return
+        stats = self.runtime.get([self.runtime.call(slot, "swap_stats") for slot in slots])
+        rollout_end = max(end for *_, end in self.timeline["rollout"])
+        spans = [span for s in stats for span in s["spans"]]
+        total = sum(end - start for start, end in spans)
+        hidden = sum(max(0.0, min(end, rollout_end) - max(start, self.timeline["start"])) for start, end in spans)
+        metrics["perf/trainer_swaps"] = sum(s["swaps"] for s in stats)
+        metrics["perf/swap_s"] = total
+        metrics["perf/swap_hidden_share"] = hidden / total if total > 0 else 0.0
 
     # -- inter-agent load balancing (between iterations) -----------------------------------------
     def group_loads(self, metrics: dict) -> dict[str, float]:

@@ -69,10 +69,10 @@ def test_training_on_one_shared_slot_equals_dedicated_trainers(tiny_task_models)
     for slots in (0, 1):
         cfg = llm_config(tiny_task_models, resources={"trainer_slots": slots}, llm={"num_minibatches": 2})
         orch = LLMOrchestrator(cfg, SerialRuntime())
-        for _ in range(2):
-            orch.step()
+        metrics = [orch.step() for _ in range(2)]
         final[slots] = trainer_weights(orch)
         if slots:
+            assert metrics[-1]["perf/trainer_swaps"] > 0 and 0 <= metrics[-1]["perf/swap_hidden_share"] <= 1
             slot = next(iter(orch.trainers.values())).slot
             assert slot.swaps > 8  # groups took turns on the slot every micro-batch
     assert all(torch.equal(final[0][g][k], final[1][g][k]) for g in final[0] for k in final[0][g])
