@@ -196,6 +196,11 @@ class ResourcesConfig:
     bind_cpus: bool = True
     """LLM workload on a CPU node: bind inference engines to the rollout pool's first cores and trainers
     to the next ones, so generation and training do not fight over cores (flexmarl/llm/cpus.py)."""
+    trainer_slots: int = 0
+    """LLM workload: trainer actors the model groups share. 0 = one trainer per group, bound for the
+    whole run; n > 0 = n slots, groups time-share them (group i on slot i % n): an idle group's weights,
+    Adam state, gradients and version are swapped out (`llm.swap_to`) and swapped back in when its
+    next micro-batch arrives (orchestrator/slots.py)."""
     strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = "PACK"
     """Ray placement strategy of both pools' bundles: PACK (as few nodes as possible), SPREAD (over nodes,
     best effort), STRICT_SPREAD (each of a pool's actors on a different node)."""
@@ -283,6 +288,15 @@ class LLMConfig:
     """vLLM on CUDA: share of the GPU's memory an engine may take."""
     max_engine_restarts: int = 3
     """How many times a dead inference engine is replaced (its requests re-sent) before the run fails."""
+    load_balancing: bool = True
+    """Inter-agent load balancing between iterations: engine instances follow each model group's calls
+    of the last iteration (flexmarl.llm.balance.plan_allocation); false keeps the initial allocation."""
+    rebalance_threshold: float = 5.0
+    """Load disparity (busiest group's calls per instance / idlest group's) above which instances move
+    between groups (the paper uses 5); 0 re-plans after every iteration."""
+    swap_to: Literal["host", "remote"] = "host"
+    """Where an idle group's training state goes when `resources.trainer_slots` makes groups share
+    trainers: host memory of the slot, or the Ray object store (needs `run.mode: ray`)."""
 
 
 @dataclass
@@ -403,6 +417,8 @@ def validate(cfg: Config) -> Config:
         ("algo.entropy_coef", cfg.algo.entropy_coef), ("algo.value_coef", cfg.algo.value_coef),
         ("algo.max_grad_norm", cfg.algo.max_grad_norm), ("algo.clip_eps", cfg.algo.clip_eps),
         ("algo.value_clip_eps", cfg.algo.value_clip_eps),
+        ("resources.trainer_slots", cfg.resources.trainer_slots),
+        ("llm.rebalance_threshold", cfg.llm.rebalance_threshold),
     ]:
         _positive(path, value, allow_zero=True)
     for path, value in [("algo.gamma", cfg.algo.gamma), ("algo.gae_lambda", cfg.algo.gae_lambda)]:

@@ -144,6 +144,13 @@ def _cmd_bench(args) -> int:
                                overrides=args.set)
         print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=1))
         return 0
+    if args.what == "scale":
+        from orchestrator.bench.scale import run_scale_bench
+
+        result = run_scale_bench(rounds=args.iterations, out=Path(args.out) if args.out else None)
+        print(json.dumps({k: v for k, v in result.items() if k not in ("settings", "history", "load_traces",
+                                                                       "simulator_settings", "swap_sizes")}, indent=1))
+        return 0
     if args.what == "suite":
         from orchestrator.bench.suite import load_suite, run_suite
 
@@ -167,7 +174,7 @@ def _cmd_bench(args) -> int:
         print(json.dumps(summary, indent=1))
         print(f"report: {output / 'table.md'}")
         return 0
-    raise SystemExit(f"unknown benchmark {args.what!r}; available: throughput, pipeline, aggregators, suite, llm")
+    raise SystemExit(f"unknown benchmark {args.what!r}; available: throughput, pipeline, aggregators, suite, llm, scale")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,10 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=12345)
     e.set_defaults(fn=_cmd_eval)
     b = sub.add_parser("bench", help="benchmarks that write benchmarks/results/*.json")
-    b.add_argument("what", choices=["throughput", "pipeline", "aggregators", "suite", "llm"])
+    b.add_argument("what", choices=["throughput", "pipeline", "aggregators", "suite", "llm", "scale"])
     b.add_argument("name", nargs="?", help="suite: a built-in name (smax, grf, mpe, recsys) or a suite YAML path")
     b.add_argument("--duration", type=float, default=60.0, help="timed seconds per system")
-    b.add_argument("--iterations", type=int, default=4, help="timed iterations per mode and round (pipeline)")
+    b.add_argument("--iterations", type=int, default=4, help="timed iterations per mode and round (pipeline); timed rounds (scale)")
     b.add_argument("--out", "--output", help="result file (default benchmarks/results/<what>.json); suites: a "
                    "directory (default benchmarks/results/<suite>)")
     b.add_argument("--seeds", help="suite: comma-separated seeds instead of the suite's")

@@ -9,6 +9,13 @@ What differs is only who produces rows and where weights go:
   version k+1 (by reference: trainer -> object store -> engines, never through the driver), in place.
 Engines that die mid-request are replaced (loaded with the group's current weights and version) and the
 requests that were using them are sent again under the same sample ids: nothing lost, nothing twice.
+
+Inter-agent load balancing (`llm.load_balancing`): after each iteration (no request in flight) the calls
+each model group served go through `flexmarl.llm.balance.plan_allocation`; an instance moved from group
+A to B is reloaded in place with B's current weights and version when all groups' checkpoints share one
+layout (config.json and tokenizer), else it is rebuilt from B's model dir; the workers' routers then
+drop it from A and add it to B. With `resources.trainer_slots` > 0, groups time-share trainer actors
+(orchestrator/slots.py).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import time
 from pathlib import Path
 
 from flexmarl.config import Config, ConfigError
+from flexmarl.llm.balance import moves, plan_allocation
 from flexmarl.llm.cpus import engine_binding
 from flexmarl.llm.engine import engine_class
 from flexmarl.llm.groups import LLMGroup, build_llm_groups
@@ -86,16 +94,19 @@ class LLMOrchestrator(JointOrchestrator):
         self._group_weights: dict[str, object] = {}
         """Per group, a reference to the weights of the current version (None: the checkpoint's)."""
         n = cfg.llm.engines_per_agent
-        runtime.place(plan_placement(cfg, llm_actors([g.name for g in self.groups], n, cfg.rollout.num_workers)))
+        runtime.place(plan_placement(cfg, llm_actors([g.name for g in self.groups], n, cfg.rollout.num_workers,
+                                                     cfg.resources.trainer_slots)))
         self.incarnations = {g.name: [0] * n for g in self.groups}
         self.engines = {g.name: [self._make_engine(g, i) for i in range(n)] for g in self.groups}
-        self.trainers = {
+        self.trainers = self._make_slotted_trainers() or {
             g.name: runtime.create(_trainer_class(), cfg, g.name, g.model_dir, cfg.run.seed * 1000 + i,
                                    actor=f"trainer/{g.name}")
             for i, g in enumerate(self.groups)
         }
         self.workers = [self._make_worker(i) for i in range(cfg.rollout.num_workers)]
         self.last_push_s = 0.0
+        self._next_incarnation = 1
+        self._reload_in_place = same_checkpoint_layout([g.model_dir for g in self.groups])
 
     # -- actors -----------------------------------------------------------------------------------
     def _make_engine(self, group: LLMGroup, index: int):
@@ -173,12 +184,127 @@ class LLMOrchestrator(JointOrchestrator):
         metrics["perf/engine_restarts"] = self.engine_restarts
         metrics["perf/tokens_per_s"] = metrics.get("llm/generated_tokens", 0) / metrics["perf/iteration_s"]
         metrics["charts/reward_mean"] = metrics["episode_return_mean"]
+        self._balance(metrics)
+        self._slot_metrics(metrics)
         return metrics
 
     def engine_calls(self) -> dict[str, list[int]]:
         """Calls each engine instance served, summed over workers (per-agent request counts)."""
         per_worker = self.runtime.get([self.runtime.call(w, "engine_calls") for w in self.workers])
         return {g: [sum(c[g][i] for c in per_worker) for i in range(len(per_worker[0][g]))] for g in per_worker[0]}
+
+
+    # -- trainer slots (agent-centric training: groups time-share trainer actors) -----------------
+    def _make_slotted_trainers(self) -> dict | None:
+        """{group: handle} of groups sharing `resources.trainer_slots` trainer actors; None: one each."""
+        if self.cfg.resources.trainer_slots <= 0:
+            return None
+        from orchestrator.slots import make_slotted_trainers
+
+        return make_slotted_trainers(self.runtime, self.cfg, self.groups)
+
+    def _slot_metrics(self, metrics: dict) -> None:
+        """Trainer-slot swaps of the iteration: count, seconds, and the share of those seconds spent
+        while rollout was still running (hidden behind it)."""
+        from orchestrator.slots import SlotGroupHandle
+
+        slots = list({id(h.slot): h.slot for h in self.trainers.values() if isinstance(h, SlotGroupHandle)}.values())
+        if not slots:
+            return
+        stats = self.runtime.get([self.runtime.call(slot, "swap_stats") for slot in slots])
+        rollout_end = max(end for *_, end in self.timeline["rollout"])
+        spans = [span for s in stats for span in s["spans"]]
+        total = sum(end - start for start, end in spans)
+        hidden = sum(max(0.0, min(end, rollout_end) - max(start, self.timeline["start"])) for start, end in spans)
+        metrics["perf/trainer_swaps"] = sum(s["swaps"] for s in stats)
+        metrics["perf/swap_s"] = total
+        metrics["perf/swap_hidden_share"] = hidden / total if total > 0 else 0.0
+
+    # -- inter-agent load balancing (between iterations) -----------------------------------------
+    def group_loads(self, metrics: dict) -> dict[str, float]:
+        """Calls each model group served in the iteration that produced `metrics` (its agents' calls)."""
+        return {g.name: float(sum(metrics.get(f"llm/calls/{agent}", 0) for agent in g.agents)) for g in self.groups}
+
+    def _balance(self, metrics: dict) -> None:
+        """Record per-group load and instances of the finished iteration, then rebalance for the next."""
+        loads = self.group_loads(metrics)
+        for g in self.groups:
+            metrics[f"llm/load/{g.name}"] = loads[g.name]
+            metrics[f"llm/engines/{g.name}"] = len(self.engines[g.name])
+        start = time.time()
+        planned = self.rebalance(loads) if self.cfg.llm.load_balancing else []
+        metrics["perf/rebalance_s"] = time.time() - start
+        metrics["llm/engine_moves"] = len(planned)
+
+    def rebalance(self, loads: dict[str, float]) -> list[tuple[str, str]]:
+        """Move engine instances between model groups so that they follow `loads` (calls per group),
+        when the load disparity exceeds `llm.rebalance_threshold`; returns the (from, to) moves made.
+        Call only between iterations: a moved instance must have no call in flight."""
+        current = {g: len(e) for g, e in self.engines.items()}
+        target = plan_allocation(loads, current, capacity=sum(current.values()),
+                                 threshold=self.cfg.llm.rebalance_threshold)
+        return self.apply_allocation(target) if target is not None else []
+
+    def apply_allocation(self, target: dict[str, int]) -> list[tuple[str, str]]:
+        """Give each group `target[group]` engine instances (same total), moving the fewest instances."""
+        planned = moves({g: len(e) for g, e in self.engines.items()}, target)
+        for donor, receiver in planned:
+            self._move_engine(donor, receiver)
+        if planned:
+            log.info("engines moved between model groups %s; now %s", planned,
+                     {g: len(e) for g, e in self.engines.items()})
+        return planned
+
+    def _move_engine(self, donor: str, receiver: str) -> None:
+        """The donor's last instance (the others keep their indices) leaves the donor's routers, gets the
+        receiver's current weights and version, and joins the receiver's routers."""
+        rt = self.runtime
+        index = len(self.engines[donor]) - 1
+        engine = self.engines[donor].pop()
+        self.incarnations[donor].pop()
+        rt.get([rt.call(w, "remove_engine", donor, index) for w in self.workers])
+        group = next(g for g in self.groups if g.name == receiver)
+        new_index = len(self.engines[receiver])
+        if self._reload_in_place:  # same architecture and tokenizer: only the weights differ
+            weights = self._group_weights.get(receiver)
+            if weights is None:  # no push yet: the receiver trainer's (= its checkpoint's) weights
+                weights = rt.call(self.trainers[receiver], "get_weights")
+            rt.get(rt.call(engine, "load_weights", weights, self.iteration))
+        else:  # another architecture: a fresh engine from the receiver's model dir
+            rt.kill(engine)
+            engine = self._make_engine(group, new_index)
+            self._load_current_weights(receiver, engine)
+        incarnation = self._next_incarnation
+        self._next_incarnation += 1
+        self.engines[receiver].append(engine)
+        self.incarnations[receiver].append(incarnation)
+        rt.get([rt.call(w, "set_engine", receiver, new_index, engine, incarnation) for w in self.workers])
+
+
+def same_checkpoint_layout(model_dirs: list[str]) -> bool:
+    """True when every checkpoint has the same architecture settings (config.json, names aside) and
+    the same tokenizer files, so an engine can switch between them by loading weights alone."""
+    import json
+
+    def layout(model_dir: str) -> tuple:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        for key in ("_name_or_path", "transformers_version"):
+            config.pop(key, None)
+        tokenizer = [(name, (Path(model_dir) / name).read_bytes()) for name in
+                     ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+                     if (Path(model_dir) / name).exists()]
+        return json.dumps(config, sort_keys=True), tokenizer
+
+    layouts = [layout(d) for d in model_dirs]
+    return all(x == layouts[0] for x in layouts[1:])
+
+
+def _engine_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _trainer_class():

@@ -48,6 +48,8 @@ class ActorSpec:
             return f"rollout worker {self.key.split('/')[1]}"
         if self.role == "engine":
             return f"inference engine {self.key.split('/')[2]} of group {self.group!r}"
+        if self.group is None:
+            return f"trainer slot {self.key.split('/')[1]}"
         return f"trainer of group {self.group!r}"
 
 
@@ -99,9 +101,14 @@ def marl_actors(groups: list[str], num_workers: int) -> list[ActorSpec]:
             + [ActorSpec(f"trainer/{g}", "trainer", g) for g in groups])
 
 
-def llm_actors(groups: list[str], engines_per_group: int, num_workers: int) -> list[ActorSpec]:
+def llm_actors(groups: list[str], engines_per_group: int, num_workers: int, trainer_slots: int = 0) -> list[ActorSpec]:
+    """Engines, workflow workers and trainers; with `trainer_slots` > 0 the groups time-share that many
+    trainer actors (`trainer-slot/<i>`, default trainer demand) instead of one trainer each."""
     engines = [ActorSpec(f"engine/{g}/{i}", "engine", g) for g in groups for i in range(engines_per_group)]
-    return engines + marl_actors(groups, num_workers)
+    if trainer_slots <= 0:
+        return engines + marl_actors(groups, num_workers)
+    slots = [ActorSpec(f"trainer-slot/{i}", "trainer") for i in range(min(trainer_slots, len(groups)))]
+    return engines + marl_actors([], num_workers) + slots
 
 
 def plan_placement(cfg: Config, actors: list[ActorSpec]) -> PlacementPlan:

@@ -7,6 +7,7 @@ the result (or the raised exception), so errors surface at `get` in both modes.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from abc import ABC, abstractmethod
@@ -163,8 +164,9 @@ class RayRuntime(Runtime):
             ray.init(address=self.address, log_to_driver=True)
         else:
             # address="local": always a private instance, never a cluster another process started here
+            # logging_level WARNING: Ray's start-up INFO line would sit between our progress and error lines
             ray.init(address="local", num_cpus=max(1, int(round(plan.total("CPU") + 0.49))), include_dashboard=False,
-                     object_store_memory=300 * 1024 * 1024, log_to_driver=True)
+                     object_store_memory=300 * 1024 * 1024, log_to_driver=True, logging_level=logging.WARNING)
             self._owns_ray = True
 
     def nodes(self) -> list[Node]:

@@ -88,6 +88,7 @@ class EngineRouter:
 
     def __init__(self, engines: dict[str, list], incarnations: dict[str, list[int]] | None = None):
         self.engines = {g: list(e) for g, e in engines.items()}
+        # copies: in-process (serial runtime) the orchestrator's own tables must not change with ours
         self.incarnations = {g: list(i) for g, i in (incarnations or {g: [0] * len(e) for g, e in engines.items()}).items()}
         self.in_flight = {g: [0] * len(e) for g, e in engines.items()}
         self.calls = {g: [0] * len(e) for g, e in engines.items()}

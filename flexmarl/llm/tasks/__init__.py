@@ -10,11 +10,13 @@ import importlib
 
 from flexmarl.llm.tasks.base import Call, Completion, Outcome, TextTask
 from flexmarl.llm.tasks.recsys import RecsysSessions
+from flexmarl.llm.tasks.skewed import SkewedSpeakerListener
 from flexmarl.llm.tasks.speaker_listener import SpeakerListener
 
 TASKS: dict[str, type[TextTask]] = {
     SpeakerListener.name: SpeakerListener,
     RecsysSessions.name: RecsysSessions,
+    SkewedSpeakerListener.name: SkewedSpeakerListener,
 }
 
 
