@@ -142,7 +142,7 @@ def _cmd_bench(args) -> int:
 
         result = run_llm_bench(iterations=args.iterations, out=Path(args.out) if args.out else None,
                                overrides=args.set)
-        print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=1))
+        print(json.dumps({k: v for k, v in result.items() if k not in ("settings", "history")}, indent=1))
         return 0
     if args.what == "scale":
         from orchestrator.bench.scale import run_scale_bench
