@@ -359,6 +359,12 @@ class JointOrchestrator:
         for r in results:
             for key, value in r.counters.items():
                 metrics[key] = metrics.get(key, 0) + value
+        per_agent: dict[str, list[float]] = {}
+        for r in results:
+            for agent, values in r.agent_returns.items():
+                per_agent.setdefault(agent, []).extend(values)
+        for agent, values in per_agent.items():  # recommendation: each scenario's return
+            metrics[f"charts/return/{agent}"] = float(np.mean(values))
         self.store.evict(older_than_version=self.iteration)
         return metrics
 

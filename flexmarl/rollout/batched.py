@@ -69,6 +69,7 @@ def sample_batched(sampler) -> None:
     env: BatchedEnv = w.batched_env
     inputs = {g.name: GroupInputs(env, g, w.use_state, w.cfg.env.global_state) for g in w.groups}
     obs_dim = w.spec.per_agent[env.possible_agents[0]].obs_dim
+    agent_returns = np.zeros((E, len(env.possible_agents)))  # each copy's running return per agent
 
     def load(ob: BatchedObs, step: int) -> None:
         check_batched_obs(ob, E, env.possible_agents, obs_dim, step, req.request_id)
@@ -98,6 +99,7 @@ def sample_batched(sampler) -> None:
             raise EnvStepError(f"batched env raised at step {t} (request {req.request_id}): {exc!r}") from exc
         check_batched_rewards(st.rewards, env.possible_agents, t, req.request_id)
         sampler.episode_returns += env.team_reward(st.rewards)
+        agent_returns += st.rewards
         sampler.episode_lengths += 1
         for g in w.groups:
             buf, gi = sampler.buffers[g.name], inputs[g.name]
@@ -109,6 +111,9 @@ def sample_batched(sampler) -> None:
         for e in np.flatnonzero(st.done):
             sampler.result.episode_returns.append(float(sampler.episode_returns[e]))
             sampler.result.episode_lengths.append(int(sampler.episode_lengths[e]))
+            for i, agent in enumerate(env.possible_agents):
+                sampler.result.agent_returns.setdefault(agent, []).append(float(agent_returns[e, i]))
+            agent_returns[e] = 0.0
             if env.reports_win:
                 sampler.result.wins.append(float(st.won[e]))
             sampler.episode_returns[e], sampler.episode_lengths[e] = 0.0, 0

@@ -45,6 +45,9 @@ class RolloutResult:
     episode_returns: list[float] = field(default_factory=list)
     """Team return (sum over agents) of each episode that ended in this request."""
     episode_lengths: list[int] = field(default_factory=list)
+    agent_returns: dict[str, list[float]] = field(default_factory=dict)
+    """Per agent, its own return of each episode that ended in this request (for recommendation: each
+    scenario's return)."""
     wins: list[float] = field(default_factory=list)
     """Per ended episode, where the env reports "win" or "battle_won" in infos."""
     sample_s: float = 0.0
@@ -162,6 +165,7 @@ class _Sampler:
         self.env_seeds = np.random.default_rng(request.seed)
         self.buffers = {g.name: self._allocate(g) for g in worker.groups}
         self.episode_returns = np.zeros(self.E)
+        self.agent_returns: list[dict[str, float]] = [{} for _ in range(self.E)]
         self.episode_lengths = np.zeros(self.E, dtype=int)
         self.episode_start_t = np.zeros(self.E, dtype=int)
         self.one_episode = worker.cfg.rollout.request_unit == "episodes"
@@ -247,6 +251,7 @@ class _Sampler:
             k = len(g.agents)
             self.buffers[g.name]["cur_start"][e * k : (e + 1) * k] = 1.0
         self.episode_returns[e], self.episode_lengths[e] = 0.0, 0
+        self.agent_returns[e] = {}
         self.episode_start_t[e] = step
 
     # -- main loop ------------------------------------------------------------------------------
@@ -343,6 +348,7 @@ class _Sampler:
                 reward = check_reward(rewards.get(agent, 0.0), agent, t, e, self.req.request_id)
                 buf["rewards"][t, col] = reward
                 self.episode_returns[e] += reward
+                self.agent_returns[e][agent] = self.agent_returns[e].get(agent, 0.0) + reward
                 term, trunc = bool(terms.get(agent, False)), bool(truncs.get(agent, False))
                 if term or trunc:
                     buf["episode_end"][t, col] = 1.0
@@ -355,6 +361,8 @@ class _Sampler:
         if not env.agents or not live_obs:
             self.result.episode_returns.append(float(self.episode_returns[e]))
             self.result.episode_lengths.append(int(self.episode_lengths[e]))
+            for agent, value in self.agent_returns[e].items():
+                self.result.agent_returns.setdefault(agent, []).append(float(value))
             win = win_flag(infos)
             if win is not None:
                 self.result.wins.append(win)

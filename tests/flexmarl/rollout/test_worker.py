@@ -138,3 +138,15 @@ def test_env_restarts_are_bounded_per_request(make_cfg):
                    rollout={"max_env_restarts": 11})
     with pytest.raises(EnvStepError, match=r"env copy 3 raised at step 20 .*after 11 env restarts"):
         _worker(cfg).sample(RolloutRequest("r0", 0, seed=1, num_steps=25))
+
+
+def test_each_agents_own_return_is_reported_per_episode(make_cfg):
+    """Per-agent returns (for recommendation: per scenario) add up to the team return of each episode."""
+    from flexmarl.rollout import RolloutRequest, RolloutWorker
+
+    cfg = make_cfg()
+    worker = RolloutWorker(cfg, 0)
+    result = worker.sample(RolloutRequest("r0", None, 7, cfg.rollout.fragment_length))
+    assert set(result.agent_returns) == set(worker.spec.agents)
+    per_episode = np.sum([result.agent_returns[a] for a in worker.spec.agents], axis=0)
+    assert np.allclose(per_episode, result.episode_returns)
