@@ -91,8 +91,6 @@ class LLMOrchestrator(JointOrchestrator):
         self.store = ExperienceStore([g.name for g in self.groups])
         self._init_progress()
         self.engine_restarts = 0
-        self._group_weights: dict[str, object] = {}
-        """Per group, a reference to the weights of the current version (None: the checkpoint's)."""
         n = cfg.llm.engines_per_agent
         runtime.place(plan_placement(cfg, llm_actors([g.name for g in self.groups], n, cfg.rollout.num_workers,
                                                      cfg.resources.trainer_slots)))
@@ -139,14 +137,14 @@ class LLMOrchestrator(JointOrchestrator):
         start = time.time()
         acks = []
         for g in self.groups:
-            self._group_weights[g.name] = self.runtime.call(self.trainers[g.name], "get_weights")
-            acks += [self.runtime.call(e, "load_weights", self._group_weights[g.name], self.iteration)
+            self._weights_refs[g.name] = self.runtime.call(self.trainers[g.name], "get_weights")
+            acks += [self.runtime.call(e, "load_weights", self._weights_refs[g.name], self.iteration)
                      for e in self.engines[g.name]]
         self.runtime.get(acks)  # a failed push raises WeightSyncError naming the engine
         self.last_push_s = time.time() - start
 
     def _load_current_weights(self, group: str, engine) -> None:
-        ref = self._group_weights.get(group)
+        ref = self._weights_refs.get(group)
         if ref is not None:
             self.runtime.get(self.runtime.call(engine, "load_weights", ref, self.iteration))
 
@@ -266,7 +264,7 @@ class LLMOrchestrator(JointOrchestrator):
         group = next(g for g in self.groups if g.name == receiver)
         new_index = len(self.engines[receiver])
         if self._reload_in_place:  # same architecture and tokenizer: only the weights differ
-            weights = self._group_weights.get(receiver)
+            weights = self._weights_refs.get(receiver)
             if weights is None:  # no push yet: the receiver trainer's (= its checkpoint's) weights
                 weights = rt.call(self.trainers[receiver], "get_weights")
             rt.get(rt.call(engine, "load_weights", weights, self.iteration))

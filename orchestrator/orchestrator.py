@@ -75,7 +75,8 @@ class JointOrchestrator:
         self._last_done: dict[int, float] = {}  # worker -> when it last finished a request
         self.timeline: dict = {}
         """Wall-clock spans of the last iteration: rollout per worker, train per group, weight sync."""
-        self._weights_ref = None
+        self._weights_refs: dict = {}
+        """Per group, a reference to the current version's weights (kept for replaced workers)."""
         self._stale_in_flight: dict[int, _InFlight] = {}
         self._stale_requests = 0
 
@@ -84,13 +85,14 @@ class JointOrchestrator:
 
     # -- weights ----------------------------------------------------------------------------------
     def sync_weights(self, workers: list[int] | None = None, wait: bool = True) -> None:
-        """Push the trainers' current weights (policy version = iteration) to workers."""
+        """Push the trainers' current weights (policy version = iteration) to workers. Each group's weights
+        travel trainer -> object store -> workers by reference (one argument per group, so Ray resolves
+        them in the worker); they never pass through the driver."""
         if workers is None:
-            names = list(self.trainers)
-            weights = self.runtime.get([self.runtime.call(self.trainers[n], "get_weights") for n in names])
-            self._weights_ref = self.runtime.put(dict(zip(names, weights)))
+            self._weights_refs = {n: self.runtime.call(t, "get_weights") for n, t in self.trainers.items()}
             workers = list(range(len(self.workers)))
-        acks = [self.runtime.call(self.workers[i], "set_weights", self._weights_ref, self.iteration) for i in workers]
+        names, refs = list(self._weights_refs), list(self._weights_refs.values())
+        acks = [self.runtime.call(self.workers[i], "load_group_weights", self.iteration, names, *refs) for i in workers]
         if wait:
             for index, ack in zip(workers, acks):
                 try:

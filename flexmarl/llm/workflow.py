@@ -64,6 +64,8 @@ class CallRecord:
     """One agent call as the trainer sees it (a sample)."""
 
     agent: str
+    turn: int
+    """Position of the call in its trajectory (0 = the first call made)."""
     prompt_ids: list[int]
     completion_ids: list[int]
     logp: list[float]
@@ -75,6 +77,8 @@ class _Trajectory:
     calls: list[CallRecord] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     """Calls issued per agent so far (the k of the call seed)."""
+    turns: int = 0
+    """Calls issued in the trajectory so far."""
 
 
 class EngineRouter:
@@ -193,6 +197,7 @@ class WorkflowWorker:
         group = self.group_of[agent]
         k = trajectory.counts.get(agent, 0)
         trajectory.counts[agent] = k + 1
+        turn, trajectory.turns = trajectory.turns, trajectory.turns + 1
         prompt_ids = self._encode(group, prompt)
         counters[f"llm/calls/{agent}"] = counters.get(f"llm/calls/{agent}", 0) + 1
         if len(prompt_ids) > self.llm.max_prompt_tokens:
@@ -205,7 +210,8 @@ class WorkflowWorker:
                                              version=version)
         counters["llm/generated_tokens"] = counters.get("llm/generated_tokens", 0) + len(out.token_ids)
         if out.token_ids:
-            trajectory.calls.append(CallRecord(agent, prompt_ids, list(out.token_ids), list(out.logprobs), out.version))
+            trajectory.calls.append(CallRecord(agent, turn, prompt_ids, list(out.token_ids), list(out.logprobs),
+                                               out.version))
         text = self.tokenizers[group].decode(out.token_ids, skip_special_tokens=True)
         return Completion(text=text, token_ids=list(out.token_ids), logprobs=list(out.logprobs),
                           finish_reason=out.finish_reason)
@@ -243,17 +249,19 @@ class WorkflowWorker:
         queries = [self.task.sample_query(rng) for _ in range(self.llm.queries_per_request)]
         G = self.llm.group_size
         per_query, counters = run_coroutine(self._run_queries(queries, request.seed, request.version, False, G))
-        rows = {g.name: {"prompt_ids": [], "completion_ids": [], "logp": [], "advantages": [], "versions": []}
-                for g in self.groups}
+        rows = {g.name: {"sample_ids": [], "prompt_ids": [], "completion_ids": [], "logp": [], "advantages": [],
+                         "versions": []} for g in self.groups}
         team_rewards, successes = [], []
-        for trajectories in per_query:
+        for q, trajectories in enumerate(per_query):
             outcomes = [o for _, o in trajectories]
             for agent in self.task.agents:  # group-normalised advantage of each agent's reward
                 advantages = group_advantages(torch.tensor([o.rewards[agent] for o in outcomes], dtype=torch.float64))
-                for (trajectory, _), adv in zip(trajectories, advantages.tolist()):
+                for j, ((trajectory, _), adv) in enumerate(zip(trajectories, advantages.tolist())):
                     for record in trajectory.calls:
                         if record.agent == agent:
                             row = rows[self.group_of[agent]]
+                            # {input}_{turn}_{trajectory}, as the FlexMARL paper names a sample
+                            row["sample_ids"].append(f"{request.request_id}-q{q}_t{record.turn}_j{j}")
                             row["prompt_ids"].append(record.prompt_ids)
                             row["completion_ids"].append(record.completion_ids)
                             row["logp"].append(record.logp)

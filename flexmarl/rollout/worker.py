@@ -92,6 +92,11 @@ class RolloutWorker:
         self.backend.set_weights(weights, version)
         return version
 
+    def load_group_weights(self, version: int, groups: list[str], *weights: dict) -> int:
+        """`set_weights` with one argument per group: each group's weights arrive straight from its
+        trainer through the object store."""
+        return self.set_weights(dict(zip(groups, weights)), version)
+
     def health(self) -> dict:
         return {"worker": self.worker_index, "pid": os.getpid(), "version": self.backend.version,
                 "requests_served": self.requests_served, "env_steps": self.total_env_steps}

@@ -72,6 +72,9 @@ def test_rows_are_complete_groups_of_every_agent(tiny_task_models):
             advantages = np.asarray(payload["advantages"]).reshape(per_request, G)
             assert np.allclose(advantages.mean(1), 0, atol=1e-6)  # group-normalised: statistics were final
             assert set(payload["versions"]) == {0}
+            turn = 0 if group.name == "speaker" else 1  # the listener answers the speaker's message
+            assert sorted(payload["sample_ids"]) == sorted(
+                f"{row.sample_id[:-len(group.name) - 1]}-q0_t{turn}_j{j}" for j in range(G))
     metrics = orch.train()
     assert metrics["perf/policy_lag_max"] == 0
 
