@@ -43,3 +43,21 @@ def policy_params(orch) -> dict:
     """{group: {parameter name: numpy array}} of every trainer of an orchestrator."""
     state = orch.get_state()["trainers"]
     return {g: {k: v.numpy() for k, v in s["policy"].items()} for g, s in state.items()}
+
+
+_TORCH_THREADS = None
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_threads():
+    """In-process inference engines bind threads and set torch's process-wide thread count; tests that
+    compare serial and Ray results bit for bit must not inherit that from an earlier test."""
+    import torch
+
+    global _TORCH_THREADS
+    if _TORCH_THREADS is None:
+        _TORCH_THREADS = torch.get_num_threads()
+    affinity = os.sched_getaffinity(0)
+    yield
+    torch.set_num_threads(_TORCH_THREADS)
+    os.sched_setaffinity(0, affinity)

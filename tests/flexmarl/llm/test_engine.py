@@ -247,7 +247,7 @@ def test_hf_batches_equal_single_calls(hf_engine):
     alone = [hf_engine.generate(p, 8, 1.0, s) for p, s in zip(prompts, seeds)]
     assert [g.token_ids for g in together] == [g.token_ids for g in alone]
     for a, b in zip(together, alone):
-        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)  # left padding reorders fp32 sums
 
 
 def test_generation_throughput(vllm_engine, hf_engine):
