@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,21 @@ def _restore_process_threads():
     yield
     torch.set_num_threads(_TORCH_THREADS)
     os.sched_setaffinity(0, affinity)
+
+
+def descendant_pids(pid: int) -> list[int]:
+    """Processes under `pid` (this test's own Ray instance only, never another session's)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import descendant_pids
+
 from orchestrator.run_dir import latest_checkpoint, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,23 +37,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 class LocalNode:
     """One `ray start --block` process and everything it starts (raylet, workers, agents)."""
 
@@ -63,7 +48,7 @@ class LocalNode:
     def kill(self) -> None:
         """SIGKILL the node's processes, children first seen included (by pid: only this node's)."""
         for _ in range(3):  # a dying raylet may still spawn a process: sweep again
-            for pid in [*_descendants(self.proc.pid), self.proc.pid]:
+            for pid in [*descendant_pids(self.proc.pid), self.proc.pid]:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:

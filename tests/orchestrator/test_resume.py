@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import descendant_pids
+
 from orchestrator.cli import main
 from orchestrator.run_dir import latest_checkpoint, load_checkpoint, new_run_dir
 from orchestrator.train import TrainingError, train
@@ -99,29 +101,11 @@ def test_ctrl_c_prints_the_run_directory_and_the_resume_command(tmp_path):
     assert f"flexmarl train --resume {run_dir}" in err
 
 
-def _descendants(pid: int) -> list[int]:
-    """Processes under `pid` (this test's own Ray instance only, never another session's)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def _kill_trainer_after(run_dir: Path, checkpoint: str, killed: list) -> None:
     deadline = time.monotonic() + 300
     while not (run_dir / "checkpoints" / checkpoint).exists() and time.monotonic() < deadline:
         time.sleep(0.2)
-    for pid in _descendants(os.getpid()):
+    for pid in descendant_pids(os.getpid()):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
