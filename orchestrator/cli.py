@@ -168,7 +168,7 @@ def _cmd_bench(args) -> int:
         if suite.kind == "recsys":
             from orchestrator.bench.recsys import run_recsys_suite
 
-            summary = run_recsys_suite(suite, runs_dir, output, **select)
+            summary = run_recsys_suite(suite, runs_dir, output, rows=split(args.rows), **select)
         else:
             summary = run_suite(suite, runs_dir, output, **select)
         print(json.dumps(summary, indent=1))
@@ -206,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs-dir", help="suite: where run directories live (default runs/suites/<suite>)")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="llm: config overrides of the benchmark's workload, e.g. --set llm.queries_per_request=1")
+    b.add_argument("--rows", help="recsys suite: comma-separated row families to re-run (baselines, learned, "
+                   "generative, llm); the others are kept from the existing summary.json")
     b.add_argument("--report-only", action="store_true", help="suite: rebuild the report from existing runs")
     b.set_defaults(fn=_cmd_bench)
     m = sub.add_parser("llm", help="LLM agents: build a task's tiny warm-started models locally")

@@ -17,7 +17,7 @@ import numpy as np
 from envs import make_env
 from envs.batched import random_legal_actions
 from flexmarl.recsys_eval import offline_metrics, popularity_scores, random_scores, simulate, trained_policy
-from orchestrator.bench.suite import Suite, run_config, run_suite
+from orchestrator.bench.suite import Suite, SuiteError, run_config, run_suite
 
 EVAL_SESSIONS = 512
 EVAL_SEED = 20261122
@@ -63,18 +63,76 @@ def _combine(per_seed: list[dict], env_steps: int, seeds: list[int]) -> dict:
     }
 
 
-def run_recsys_suite(suite: Suite, runs_dir: Path, output: Path, report_only: bool = False, **select) -> dict:
+ROW_FAMILIES = ("baselines", "learned", "generative", "llm")
+"""Row families of the report: random and most-popular; the suite's trained algorithms; the generative
+semantic-ID policies; the LLM scenario agents."""
+
+
+def run_recsys_suite(suite: Suite, runs_dir: Path, output: Path, report_only: bool = False, rows=None, **select) -> dict:
+    """rows: the row families to (re)compute (default all); the others are kept from the existing
+    `<output>/summary.json`, e.g. `rows=["llm"]` re-runs the LLM rows beside earlier results."""
+    rows = list(ROW_FAMILIES if rows is None else rows)
+    unknown = [r for r in rows if r not in ROW_FAMILIES]
+    if unknown:
+        raise SuiteError(f"unknown row family {unknown[0]!r}; known: {', '.join(ROW_FAMILIES)}")
+    kept = _kept_methods(output / "summary.json", rows)
+    seeds = select.get("seeds") or suite.seeds
+    task = next(iter(suite.tasks))  # one env: the scenarios are the agents
+    cfg = run_config(suite, task, next(iter(suite.algorithms)), seeds[0], runs_dir, None)
+    env = make_env(cfg.env.name, num_envs=EVAL_SESSIONS, **cfg.env.kwargs)
+    methods: dict = {}
+    if "baselines" in rows:
+        methods["random"] = _combine([_score(env, random_scores(env, s), s) for s in seeds], 0, seeds)
+        methods["most_popular"] = _combine([_score(env, popularity_scores(env), s) for s in seeds], 0, seeds)
+    if "learned" in rows:
+        methods.update(_learned_methods(suite, env, runs_dir, output, report_only, select))
+    output.mkdir(parents=True, exist_ok=True)
+    if "generative" in rows:
+        methods.update(_generative_methods(suite, env, seeds, output / "training"))
+    if "llm" in rows and suite.llm:  # LLM scenario agents (workload 2): same seeds, same sessions and offline users
+        from orchestrator.bench.recsys_llm import llm_methods
+
+        methods.update(llm_methods(suite.llm, env, seeds, output / "training",
+                                   lambda scores, s: _score(env, scores, s), _combine))
+    # report order: the families' order, whichever were computed now
+    methods = {name: m for family in ROW_FAMILIES for name, m in {**kept, **methods}.items()
+               if _family(name, suite) == family}
+    result = {"methods": methods}
+    (output / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
+    throughput = env_throughput(cfg.env.name, cfg.env.kwargs, duration_s=THROUGHPUT_SECONDS)
+    (output / "throughput.json").write_text(json.dumps(throughput, indent=1) + "\n")
+    (output / "table.md").write_text(_table(suite, methods, env.possible_agents, throughput))
+    return result
+
+
+def _family(method: str, suite: Suite) -> str:
+    if method in ("random", "most_popular"):
+        return "baselines"
+    if method.startswith("generative_"):
+        return "generative"
+    if suite.llm and method.startswith(suite.llm.get("name", "llm") + "_"):
+        return "llm"
+    return "learned"
+
+
+def _kept_methods(summary: Path, rows: list[str]) -> dict:
+    """Methods of the families not re-run, from an earlier summary.json (which must exist then)."""
+    if set(rows) == set(ROW_FAMILIES):
+        return {}
+    if not summary.exists():
+        raise SuiteError(f"only rows {', '.join(rows)} requested, but {summary} does not exist to keep the others "
+                         "from: run the whole suite once first")
+    return json.loads(summary.read_text())["methods"]
+
+
+def _learned_methods(suite: Suite, env, runs_dir: Path, output: Path, report_only: bool, select: dict) -> dict:
+    """Train (or reuse) the suite's algorithms through the generic suite, then score each seed's latest
+    checkpoint."""
     from orchestrator.run_dir import latest_checkpoint, load_checkpoint
 
     summary = run_suite(suite, runs_dir, output / "training", report_only=report_only, **select)
-    (task,) = summary  # one env: the scenarios are the agents
-    seeds = select.get("seeds") or suite.seeds
-    cfg = run_config(suite, task, next(iter(suite.algorithms)), seeds[0], runs_dir, None)
-    env = make_env(cfg.env.name, num_envs=EVAL_SESSIONS, **cfg.env.kwargs)
-    methods = {
-        "random": _combine([_score(env, random_scores(env, s), s) for s in seeds], 0, seeds),
-        "most_popular": _combine([_score(env, popularity_scores(env), s) for s in seeds], 0, seeds),
-    }
+    (task,) = summary
+    methods = {}
     for algorithm, entry in summary[task].items():
         results = []
         for seed in entry["complete_seeds"]:
@@ -83,19 +141,7 @@ def run_recsys_suite(suite: Suite, runs_dir: Path, output: Path, report_only: bo
             results.append(_score(env, trained_policy(data["config"], data["state"]["trainers"], env), seed))
         if results:
             methods[algorithm] = _combine(results, entry["env_steps"], entry["complete_seeds"])
-    output.mkdir(parents=True, exist_ok=True)
-    methods.update(_generative_methods(suite, env, seeds, output / "training"))
-    if suite.llm:  # LLM scenario agents (workload 2): same seeds, same sessions and offline users
-        from orchestrator.bench.recsys_llm import llm_methods
-
-        methods.update(llm_methods(suite.llm, env, seeds, output / "training",
-                                   lambda scores, s: _score(env, scores, s), _combine))
-    result = {"methods": methods}
-    (output / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
-    throughput = env_throughput(cfg.env.name, cfg.env.kwargs, duration_s=THROUGHPUT_SECONDS)
-    (output / "throughput.json").write_text(json.dumps(throughput, indent=1) + "\n")
-    (output / "table.md").write_text(_table(suite, methods, env.possible_agents, throughput))
-    return result
+    return methods
 
 
 def _generative_methods(suite: Suite, env, seeds: list[int], log_dir: Path) -> dict:

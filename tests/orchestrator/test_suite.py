@@ -148,3 +148,12 @@ def test_recsys_suite_reports_methods_with_baselines_and_offline_metrics(tmp_pat
     rates = json.loads((tmp_path / "out" / "throughput.json").read_text())["env_steps_per_s"]
     assert set(rates) == {"1", "16", "128", "512"} and all(r > 0 for r in rates.values())
     assert (tmp_path / "out" / "training" / "curves_movielens.png").exists()
+
+    # one family re-run, the others kept from summary.json (and in the report's order)
+    again = run_recsys_suite(suite, tmp_path / "runs", tmp_path / "out", rows=["baselines"])["methods"]
+    assert list(again) == list(methods) and again["generative_gbpo"] == methods["generative_gbpo"]
+    assert again["random"]["team_reward_mean"] == methods["random"]["team_reward_mean"]  # same seeds, same sessions
+    with pytest.raises(SuiteError, match="unknown row family 'mappo'"):
+        run_recsys_suite(suite, tmp_path / "runs", tmp_path / "out", rows=["mappo"])
+    with pytest.raises(SuiteError, match="does not exist to keep the others"):
+        run_recsys_suite(suite, tmp_path / "runs", tmp_path / "elsewhere", rows=["llm"])
