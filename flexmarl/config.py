@@ -92,6 +92,9 @@ class AlgoConfig:
     """mappo: centralised critic on the global state; ippo: each agent's critic on its own observation."""
     advantage_estimator: str = "gae"
     """Registered advantage estimator (flexmarl.algorithms.ADVANTAGE_ESTIMATORS)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Trainer device: auto = cuda when the trainer's placement bundle has a GPU (`resources.trainer.gpus`
+    or `resources.per_group.<group>.trainer.gpus`), else cpu."""
     policy_loss: str = "ppo_clip"
     """Registered policy loss (flexmarl.algorithms.POLICY_LOSSES)."""
     value_loss: str = "clipped_huber"

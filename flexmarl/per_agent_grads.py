@@ -20,15 +20,16 @@ class PerAgentGradients:
         self.params = [p for p in params if p.requires_grad]
         self.num_agents = num_agents
         self.aggregate = GRADIENT_AGGREGATORS[aggregator]
-        self.sums = torch.zeros(num_agents, sum(p.numel() for p in self.params))
-        self.counts = torch.zeros(num_agents)
+        device = self.params[0].device
+        self.sums = torch.zeros(num_agents, sum(p.numel() for p in self.params), device=device)
+        self.counts = torch.zeros(num_agents, device=device)
         self.grad_s = self.aggregate_s = 0.0
 
     def add(self, agent: int, loss: torch.Tensor, num_samples: float) -> None:
         """Add the gradient of `loss` (agent's surrogate summed over its `num_samples` active samples)."""
         t0 = time.perf_counter()
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-        self.sums[agent] += torch.cat([torch.zeros(p.numel()) if g is None else g.reshape(-1)
+        self.sums[agent] += torch.cat([torch.zeros(p.numel(), device=p.device) if g is None else g.reshape(-1)
                                        for g, p in zip(grads, self.params)])
         self.counts[agent] += num_samples
         self.grad_s += time.perf_counter() - t0
@@ -38,7 +39,7 @@ class PerAgentGradients:
         t0 = time.perf_counter()
         present = self.counts > 0
         info: dict[str, float] = {}
-        direction = torch.zeros(self.sums.shape[1])
+        direction = torch.zeros(self.sums.shape[1], device=self.sums.device)
         if present.any():
             grads = self.sums[present] / self.counts[present, None]
             weights = self.counts[present] / self.counts[present].sum()

@@ -14,13 +14,12 @@ Normalisation rules (they make a micro-batch self-contained, so it can be consum
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 
 from flexmarl.algorithms import POLICY_LOSSES, VALUE_LOSSES, ValueNorm
 from flexmarl.config import Config
+from flexmarl.devices import resolve_device, state_to_cpu
 from flexmarl.groups import GroupLayout
 from flexmarl.models import GroupPolicy, to_numpy_state
 from flexmarl.per_agent_grads import PerAgentGradients
@@ -30,20 +29,23 @@ _TENSOR_FIELDS = ("agent_index", "obs", "critic_in", "actions", "logp", "values_
                   "h0_actor", "h0_critic", "advantages", "returns", "action_mask")
 
 
-def _to_tensors(row: dict) -> dict:
-    return {k: torch.tensor(np.asarray(v)) for k, v in row.items() if k in _TENSOR_FIELDS}
+def _to_tensors(row: dict, device: torch.device | str = "cpu") -> dict:
+    return {k: torch.as_tensor(np.asarray(v)).to(device) for k, v in row.items() if k in _TENSOR_FIELDS}
 
 
 def _active_returns(mb: dict) -> np.ndarray:
-    return mb["returns"][mb["active"] > 0].numpy()
+    return mb["returns"][mb["active"] > 0].cpu().numpy()
 
 
 class GroupTrainer(StreamingTrainer):
-    def __init__(self, cfg: Config, group: GroupLayout, seed: int):
+    def __init__(self, cfg: Config, group: GroupLayout, seed: int, device: str = "cpu"):
+        """device: where the model and its micro-batches live ("cuda" when the trainer's placement
+        bundle has a GPU: `Runtime.device_for`); weights and checkpoints leave it as CPU tensors."""
         super().__init__(group.name, seed, cfg.algo.epochs, cfg.algo.num_minibatches)
         self.cfg, self.group = cfg, group
-        torch.manual_seed(seed)
-        self.policy = GroupPolicy.for_group(group, cfg.model)
+        self.device = resolve_device(device)
+        torch.manual_seed(seed)  # initial weights drawn on the CPU: the same on every device
+        self.policy = GroupPolicy.for_group(group, cfg.model).to(self.device)
         a = cfg.algo
         self.actor_opt = torch.optim.Adam(self.policy.actor.parameters(), lr=a.lr_actor, eps=a.adam_eps)
         self.critic_opt = torch.optim.Adam(self.policy.critic.parameters(), lr=a.lr_critic, eps=a.adam_eps)
@@ -60,8 +62,8 @@ class GroupTrainer(StreamingTrainer):
         return {"policy": to_numpy_state(self.policy), "value_norm": self.value_norm.get_state()}
 
     def get_state(self) -> dict:
-        """A deep copy: later steps must not change a state that was already handed out."""
-        return copy.deepcopy({
+        """A copy on the CPU: later steps must not change a state that was already handed out."""
+        return state_to_cpu({
             "version": self.version,
             "policy": self.policy.state_dict(),
             "actor_opt": self.actor_opt.state_dict(),
@@ -165,7 +167,7 @@ class GroupTrainer(StreamingTrainer):
 
     # -- hooks of the streamed plan (flexmarl.streaming) --------------------------------------------
     def micro_batch_tensors(self, payload: dict) -> dict:
-        return _to_tensors(payload)
+        return _to_tensors(payload, self.device)
 
     def train_micro_batch(self, mb: dict, first_epoch: bool) -> float:
         """Epoch 0 normalises value targets with the statistics so far plus the micro-batch's own returns

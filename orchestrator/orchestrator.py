@@ -60,7 +60,8 @@ class JointOrchestrator:
         runtime.place(plan_placement(cfg, marl_actors([g.name for g in self.groups], cfg.rollout.num_workers)))
         self.workers = [self._make_worker(i) for i in range(cfg.rollout.num_workers)]
         self.trainers = {
-            g.name: runtime.create(GroupTrainer, cfg, g, cfg.run.seed * 1000 + i, actor=f"trainer/{g.name}")
+            g.name: runtime.create(GroupTrainer, cfg, g, cfg.run.seed * 1000 + i, self._trainer_device(g.name),
+                                   actor=f"trainer/{g.name}")
             for i, g in enumerate(self.groups)
         }
         self._init_progress()
@@ -79,6 +80,13 @@ class JointOrchestrator:
         """Per group, a reference to the current version's weights (kept for replaced workers)."""
         self._stale_in_flight: dict[int, _InFlight] = {}
         self._stale_requests = 0
+
+    def _trainer_device(self, group: str) -> str:
+        """`algo.device`; auto = cuda when the trainer's bundle asks for a GPU, else cpu: the same answer
+        serial and on Ray (small MLP policies are not moved to a GPU nobody asked for)."""
+        if self.cfg.algo.device != "auto":
+            return self.cfg.algo.device
+        return "cuda" if self.runtime.plan.locate(f"trainer/{group}")[2].gpus > 0 else "cpu"
 
     def _make_worker(self, index: int):
         return self.runtime.create(RolloutWorker, self.cfg, index, actor=f"worker/{index}")

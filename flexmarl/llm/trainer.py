@@ -30,14 +30,8 @@ from flexmarl.config import Config
 from flexmarl.llm.cpus import bind_process, trainer_binding
 from flexmarl.llm import weights as weight_io
 from flexmarl.llm.models import load_causal_lm
+from flexmarl.devices import resolve_device
 from flexmarl.streaming import StreamingTrainer
-
-
-def resolve_device(device: str) -> torch.device:
-    """auto = cuda when a GPU is visible to this process (a Ray actor sees only the GPUs it was given)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
 
 
 @dataclass

@@ -1,0 +1,55 @@
+"""Trainer devices: the auto rule, CPU checkpoints from any device, a clear error without a GPU."""
+
+import numpy as np
+import pytest
+import torch
+
+from flexmarl.devices import resolve_device, state_to_cpu
+from orchestrator.orchestrator import JointOrchestrator
+from orchestrator.run_dir import new_run_dir
+from orchestrator.runtime import SerialRuntime
+from orchestrator.train import train
+
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none visible)")
+
+
+def test_state_to_cpu_copies_every_tensor_and_keeps_the_structure():
+    weight = torch.ones(3)
+    state = {"policy": {"w": weight}, "opt": {"state": {0: {"step": torch.tensor(2.0)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}}
+    copied = state_to_cpu(state)
+    weight.add_(1.0)  # the trainer keeps training: a state already handed out must not change
+    assert torch.equal(copied["policy"]["w"], torch.ones(3)) and copied["policy"]["w"].device.type == "cpu"
+    assert copied["opt"]["param_groups"] == [{"lr": 0.1, "params": [0]}] and float(copied["opt"]["state"][0]["step"]) == 2.0
+
+
+@no_gpu
+def test_cuda_without_a_gpu_names_the_problem():
+    with pytest.raises(RuntimeError, match="no CUDA GPU is visible"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+
+
+@no_gpu
+def test_marl_trainer_asking_for_a_gpu_goes_to_cuda(make_cfg):
+    """algo.device auto follows the trainer's demand (serial as on Ray): a GPU demand means cuda, which this
+    machine refuses clearly; without the demand the trainer stays on the CPU."""
+    assert JointOrchestrator(make_cfg(), SerialRuntime()).trainers["shared"].device.type == "cpu"
+    with pytest.raises(RuntimeError, match="no CUDA GPU is visible"):
+        JointOrchestrator(make_cfg(resources={"trainer": {"gpus": 1}}), SerialRuntime())
+
+
+@needs_gpu
+def test_marl_trainer_on_cuda_trains_and_checkpoints_cpu_tensors(make_cfg, tmp_path):
+    cfg = make_cfg(run={"output_dir": str(tmp_path), "iterations": 2, "checkpoint_every": 2},
+                   resources={"trainer": {"gpus": 1}})
+    orch = JointOrchestrator(cfg, SerialRuntime())
+    assert next(orch.trainers["shared"].policy.parameters()).device.type == "cuda"
+    metrics = orch.step()
+    assert np.isfinite(metrics["losses/shared/policy"])
+    state = orch.trainers["shared"].get_state()
+    tensors = list(state["policy"].values()) + [t for s in state["actor_opt"]["state"].values() for t in s.values()]
+    assert all(t.device.type == "cpu" for t in tensors if isinstance(t, torch.Tensor))
+    run_dir = new_run_dir(cfg)
+    train(cfg, run_dir)  # checkpoints written from the GPU trainer
+    assert (run_dir / "checkpoints" / "iter_000002").exists()
