@@ -43,21 +43,26 @@ def _cmd_train(args) -> int:
               f"flexmarl train --resume {run_dir}", file=sys.stderr)
         return 130
     if cfg.run.workload == "llm":
-        _print_llm_summary(run_dir, metrics)
+        _print_llm_summary(cfg, run_dir, metrics)
     else:
         _print_summary(cfg, run_dir, metrics)
     return 0
 
 
-def _print_llm_summary(run_dir: Path, last: dict) -> None:
+def _print_llm_summary(cfg, run_dir: Path, last: dict) -> None:
     import csv
+    import json
 
     with (run_dir / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
-    rewards = [float(r["charts/reward_mean"]) for r in rows if r.get("charts/reward_mean")]
-    if rewards:
-        tail = rewards[-3:]
-        print(f"mean reward: first iteration {rewards[0]:.3f}, last {len(tail)} iterations {sum(tail) / len(tail):.3f}")
+    build = Path(cfg.llm.model_dir) / "build.json"
+    if not cfg.llm.models and build.exists():
+        print(f"warm-started team (build.json, sampled): success {json.loads(build.read_text())['warm_start_success']:.3f}")
+    for key, what in (("charts/reward_mean", "mean reward"), ("charts/train_win_rate", "sampled success")):
+        values = [float(r[key]) for r in rows if r.get(key)]
+        if values:  # windows of up to 10 iterations: one iteration's 16 queries are a noisy estimate
+            n = max(1, min(10, len(values) // 2))
+            print(f"{what}: first {n} iterations {sum(values[:n]) / n:.3f}, last {n} iterations {sum(values[-n:]) / n:.3f}")
     evals = [(r["iteration"], float(r["eval/win_rate"])) for r in rows if r.get("eval/win_rate")]
     if evals:
         print("greedy success (eval/win_rate): " + ", ".join(f"iteration {i}: {v:.3f}" for i, v in evals))

@@ -52,6 +52,7 @@ def ensure_models(cfg: Config, groups: list[LLMGroup]) -> None:
     it is empty; any other missing checkpoint is a config error."""
     missing = [g for g in groups if not (Path(g.model_dir) / "config.json").exists()]
     if not missing:
+        _warn_if_stale(cfg.llm.model_dir)
         return
     if cfg.llm.models:
         g = missing[0]
@@ -60,6 +61,22 @@ def ensure_models(cfg: Config, groups: list[LLMGroup]) -> None:
 
     log.info("no models in %s: building the task's tiny warm-started models there (once)", cfg.llm.model_dir)
     build_task_models(cfg.llm.task, cfg.llm.model_dir, seed=cfg.run.seed, log=log.info, **_task_kwargs(cfg))
+
+
+def _warn_if_stale(model_dir: str) -> None:
+    """A build by an older build procedure (e.g. other warm-start data) is used as it is, with a warning."""
+    import json
+
+    from flexmarl.llm.build import BUILD_FORMAT
+
+    record = Path(model_dir) / "build.json"
+    try:
+        built = json.loads(record.read_text())["settings"]["format_version"]
+    except (OSError, ValueError, KeyError):
+        return  # not one of our builds (or none): nothing to compare
+    if built < BUILD_FORMAT:
+        log.warning("%s was built by an older build procedure (format %d, now %d): rebuild it with "
+                    "`flexmarl llm build --out %s` for the current warm start", model_dir, built, BUILD_FORMAT, model_dir)
 
 
 def check_context(cfg: Config, groups: list[LLMGroup]) -> None:

@@ -22,7 +22,7 @@ from flexmarl.llm.models import (build_tiny_model, build_tokenizer, load_causal_
 from flexmarl.llm.tasks import Completion, TextTask, make_task
 from flexmarl.llm.warm_start import warm_start
 
-BUILD_FORMAT = 1
+BUILD_FORMAT = 2
 """Bumped when the build procedure changes, so older builds are not reused."""
 
 

@@ -105,6 +105,7 @@ def real_engine_ablation(cfg, rounds: int) -> dict:
     from orchestrator.llm import LLMOrchestrator
     from orchestrator.runtime import RayRuntime
 
+    cfg = config_from_dict(cfg.to_dict())  # the set-ups switch pipeline and balancing on this copy only
     orch = LLMOrchestrator(cfg, RayRuntime(cfg))
     history, traces = [], {}
     equal = {g.name: cfg.llm.engines_per_agent for g in orch.groups}
@@ -150,8 +151,11 @@ def swap_measurements(cfg, iterations: int = 3) -> dict:
     from orchestrator.llm import LLMOrchestrator
     from orchestrator.runtime import RayRuntime
 
-    slot_cfg = config_from_dict({**cfg.to_dict(), "resources": {**cfg.to_dict()["resources"], "trainer_slots": 1},
-                                 "llm": {**cfg.to_dict()["llm"], "load_balancing": False}})
+    # the micro-batch pipeline: swaps then happen while rollout still runs, and can hide behind it
+    base = cfg.to_dict()
+    slot_cfg = config_from_dict({**base, "resources": {**base["resources"], "trainer_slots": 1},
+                                 "llm": {**base["llm"], "load_balancing": False},
+                                 "pipeline": {**base["pipeline"], "mode": "microbatch"}})
     orch = LLMOrchestrator(slot_cfg, RayRuntime(slot_cfg))
     try:
         history = [orch.step() for _ in range(iterations + 1)][1:]

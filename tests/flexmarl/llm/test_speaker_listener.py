@@ -118,7 +118,7 @@ def chosen_object(listener_prompt: str, letter: str) -> str:
 
 
 def test_warm_start_data_names_one_attribute_mostly_and_the_listener_is_consistent():
-    task = make_task("speaker_listener", both_fraction=0.15)
+    task = make_task("speaker_listener", both_fraction=0.15, speaker_noise=0.0, listener_noise=0.0)
     examples = task.sft_examples(np.random.default_rng(0), 4000)
     speaker, listener = examples["speaker"], examples["listener"]
     assert len(speaker) == len(listener) == 4000
@@ -133,8 +133,25 @@ def test_warm_start_data_names_one_attribute_mostly_and_the_listener_is_consiste
         successes.append(chosen_object(l_prompt, letter) == target)
     # The warm-start team succeeds sometimes: one attribute is ambiguous when a distractor shares it.
     assert 0.72 < np.mean(successes) < 0.82
-    always_both = make_task("speaker_listener", both_fraction=1.0).sft_examples(np.random.default_rng(0), 200)
+    always_both = make_task("speaker_listener", both_fraction=1.0, speaker_noise=0.0).sft_examples(np.random.default_rng(0), 200)
     assert all(len(completion.split()) == 2 for _, completion in always_both["speaker"])
+
+
+def test_warm_start_noise_gives_wrong_words_and_random_letters_that_rl_can_remove():
+    """Default warm start: 30% of messages a random attribute word (a quarter of those happen to be the
+    target's), 30% of answers a random letter; the team succeeds far less often than the clean one."""
+    examples = make_task("speaker_listener").sft_examples(np.random.default_rng(0), 4000)
+    wrong_words, inconsistent, successes = [], [], []
+    for (s_prompt, message), (l_prompt, letter) in zip(examples["speaker"], examples["listener"]):
+        target = re.search(r"target (\w+ \w+);", s_prompt).group(1)
+        wrong_words.append(not set(message.split()) <= set(target.split()))
+        candidates = re.findall(r"\b[A-D] (\w+ \w+)", l_prompt)
+        consistent = [obj for obj in candidates if set(message.split()) <= set(obj.split())] or candidates
+        inconsistent.append(chosen_object(l_prompt, letter) not in consistent)
+        successes.append(chosen_object(l_prompt, letter) == target)
+    assert 0.19 < np.mean(wrong_words) < 0.26  # 0.3 * 6/8
+    assert 0.05 < np.mean(inconsistent) < 0.2  # a random letter is often consistent by chance
+    assert 0.35 < np.mean(successes) < 0.55
 
 
 def test_corpus_covers_the_words_and_prompts_stay_short_with_the_task_tokenizer():
@@ -159,6 +176,8 @@ def test_corpus_covers_the_words_and_prompts_stay_short_with_the_task_tokenizer(
 def test_bad_kwargs_are_refused():
     with pytest.raises(ValueError, match="both_fraction"):
         make_task("speaker_listener", both_fraction=1.5)
+    with pytest.raises(ValueError, match="listener_noise"):
+        make_task("speaker_listener", listener_noise=-0.1)
     with pytest.raises(ValueError, match="num_distractors"):
         make_task("speaker_listener", num_distractors=16)
     task = make_task("speaker_listener", num_distractors=1)
