@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -115,13 +116,18 @@ def llm_methods(section: dict, env, seeds: list[int], log_dir: Path, score: Call
     build_task_models(probe.llm.task, rows.model_dir, seed=rows.build_seed, task_kwargs=probe.llm.task_kwargs,
                       **rows.build)
     models, tokenizer = agent_models(probe)
+    print(f"[{rows.name}] scoring the warm-started models ({len(seeds)} seeds)", flush=True)
     methods = {f"{rows.name}_pretrained": combine([score(llm_scores(task, models, tokenizer), s) for s in seeds], 0, seeds)}
     log_dir.mkdir(parents=True, exist_ok=True)
     for loss in rows.losses:
         per_seed, steps = [], 0
         for seed in seeds:
             cfg = run_config(rows, loss, seed)
+            print(f"[{rows.name}] {loss} / seed {seed}: training {cfg.run.iterations} iterations", flush=True)
+            started = time.perf_counter()
             weights, history = train_agents(cfg)
+            print(f"[{rows.name}] {loss} / seed {seed}: trained in {time.perf_counter() - started:.0f} s, last reward "
+                  f"{history[-1]['charts/reward_mean']:.3f}; scoring", flush=True)
             _write_history(log_dir / f"{rows.name}_{loss}_seed{seed}.csv", history)
             models, tokenizer = agent_models(cfg, weights)
             per_seed.append({**score(llm_scores(task, models, tokenizer), seed),
