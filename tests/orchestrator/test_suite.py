@@ -153,6 +153,10 @@ def test_recsys_suite_reports_methods_with_baselines_and_offline_metrics(tmp_pat
     again = run_recsys_suite(suite, tmp_path / "runs", tmp_path / "out", rows=["baselines"])["methods"]
     assert list(again) == list(methods) and again["generative_gbpo"] == methods["generative_gbpo"]
     assert again["random"]["team_reward_mean"] == methods["random"]["team_reward_mean"]  # same seeds, same sessions
+    speed = (tmp_path / "out" / "throughput.json").read_text()
+    regenerated = run_recsys_suite(suite, tmp_path / "runs", tmp_path / "out", rows=["generative"])["methods"]
+    assert regenerated["random"] == again["random"] and set(regenerated) == set(methods)
+    assert (tmp_path / "out" / "throughput.json").read_text() == speed  # measured with the baselines only
     with pytest.raises(SuiteError, match="unknown row family 'mappo'"):
         run_recsys_suite(suite, tmp_path / "runs", tmp_path / "out", rows=["mappo"])
     with pytest.raises(SuiteError, match="does not exist to keep the others"):
