@@ -101,7 +101,8 @@ def run_recsys_suite(suite: Suite, runs_dir: Path, output: Path, report_only: bo
     (output / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
     speed = output / "throughput.json"
     if "baselines" in rows or not speed.exists():  # the simulator's speed goes with the baselines' rows
-        speed.write_text(json.dumps(env_throughput(cfg.env.name, cfg.env.kwargs, duration_s=THROUGHPUT_SECONDS), indent=1) + "\n")
+        measured = env_throughput(cfg.env.name, cfg.env.kwargs, duration_s=THROUGHPUT_SECONDS)
+        speed.write_text(json.dumps(measured, indent=1) + "\n")
     throughput = json.loads(speed.read_text())
     (output / "table.md").write_text(_table(suite, methods, env.possible_agents, throughput))
     return result
