@@ -65,18 +65,17 @@ def ensure_models(cfg: Config, groups: list[LLMGroup]) -> None:
 
 def _warn_if_stale(model_dir: str) -> None:
     """A build by an older build procedure (e.g. other warm-start data) is used as it is, with a warning."""
-    import json
+    from flexmarl.llm.build import BUILD_FORMAT, read_build
 
-    from flexmarl.llm.build import BUILD_FORMAT
-
-    record = Path(model_dir) / "build.json"
     try:
-        built = json.loads(record.read_text())["settings"]["format_version"]
+        settings = read_build(model_dir)["settings"]
+        built, task = settings["format_version"], settings["task"]
     except (OSError, ValueError, KeyError):
         return  # not one of our builds (or none): nothing to compare
     if built < BUILD_FORMAT:
         log.warning("%s was built by an older build procedure (format %d, now %d): rebuild it with "
-                    "`flexmarl llm build --out %s` for the current warm start", model_dir, built, BUILD_FORMAT, model_dir)
+                    "`flexmarl llm build --task %s --out %s` for the current warm start", model_dir, built, BUILD_FORMAT,
+                    task, model_dir)
 
 
 def check_context(cfg: Config, groups: list[LLMGroup]) -> None:
