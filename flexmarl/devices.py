@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 
@@ -18,12 +20,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 def state_to_cpu(state):
-    """A copy of a (nested) state dict with every tensor on the CPU: checkpoints written by a GPU
-    trainer load on a CPU-only machine, and later steps cannot change a state already handed out."""
+    """A deep copy of a (nested) state dict with every tensor cloned to the CPU: checkpoints written by a
+    GPU trainer load on a CPU-only machine, and later steps cannot change a state already handed out."""
     if isinstance(state, torch.Tensor):
         return state.detach().to("cpu", copy=True)
     if isinstance(state, dict):
         return {k: state_to_cpu(v) for k, v in state.items()}
     if isinstance(state, (list, tuple)):
         return type(state)(state_to_cpu(v) for v in state)
-    return state  # ints, floats, strings, None: immutable
+    return copy.deepcopy(state)  # the leaves: numbers, strings, anything else a state may hold

@@ -30,7 +30,7 @@ from flexmarl.config import Config
 from flexmarl.llm.cpus import bind_process, trainer_binding
 from flexmarl.llm import weights as weight_io
 from flexmarl.llm.models import load_causal_lm
-from flexmarl.devices import resolve_device
+from flexmarl.devices import resolve_device, state_to_cpu
 from flexmarl.streaming import StreamingTrainer
 
 
@@ -93,17 +93,6 @@ def completion_logprobs(model, batch: TokenBatch) -> torch.Tensor:
     return torch.where(batch.mask > 0, logp, torch.zeros_like(logp))
 
 
-def _cpu_copy(obj):
-    """A deep copy with every tensor cloned to the CPU (checkpoints must not alias live or GPU memory)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _cpu_copy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu_copy(v) for v in obj)
-    return copy.deepcopy(obj)
-
-
 class LLMGroupTrainer(StreamingTrainer):
     def __init__(self, cfg: Config, group: str, model_dir: str, seed: int):
         llm = cfg.llm
@@ -130,7 +119,7 @@ class LLMGroupTrainer(StreamingTrainer):
 
     def get_state(self) -> dict:
         """A deep copy on the CPU: later steps must not change a state that was already handed out."""
-        return _cpu_copy({"version": self.version, "model": self.model.state_dict(), "optimizer": self.opt.state_dict()})
+        return state_to_cpu({"version": self.version, "model": self.model.state_dict(), "optimizer": self.opt.state_dict()})
 
     def set_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])

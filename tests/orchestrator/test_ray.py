@@ -81,41 +81,45 @@ def test_worker_that_keeps_dying_fails_the_run_with_a_clear_error(make_cfg):
         orch.shutdown()
 
 
-def test_worker_killed_while_producing_rows_is_replaced_and_its_rows_regenerated(make_cfg, tmp_path):
-    # each worker plays 2 requests x 25 steps per env copy: step 30 falls inside its second request, after
-    # its first request's rows were published; the first worker to get there exits mid-request
-    sections = dict(run={"mode": "ray", "batch_env_steps": 400}, rollout={"num_workers": 2},
-                    pipeline={"mode": "sync"})
-    reference = JointOrchestrator(make_cfg(**sections), SerialRuntime())
+FAULT_SECTIONS = dict(run={"mode": "ray", "batch_env_steps": 400}, rollout={"num_workers": 2}, pipeline={"mode": "sync"})
+"""Two workers, 2 requests x 25 steps per env copy each: step 30 falls inside a worker's second request,
+after its first request's rows were published."""
+
+
+def _reference_params_and_faulty_env(make_cfg, fault: str, flag) -> tuple[dict, dict]:
+    """Parameters after one undisturbed serial iteration of FAULT_SECTIONS, and the env config whose first
+    worker to reach step 30 hits `fault` once (`flag` records that it did)."""
+    reference = JointOrchestrator(make_cfg(**FAULT_SECTIONS), SerialRuntime())
     reference.step()
-    env = {"name": "tests.faulty_envs:make", "kwargs": {"fault": "die_once", "at_step": 30,
-                                                         "flag": str(tmp_path / "died"), "N": 3, "max_cycles": 25}}
-    cfg = make_cfg(env=env, **sections)
+    env = {"name": "tests.faulty_envs:make", "kwargs": {"fault": fault, "at_step": 30, "flag": str(flag), "N": 3,
+                                                         "max_cycles": 25}}
+    return policy_params(reference), env
+
+
+def test_worker_killed_while_producing_rows_is_replaced_and_its_rows_regenerated(make_cfg, tmp_path):
+    # the first worker to reach step 30 exits mid-request
+    reference, env = _reference_params_and_faulty_env(make_cfg, "die_once", tmp_path / "died")
+    cfg = make_cfg(env=env, **FAULT_SECTIONS)
     orch = JointOrchestrator(cfg, RayRuntime(cfg))
     try:
         metrics = orch.step()
         assert (tmp_path / "died").exists()
         assert metrics["perf/worker_restarts"] == 1 and metrics["store/aborted_rows"] >= 1
         assert metrics["env_steps"] == 400
-        assert _same(policy_params(orch), policy_params(reference))
+        assert _same(policy_params(orch), reference)
     finally:
         orch.shutdown()
 
 
 def test_hung_worker_times_out_is_replaced_and_its_rows_regenerated(make_cfg, tmp_path):
-    sections = dict(run={"mode": "ray", "batch_env_steps": 400}, rollout={"num_workers": 2},
-                    pipeline={"mode": "sync"})
-    reference = JointOrchestrator(make_cfg(**sections), SerialRuntime())
-    reference.step()
-    env = {"name": "tests.faulty_envs:make", "kwargs": {"fault": "hang_once", "at_step": 30,
-                                                         "flag": str(tmp_path / "hung"), "N": 3, "max_cycles": 25}}
-    cfg = make_cfg(env=env, **{**sections, "rollout": {"num_workers": 2, "request_timeout_s": 15.0}})
+    reference, env = _reference_params_and_faulty_env(make_cfg, "hang_once", tmp_path / "hung")
+    cfg = make_cfg(env=env, **{**FAULT_SECTIONS, "rollout": {"num_workers": 2, "request_timeout_s": 15.0}})
     orch = JointOrchestrator(cfg, RayRuntime(cfg))
     try:
         metrics = orch.step()  # without the timeout this would wait an hour
         assert (tmp_path / "hung").exists()
         assert metrics["rollout/worker_timeouts"] == 1 and metrics["perf/worker_restarts"] == 1
         assert metrics["store/aborted_rows"] >= 1
-        assert _same(policy_params(orch), policy_params(reference))
+        assert _same(policy_params(orch), reference)
     finally:
         orch.shutdown()
