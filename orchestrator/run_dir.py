@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from flexmarl.config import Config, config_from_dict
+from flexmarl.config import Config, config_from_saved
 
 CHECKPOINT_FORMAT = "flexmarl-checkpoint/1"
 
@@ -49,7 +49,7 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise CheckpointError(f"{run_dir} is not a run directory: no config.yaml")
-    return config_from_dict(yaml.safe_load(path.read_text()), overrides)
+    return config_from_saved(yaml.safe_load(path.read_text()), overrides)
 
 
 class MetricsWriter:

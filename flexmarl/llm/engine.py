@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from flexmarl.llm import weights as weight_io
+from flexmarl.llm.registry import ENGINES  # noqa: F401  (re-exported)
 
 
 class VersionMismatchError(RuntimeError):
@@ -428,22 +429,11 @@ class HFEngine(BatchingEngine):
         del self.model
 
 
-def _vllm_engine() -> type[InferenceEngine]:
-    from flexmarl.llm.vllm_engine import VLLMEngine  # vLLM is imported only when its engine is asked for
-
-    return VLLMEngine
-
-
-ENGINES: dict[str, object] = {"hf": HFEngine, "vllm": _vllm_engine}
-"""`llm.backend` -> engine class (or a function returning it, for engines with heavy imports). Every
-engine takes the same constructor arguments (see HFEngine / VLLMEngine)."""
-
-
 def engine_class(backend: str) -> type[InferenceEngine]:
-    entry = ENGINES.get(backend)
-    if entry is None:
+    """The engine class of `llm.backend` (vLLM is imported only when its engine is asked for)."""
+    if backend not in ENGINES:
         raise ValueError(f"unknown inference backend {backend!r}; known: {', '.join(sorted(ENGINES))}")
-    return entry if isinstance(entry, type) else entry()
+    return ENGINES[backend]
 
 
 def __getattr__(name: str):  # `from flexmarl.llm.engine import VLLMEngine` without importing vLLM eagerly

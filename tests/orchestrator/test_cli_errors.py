@@ -42,6 +42,12 @@ def test_env_errors_are_config_errors_before_ray_or_a_run_directory(tmp_path, ca
     assert ray.is_initialized() == ray_was_up
 
 
+def test_a_key_of_an_older_version_names_its_new_place(tmp_path, capsys):
+    assert main(["train", DEMO, f"run.output_dir={tmp_path}", "algo.epochs=3"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: config key 'algo.epochs' moved to 'trainer.epochs'"]
+    assert not any(tmp_path.iterdir())
+
+
 def test_resume_with_a_broken_env_override_fails_before_starting(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

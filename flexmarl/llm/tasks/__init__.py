@@ -8,16 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+from flexmarl.llm.registry import TASKS
 from flexmarl.llm.tasks.base import Call, Completion, Outcome, TextTask
-from flexmarl.llm.tasks.recsys import RecsysSessions
-from flexmarl.llm.tasks.skewed import SkewedSpeakerListener
-from flexmarl.llm.tasks.speaker_listener import SpeakerListener
-
-TASKS: dict[str, type[TextTask]] = {
-    SpeakerListener.name: SpeakerListener,
-    RecsysSessions.name: RecsysSessions,
-    SkewedSpeakerListener.name: SkewedSpeakerListener,
-}
 
 
 def task_class(name: str) -> type[TextTask]:
