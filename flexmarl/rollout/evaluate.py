@@ -11,7 +11,7 @@ from flexmarl.groups import GroupLayout
 from flexmarl.rollout.backend import InferenceBackend
 from flexmarl.rollout.batched import evaluate_batched
 from flexmarl.rollout.checks import check_observation, check_reward
-from flexmarl.rollout.env_io import critic_input, win_flag
+from flexmarl.rollout.env_io import critic_input, group_critic_rows, team_step_reward, win_flag
 
 
 def evaluate_policy(env, spec: EnvSpec, groups: list[GroupLayout], backend: InferenceBackend, use_state: bool,
@@ -39,7 +39,7 @@ def evaluate_policy(env, spec: EnvSpec, groups: list[GroupLayout], backend: Infe
                 masks = None
                 if g.has_action_mask:
                     masks = np.stack([flat[a][1] if a in flat else np.ones(g.action.dim, bool) for a in g.agents])
-                critic_in = np.repeat(state[None], len(g.agents), 0) if state is not None else obs
+                critic_in = group_critic_rows(g, state, obs)
                 out = backend.act(g.name, obs, critic_in, masks, *h[g.name], np.repeat(start, len(g.agents)),
                                   deterministic=True, generator=generator)
                 h[g.name] = (out.h_actor, out.h_critic)
@@ -51,7 +51,8 @@ def evaluate_policy(env, spec: EnvSpec, groups: list[GroupLayout], backend: Infe
                         actions[agent] = action
             start = np.zeros(1, np.float32)
             raw, rewards, terms, truncs, infos = env.step(actions)
-            total += sum(check_reward(r, a, step, 0, f"eval-{episode}") for a, r in rewards.items())
+            total += team_step_reward([check_reward(r, a, step, 0, f"eval-{episode}") for a, r in rewards.items()],
+                                      spec.shared_reward)
             flag = win_flag(infos)
             won = won if flag is None else flag
             raw = {a: o for a, o in raw.items() if not (terms.get(a) or truncs.get(a))}
