@@ -161,7 +161,8 @@ def evaluate_batched(env: BatchedEnv, groups: list[GroupLayout], backend, use_st
         if finished.all():
             break
     out = {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std()),
-           "eval/episodes": float(finished.sum())}
+           "eval/episodes": float(finished.sum()), "episodes/return": returns[finished].tolist()}
     if env.reports_win:
         out["eval/win_rate"] = float(wins[finished].mean()) if finished.any() else 0.0
+        out["episodes/win"] = wins[finished].tolist()
     return out

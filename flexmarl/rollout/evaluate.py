@@ -16,6 +16,8 @@ from flexmarl.rollout.env_io import critic_input, group_critic_rows, team_step_r
 
 def evaluate_policy(env, spec: EnvSpec, groups: list[GroupLayout], backend: InferenceBackend, use_state: bool,
                     global_state: str, episodes: int, seed: int) -> dict:
+    """Greedy episodes: `eval/*` means, and each episode's value under `episodes/return` (and `episodes/win`
+    where the env reports wins) for per-episode statistics (rliable, marl-eval)."""
     if is_batched(env):  # a batched env plays one episode per copy: build it with num_envs=episodes
         return evaluate_batched(env, groups, backend, use_state, global_state, seed)
     returns, wins = [], []
@@ -60,7 +62,9 @@ def evaluate_policy(env, spec: EnvSpec, groups: list[GroupLayout], backend: Infe
         returns.append(total)
         if won is not None:
             wins.append(float(won))
-    out = {"eval/return_mean": float(np.mean(returns)), "eval/return_std": float(np.std(returns))}
+    out = {"eval/return_mean": float(np.mean(returns)), "eval/return_std": float(np.std(returns)),
+           "episodes/return": [float(r) for r in returns]}
     if wins:
         out["eval/win_rate"] = float(np.mean(wins))
+        out["episodes/win"] = [float(w) for w in wins]
     return out
