@@ -27,7 +27,7 @@ from pathlib import Path
 from flexmarl.config import Config, ConfigError
 from flexmarl.llm.balance import moves, plan_allocation
 from flexmarl.llm.cpus import engine_binding
-from flexmarl.llm.engine import engine_class
+from flexmarl.llm.engine_registry import engine_class
 from flexmarl.llm.groups import LLMGroup, build_llm_groups
 from flexmarl.llm.tasks import make_task
 from flexmarl.llm.workflow import EngineDiedError, WorkflowWorker

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from flexmarl.config import ConfigError, config_from_dict
-from flexmarl.llm.engine import ENGINES, HFEngine, WeightSyncError
+from flexmarl.llm.engine import HFEngine, WeightSyncError
+from flexmarl.llm.engine_registry import ENGINES
 from orchestrator.llm import LLMOrchestrator
 from orchestrator.runtime import SerialRuntime
 from orchestrator.train import TrainingError, train
