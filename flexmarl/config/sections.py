@@ -85,6 +85,12 @@ class AlgoConfig(BaseModel):
 
     name: Literal["mappo", "ippo"] = "mappo"
     """mappo: centralised critic on the global state; ippo: each agent's critic on its own observation."""
+    critic_agent_id: Literal["auto", True, False] = "auto"
+    """Append a one-hot agent id (the agent's index in its group) to the critic's input, so a shared critic
+    predicts each agent's own value (as the reference MAPPO implementations do). auto: on for a
+    centralised critic (mappo) of a group of several agents, unless the env gives every agent the same
+    reward (`env.shared_reward`, e.g. SMAX, GRF with `team_reward`) or the critic reads images; there one
+    state maps to one return, so the id adds nothing. true / false force it."""
     advantage_estimator: Annotated[str, registered(ADVANTAGE_ESTIMATORS)] = "gae"
     """Registered advantage estimator (flexmarl.algorithms.ADVANTAGE_ESTIMATORS)."""
     policy_loss: Annotated[str, registered(POLICY_LOSSES)] = "ppo_clip"

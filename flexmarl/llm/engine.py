@@ -1,4 +1,4 @@
-"""Inference engines for LLM agents: one contract, two implementations.
+"""Inference engines for LLM agents: one contract, two implementations (by name: flexmarl/llm/engine_registry.py).
 
 - `VLLMEngine` (flexmarl/llm/vllm_engine.py): vLLM in-process, continuous batching.
 - `HFEngine` (here): transformers, concurrent calls batched statically (all of a batch start together).
@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 import torch
 
 from flexmarl.llm import weights as weight_io
-from flexmarl.llm.registry import ENGINES  # noqa: F401  (re-exported)
 
 
 class VersionMismatchError(RuntimeError):
@@ -427,19 +426,6 @@ class HFEngine(BatchingEngine):
 
     def _shutdown(self) -> None:
         del self.model
-
-
-def engine_class(backend: str) -> type[InferenceEngine]:
-    """The engine class of `llm.backend` (vLLM is imported only when its engine is asked for)."""
-    if backend not in ENGINES:
-        raise ValueError(f"unknown inference backend {backend!r}; known: {', '.join(sorted(ENGINES))}")
-    return ENGINES[backend]
-
-
-def __getattr__(name: str):  # `from flexmarl.llm.engine import VLLMEngine` without importing vLLM eagerly
-    if name == "VLLMEngine":
-        return engine_class("vllm")
-    raise AttributeError(name)
 
 
 def generation_throughput(engine: InferenceEngine, prompts: list[list[int]], max_tokens: int, batch: int,

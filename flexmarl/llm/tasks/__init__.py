@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import importlib
 
-from flexmarl.llm.registry import TASKS
 from flexmarl.llm.tasks.base import Call, Completion, Outcome, TextTask
+from flexmarl.registry import Registry
+
+TASKS = Registry("text task", {
+    "speaker_listener": "flexmarl.llm.tasks.speaker_listener:SpeakerListener",
+    "recsys_sessions": "flexmarl.llm.tasks.recsys:RecsysSessions",
+    "speaker_listener_skewed": "flexmarl.llm.tasks.skewed:SkewedSpeakerListener",
+})
+"""`llm.task` -> TextTask subclass (each class's `name` is its key here), loaded on first use: a config
+checks `llm.task` without importing the tasks (or torch)."""
 
 
 def task_class(name: str) -> type[TextTask]:
