@@ -28,6 +28,7 @@ class ParallelEnvWrapper:
         self.env = env
         self.possible_agents = env.possible_agents
         self.metadata = getattr(env, "metadata", {})
+        self.shared_reward = bool(getattr(env, "shared_reward", False))
 
     @property
     def agents(self):

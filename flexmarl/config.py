@@ -90,6 +90,12 @@ class ModelConfig:
 class AlgoConfig:
     name: Literal["mappo", "ippo"] = "mappo"
     """mappo: centralised critic on the global state; ippo: each agent's critic on its own observation."""
+    critic_agent_id: Any = "auto"
+    """Append a one-hot agent id (the agent's index in its group) to the critic's input, so a shared critic
+    predicts each agent's own value (as the reference MAPPO implementations do). auto: on for a
+    centralised critic (mappo) of a group of several agents, unless the env gives every agent the same
+    reward (`env.shared_reward`, e.g. SMAX, GRF with `team_reward`) or the critic reads images; there one
+    state maps to one return, so the id adds nothing. true / false force it."""
     advantage_estimator: str = "gae"
     """Registered advantage estimator (flexmarl.algorithms.ADVANTAGE_ESTIMATORS)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -437,6 +443,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(path, value, "one of " + ", ".join(sorted(registry)))
     if not cfg.model.hidden_sizes or not all(isinstance(h, int) and h > 0 for h in cfg.model.hidden_sizes):
         raise ConfigError("model.hidden_sizes", cfg.model.hidden_sizes, "a non-empty list of positive integers")
+    if cfg.algo.critic_agent_id not in ("auto", True, False):
+        raise ConfigError("algo.critic_agent_id", cfg.algo.critic_agent_id, "auto, true or false")
     if cfg.pipeline.max_staleness < 0:
         raise ConfigError("pipeline.max_staleness", cfg.pipeline.max_staleness, "an integer >= 0")
     if cfg.microbatch_env_steps > cfg.run.batch_env_steps:
