@@ -29,7 +29,8 @@ def test_a_broken_state_is_refused_only_where_the_critic_would_read_it(make_cfg)
 
     spec = describe_env(rps_v2.parallel_env())
     assert spec.state_dim is None and "TypeError" in spec.state_problem
-    assert build_groups(make_cfg(env={"global_state": "concat_obs"}), spec)[0].critic_dim == 2 * 4
+    shared = build_groups(make_cfg(env={"global_state": "concat_obs"}), spec)[0]
+    assert shared.critic_dim == 2 * 4 + 2 * shared.critic_agent_id  # both one-hot observations (+ the agent id)
     assert build_groups(make_cfg(algo={"name": "ippo"}, env={"global_state": "env"}), spec)[0].critic_dim == 4
     with pytest.raises(ConfigError, match=r"'env.global_state'.*'concat_obs' for .*state\(\) raised TypeError"):
         build_groups(make_cfg(env={"global_state": "env"}), spec)
