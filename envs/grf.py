@@ -80,7 +80,6 @@ class FootballParallelEnv:
         self._env = None
         self._obs = np.zeros((self.num_controlled, OBS_DIM), np.float32)
         self._score = 0.0
-        self._steps = 0
         self._seeds = np.random.default_rng()  # episode seeds for reset() without a seed
         from gymnasium import spaces
 
@@ -117,7 +116,7 @@ class FootballParallelEnv:
         config["game_engine_random_seed"] = episode_seed
         config["reverse_team_processing"] = bool(episode_seed % 2)
         self._obs = self._as_rows(self._env.reset())
-        self._score, self._steps = 0.0, 0
+        self._score = 0.0
         self.agents = list(self.possible_agents)
         return {a: self._obs[i] for i, a in enumerate(self.agents)}, {a: {} for a in self.agents}
 
@@ -132,12 +131,10 @@ class FootballParallelEnv:
         if self.shared_reward:
             rewards = np.full(self.num_controlled, rewards.sum(), np.float32)
         self._score += float(info.get("score_reward", 0.0))
-        self._steps += 1
         agents = self.agents
         done = bool(done)
-        # Ran out of time without a goal on the last step: a truncation (see the module docstring).
-        timed_out = (done and not info.get("score_reward")
-                     and self._steps >= self._env.unwrapped._config["game_duration"])
+        # Ran out of game time (GRF's own clock) without a goal on the last step: a truncation (module docstring).
+        timed_out = done and not info.get("score_reward") and self._env.unwrapped.observation()[0]["steps_left"] <= 0
         infos = {a: {} for a in agents}
         if done:
             infos = {a: {"score": self._score, "win": self._score > 0} for a in agents}

@@ -1,4 +1,4 @@
-"""Env wrappers usable on any ParallelEnv, registered under `wrappers/...`.
+"""Env wrappers usable on any ParallelEnv (registered under `wrappers/...` by envs/registry.py).
 
 `wrappers/aec_to_parallel` runs a PettingZoo AEC env whose agents all act once per cycle (its metadata says
 `is_parallelizable`, e.g. rock-paper-scissors) as a ParallelEnv, through PettingZoo's own `aec_to_parallel`;
@@ -88,34 +88,9 @@ class HeavyTailEpisodes(ParallelEnvWrapper):
         return obs, rewards, terms, truncs, infos
 
 
-def heavy_tail(env: str, env_kwargs: dict | None = None, **wrapper_kwargs: Any) -> HeavyTailEpisodes:
-    """`wrappers/heavy_tail`: kwargs {env: registered name, env_kwargs: {...}, min_length, alpha, max_length}."""
-    from envs.registry import make_env
-
-    return HeavyTailEpisodes(make_env(env, **(env_kwargs or {})), **wrapper_kwargs)
-
-
 def turn_based_reason(aec_env: Any) -> str | None:
     """Why an AEC env cannot run as a ParallelEnv (its agents act in turn), or None when it can."""
     if getattr(aec_env, "metadata", {}).get("is_parallelizable", False):
         return None
     return ("its agents act in turn (metadata['is_parallelizable'] is not True): a turn-based game is not a "
             "simultaneous-move ParallelEnv, and PettingZoo's aec_to_parallel refuses it too")
-
-
-def aec_to_parallel(env: str, env_kwargs: dict | None = None) -> Any:
-    """`wrappers/aec_to_parallel`: kwargs {env: an AEC env factory as 'module:callable' or a registered name,
-    env_kwargs: {...}}."""
-    from pettingzoo.utils.conversions import aec_to_parallel as convert
-
-    from envs.registry import make_env
-
-    aec_env = make_env(env, **(env_kwargs or {}))
-    reason = turn_based_reason(aec_env)
-    if reason is not None:
-        aec_env.close()
-        raise ValueError(f"{env!r} cannot run as a ParallelEnv: {reason}")
-    return convert(aec_env)
-
-
-FACTORIES = {"wrappers/heavy_tail": heavy_tail, "wrappers/aec_to_parallel": aec_to_parallel}

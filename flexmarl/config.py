@@ -14,13 +14,8 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """Invalid configuration: names the key path, the value and what is allowed."""
-
-    def __init__(self, path: str, value: Any, allowed: str):
-        self.path, self.value, self.allowed = path, value, allowed
-        super().__init__(f"config key '{path}': got {value!r}; allowed: {allowed}")
+from flexmarl.config_error import ConfigError  # callers may import it from here too
+from flexmarl.overrides import apply_overrides
 
 
 @dataclass
@@ -242,7 +237,7 @@ class LLMConfig:
     """Agent -> model: 'independent' (each agent its own model, engine(s) and trainer), 'shared' (one model
     for all agents, the agent named in the prompt), or a mapping {group: [agents]}."""
     backend: str = "vllm"
-    """Registered inference engine (flexmarl.llm.engine.ENGINES): vllm (vLLM; the CPU build here, the
+    """Registered inference engine (flexmarl.llm.engine_registry.ENGINES): vllm (vLLM; the CPU build here, the
     CUDA build on a GPU node) or hf (transformers, batched generation with a KV cache)."""
     engines_per_agent: int = 1
     """Inference engine instances per model group at the start."""
@@ -523,7 +518,7 @@ def _validate_llm(llm: LLMConfig) -> None:
     if requests % llm.num_minibatches:
         raise ConfigError("llm.num_minibatches", llm.num_minibatches,
                           f"a divisor of the {requests} rollout requests (micro-batches) per iteration")
-    from flexmarl.llm.engine import ENGINES
+    from flexmarl.llm.engine_registry import ENGINES
 
     if llm.backend not in ENGINES:
         raise ConfigError("llm.backend", llm.backend, "one of " + ", ".join(sorted(ENGINES)))
@@ -537,8 +532,6 @@ def _validate_llm(llm: LLMConfig) -> None:
 
 def config_from_dict(data: dict, overrides: list[str] | None = None) -> Config:
     """Build and check a Config from a mapping, after `key.path=value` overrides (rule: flexmarl/overrides.py)."""
-    from flexmarl.overrides import apply_overrides  # imports ConfigError from here
-
     return validate(_build(Config, apply_overrides(data or {}, overrides or []), ""))
 
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from flexmarl.config import ConfigError, config_from_dict
-from flexmarl.llm.engine import ENGINES, HFEngine, WeightSyncError
-from orchestrator.llm import LLMOrchestrator
+from flexmarl.llm.engine import HFEngine, WeightSyncError
+from flexmarl.llm.engine_registry import ENGINES
+from orchestrator.llm import LLMOrchestrator, logprob_agreement
 from orchestrator.runtime import SerialRuntime
 from orchestrator.train import TrainingError, train
 from tests.flexmarl.llm.conftest import learning_task_models, tiny_task_models  # noqa: F401  (shared session fixtures)
@@ -130,7 +131,6 @@ def test_a_failed_weight_push_stops_the_run_with_a_clear_error_and_keeps_checkpo
 def test_vllm_engines_on_ray_zero_lag_pushed_weights_and_a_killed_engine(tiny_task_models, ray_cluster):
     import ray
 
-    from orchestrator.bench.llm import logprob_agreement
     from orchestrator.runtime import RayRuntime
 
     cfg = llm_config(tiny_task_models, run={"mode": "ray"}, llm={"backend": "vllm", "queries_per_iteration": 8})
