@@ -103,6 +103,20 @@ def load_tokenizer(path) -> PreTrainedTokenizerFast:
     return AutoTokenizer.from_pretrained(str(path))
 
 
+def prompt_token_ids(tokenizer, prompt: str) -> list[int]:
+    """The token ids an agent's model gets for one user prompt. A checkpoint with a chat template
+    (every instruct checkpoint) gets the prompt as a user turn plus the assistant header; the template is
+    rendered to text and encoded without adding special tokens (the template writes bos itself), which
+    is what transformers does inside `apply_chat_template` and does not depend on that method's return
+    type (a list of ids before transformers 5, a BatchEncoding since). Without a template: the plain
+    encoding."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             tokenize=False)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer.encode(prompt))
+
+
 def load_causal_lm(path, device: str | torch.device = "cpu"):
     """The checkpoint at `path` in fp32 on `device`, in eval mode (callers that train switch it)."""
     from transformers import AutoModelForCausalLM

@@ -186,19 +186,15 @@ class WorkflowWorker:
         return {g: list(c) for g, c in self.router.calls.items()}
 
     # -- one agent call ---------------------------------------------------------------------------
-    def _encode(self, group: str, prompt: str) -> list[int]:
-        tokenizer = self.tokenizers[group]
-        if getattr(tokenizer, "chat_template", None):  # instruction-tuned checkpoints expect their template
-            return list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True))
-        return tokenizer.encode(prompt)
-
     async def _call(self, trajectory: _Trajectory, counters: dict, seeds: tuple, version, agent: str, prompt: str,
                     greedy: bool, limit: asyncio.Semaphore) -> Completion:
         group = self.group_of[agent]
         k = trajectory.counts.get(agent, 0)
         trajectory.counts[agent] = k + 1
         turn, trajectory.turns = trajectory.turns, trajectory.turns + 1
-        prompt_ids = self._encode(group, prompt)
+        from flexmarl.llm.models import prompt_token_ids  # transformers: imported where a tokenizer is needed
+
+        prompt_ids = prompt_token_ids(self.tokenizers[group], prompt)
         counters[f"llm/calls/{agent}"] = counters.get(f"llm/calls/{agent}", 0) + 1
         if len(prompt_ids) > self.llm.max_prompt_tokens:
             counters["llm/prompt_too_long"] = counters.get("llm/prompt_too_long", 0) + 1

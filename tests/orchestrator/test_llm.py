@@ -12,7 +12,7 @@ from flexmarl.llm.engine import ENGINES, HFEngine, WeightSyncError
 from orchestrator.llm import LLMOrchestrator
 from orchestrator.runtime import SerialRuntime
 from orchestrator.train import TrainingError, train
-from tests.flexmarl.llm.conftest import learning_task_models, tiny_task_models  # noqa: F401  (shared session fixtures)
+from tests.flexmarl.llm.conftest import chat_checkpoints, learning_task_models, tiny_task_models  # noqa: F401  (shared session fixtures)
 
 
 def llm_config(models: dict, **sections):
@@ -77,6 +77,22 @@ def test_rows_are_complete_groups_of_every_agent(tiny_task_models):
                 f"{row.sample_id[:-len(group.name) - 1]}-q0_t{turn}_j{j}" for j in range(G))
     metrics = orch.train()
     assert metrics["perf/policy_lag_max"] == 0
+
+
+def test_instruct_checkpoints_run_through_their_chat_templates(chat_checkpoints):
+    """Checkpoints with a chat template (a Llama-3-style speaker with tied embeddings and no pad token, a
+    ChatML Qwen2 listener) train through the whole loop; each agent's prompts are its template's."""
+    from flexmarl.llm.models import load_tokenizer
+
+    models = {"speaker": chat_checkpoints["llama3"], "listener": chat_checkpoints["chatml"]}
+    orch = LLMOrchestrator(llm_config(models, pipeline={"mode": "sync"}), SerialRuntime())
+    results = orch.collect(orch.dispatch())
+    assert sum(r.counters.get("llm/generated_tokens", 0) for r in results) > 0
+    assert not any(r.counters.get("llm/prompt_too_long") for r in results)
+    for group, starts in (("speaker", "<|begin_of_text|><|start_header_id|>user"), ("listener", "<|im_start|>system")):
+        payload = orch.runtime.get(orch.store.ready_rows(group, policy_version=0)[0].fields["payload"])
+        assert load_tokenizer(models[group]).decode(payload["prompt_ids"][0]).startswith(starts)
+    assert orch.train()["perf/policy_lag_max"] == 0
 
 
 def test_a_prompt_longer_than_the_limit_is_not_sent_and_is_counted(tiny_task_models):
