@@ -43,6 +43,10 @@ class EngineFailure(RuntimeError):
     """Inference engines died more often than `llm.max_engine_restarts` allows."""
 
 
+class TaskFailure(RuntimeError):
+    """The task's own code failed in more trajectories than `llm.max_task_errors` allows."""
+
+
 def _root_cause(exc: BaseException) -> BaseException:
     return getattr(exc, "cause", None) or exc  # Ray wraps remote exceptions; `cause` is the original
 
@@ -107,6 +111,7 @@ class LLMOrchestrator(JointOrchestrator):
         self.store = ExperienceStore([g.name for g in self.groups])
         self._init_progress()
         self.engine_restarts = 0
+        self.task_errors = 0
         n = cfg.llm.engines_per_agent
         runtime.place(plan_placement(cfg, llm_actors([g.name for g in self.groups], n, cfg.rollout.num_workers,
                                                      cfg.resources.trainer_slots)))
@@ -190,6 +195,23 @@ class LLMOrchestrator(JointOrchestrator):
         incarnation = self.incarnations[dead.group][dead.index]
         self.runtime.get([self.runtime.call(w, "set_engine", dead.group, dead.index, engine, incarnation)
                           for w in self.workers])
+
+    def _publish(self, flight, result) -> None:
+        super()._publish(flight, result)
+        self._count_task_errors(result)
+
+    def _count_task_errors(self, result) -> None:
+        """One warning line per request in which task code failed; past the limit the run stops."""
+        failed = sum(v for k, v in result.counters.items() if k.startswith("llm/task_errors/"))
+        if not failed:
+            return
+        self.task_errors += failed
+        limit = self.cfg.llm.max_task_errors
+        if self.task_errors > limit:
+            raise TaskFailure(f"the task {self.cfg.llm.task!r} failed in {self.task_errors} trajectories, more than "
+                              f"llm.max_task_errors = {limit} allows; the last: {result.errors[-1]}")
+        log.warning("task %r failed, its group dropped (%d of llm.max_task_errors = %d used): %s", self.cfg.llm.task,
+                    self.task_errors, limit, "; ".join(result.errors))
 
     # -- metrics ----------------------------------------------------------------------------------
     def step(self) -> dict:

@@ -15,7 +15,7 @@ from flexmarl.groups import build_groups, critic_uses_state
 from flexmarl.rollout import EnvOutputError, EnvStepError, RandomPolicyBackend, TorchPolicyBackend
 from flexmarl.rollout.evaluate import evaluate_policy
 from flexmarl.rollout.worker import make_eval_env
-from orchestrator.llm import EngineFailure, make_orchestrator
+from orchestrator.llm import EngineFailure, TaskFailure, make_orchestrator
 from orchestrator.orchestrator import WorkerFailure
 from orchestrator.run_dir import MetricsWriter, latest_checkpoint, load_checkpoint, resume_checkpoint, save_checkpoint
 from orchestrator.runtime import WorkerDiedError, make_runtime
@@ -56,7 +56,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, address: str | None 
                 metrics = orch.step()
                 if cfg.run.eval_every and orch.iteration % cfg.run.eval_every == 0:
                     metrics.update(orch.evaluate(cfg.run.eval_episodes))
-            except (EnvStepError, EnvOutputError, WorkerFailure, WorkerDiedError, EngineFailure, WeightSyncError) as exc:
+            except (EnvStepError, EnvOutputError, WorkerFailure, WorkerDiedError, EngineFailure, WeightSyncError,
+                    TaskFailure) as exc:
                 raise _stop(run_dir, exc) from exc
             writer.write(metrics)
             last = metrics

@@ -2,13 +2,16 @@
 complete GRPO groups, bad input, engine faults, and the real thing on Ray with vLLM engines."""
 
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from flexmarl.config import ConfigError, config_from_dict
 from flexmarl.llm.engine import ENGINES, HFEngine, WeightSyncError
+from orchestrator.cli import main
 from orchestrator.llm import LLMOrchestrator
 from orchestrator.runtime import SerialRuntime
 from orchestrator.train import TrainingError, train
@@ -118,6 +121,56 @@ def test_llm_config_errors_name_the_key(tiny_task_models):
     with pytest.raises(ConfigError) as info:
         LLMOrchestrator(llm_config(tiny_task_models, llm={"groups": {"a": ["speaker"], "b": ["nobody"]}}), SerialRuntime())
     assert info.value.path == "llm.groups"
+
+
+FLAKY_TASK = {"task": "tests.user_tasks:ColourRelay", "task_kwargs": {"fail_every": 2}, "queries_per_request": 2,
+              "queries_per_iteration": 8, "num_minibatches": 2}
+"""A user's task whose `run` raises in some trajectories of every other query (tests/user_tasks.py)."""
+
+
+def kept_queries(payload: dict) -> Counter:
+    """Query index -> samples of it in a micro-batch (sample ids end in -q{query}_t{turn}_j{trajectory})."""
+    return Counter(int(sid.rsplit("-q", 1)[1].split("_")[0]) for sid in payload["sample_ids"])
+
+
+def test_a_task_that_raises_loses_its_group_for_every_agent_and_the_run_goes_on(tiny_task_models):
+    cfg = llm_config(tiny_task_models, pipeline={"mode": "sync"}, llm={**FLAKY_TASK, "max_task_errors": 1000})
+    orch = LLMOrchestrator(cfg, SerialRuntime())
+    results = {r.request_id: r for r in orch.collect(orch.dispatch())}
+    G, per_request = cfg.llm.group_size, cfg.llm.queries_per_request
+    for row in orch.store.ready_rows("speaker", policy_version=0):
+        request = row.sample_id.rsplit("-", 1)[0]
+        speaker = kept_queries(orch.runtime.get(row.fields["payload"]))
+        listener_row = orch.store.tables["listener"].visible[f"{request}-listener"]
+        assert kept_queries(orch.runtime.get(listener_row.fields["payload"])) == speaker  # same groups for both
+        assert all(n == G for n in speaker.values())  # only complete groups
+        result = results[request]
+        assert len(result.errors) == result.counters.get("llm/dropped_groups", 0) == per_request - len(speaker)
+    errors = [e for r in results.values() for e in r.errors]
+    failed = sum(r.counters.get("llm/task_errors/ColourRelay", 0) for r in results.values())
+    assert 0 < len(errors) <= failed < len(errors) * G  # some groups failed only in part, and went whole
+    assert "KeyError: \"no colour parsed from" in errors[0] and "user_tasks.py:" in errors[0] and "in run)" in errors[0]
+    assert orch.train()["perf/policy_lag_max"] == 0 and orch.task_errors == failed
+
+
+def test_past_max_task_errors_the_run_stops_with_error_txt_and_the_resume_command(tiny_task_models, tmp_path, capsys):
+    cfg = llm_config(tiny_task_models, llm={**FLAKY_TASK, "max_task_errors": 1000})
+    metrics = LLMOrchestrator(cfg, SerialRuntime()).step()
+    first_iteration = metrics["llm/task_errors/ColourRelay"]
+    assert first_iteration > 0 and {"charts/return/speaker", "charts/return/listener"} <= set(metrics)
+    config = cfg.to_dict()
+    config["run"].update(iterations=4, output_dir=str(tmp_path))
+    config["llm"]["max_task_errors"] = first_iteration  # the first iteration stays within the limit
+    (tmp_path / "flaky.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(tmp_path / "flaky.yaml")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    err = err[next(i for i, line in enumerate(err) if line.startswith("error:")):]  # after the loading bars
+    run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+    assert err[0].startswith("error: TaskFailure: the task 'tests.user_tasks:ColourRelay' failed in ")
+    assert f"llm.max_task_errors = {first_iteration} allows; the last: KeyError" in err[0]
+    assert err[-1].endswith(f"flexmarl train --resume {run_dir}")
+    assert (run_dir / "error.txt").read_text().startswith("TaskFailure: ")
+    assert (run_dir / "checkpoints" / "iter_000001").exists()
 
 
 class PushFailsAfterFirstSync(HFEngine):
