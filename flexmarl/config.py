@@ -227,9 +227,11 @@ class LLMConfig:
     workflow (which agent calls which) and the verifiable reward."""
     task_kwargs: dict = field(default_factory=dict)
     """Keyword arguments for the task."""
-    model_dir: str = "runs/llm-models/speaker_listener"
+    model_dir: str = ""
     """Folder with one local Hugging Face checkpoint per agent (`<model_dir>/<agent>`), as written by
-    `flexmarl llm build`; a real model works the same way (any local HF checkpoint directory)."""
+    `flexmarl llm build`; a real model works the same way (any local HF checkpoint directory). Empty:
+    the task's own folder, runs/llm-models/<task> ('module:Class' as module.Class), built on first use.
+    A relative path is resolved against the driver's working directory before any actor gets it."""
     models: dict = field(default_factory=dict)
     """Per-agent checkpoint directory overriding `<model_dir>/<agent>`, e.g. {listener: /models/qwen2.5-0.5b}."""
     groups: Any = "independent"

@@ -55,7 +55,9 @@ def _print_llm_summary(cfg, run_dir: Path, last: dict) -> None:
 
     with (run_dir / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
-    build = Path(cfg.llm.model_dir) / "build.json"
+    from flexmarl.llm.groups import models_folder
+
+    build = Path(models_folder(cfg.llm)) / "build.json"
     if not cfg.llm.models and build.exists():
         print(f"warm-started team (build.json, sampled): success {json.loads(build.read_text())['warm_start_success']:.3f}")
     for key, what in (("charts/reward_mean", "mean reward"), ("charts/train_win_rate", "sampled success")):
@@ -73,20 +75,43 @@ def _print_llm_summary(cfg, run_dir: Path, last: dict) -> None:
 
 
 def _cmd_llm(args) -> int:
-    from flexmarl.llm.build import build_task_models
+    import yaml
 
-    paths = build_task_models(args.task, args.out, seed=args.seed)
+    from flexmarl.llm.build import build_task_models
+    from flexmarl.llm.groups import default_model_dir
+    from flexmarl.llm.tasks import task_class
+
+    try:
+        task_class(args.task)
+    except ValueError as exc:
+        raise UsageError(f"flexmarl llm build --task: got {args.task!r}; allowed: a registered task or "
+                         f"'module:Class' naming a TextTask subclass; {exc}") from None
+    kwargs = yaml.safe_load(args.task_kwargs) if args.task_kwargs else {}
+    if not isinstance(kwargs, dict):
+        raise UsageError(f"flexmarl llm build --task-kwargs: got {args.task_kwargs!r}; allowed: a YAML mapping, "
+                         "e.g. '{num_distractors: 2}'")
+    out = args.out or default_model_dir(args.task)
+    try:
+        paths = build_task_models(args.task, out, seed=args.seed, task_kwargs=kwargs)
+    except TypeError as exc:  # the task's constructor refused the kwargs
+        raise UsageError(f"flexmarl llm build --task-kwargs: got {kwargs!r}; allowed: keyword arguments of "
+                         f"{args.task} ({exc})") from None
     for agent, path in paths.items():
         print(f"{agent}: {path}")
     return 0
 
 
 def _check_env(cfg) -> None:
-    """Build the env once before Ray starts or a run directory exists: its errors are config errors."""
+    """Build the env (MARL) or check the task and checkpoints (LLM) before Ray starts or a run directory
+    exists: their errors are config errors."""
     if cfg.run.workload == "marl":
         from flexmarl.env_probe import probe_env
 
         probe_env(cfg)
+    else:
+        from orchestrator.llm_setup import check_llm_run
+
+        check_llm_run(cfg)
 
 
 def _print_summary(cfg, run_dir: Path, last: dict) -> None:
@@ -217,8 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=_cmd_bench)
     m = sub.add_parser("llm", help="LLM agents: build a task's tiny warm-started models locally")
     m.add_argument("action", choices=["build"])
-    m.add_argument("--task", default="speaker_listener", help="registered text task")
-    m.add_argument("--out", default="runs/llm-models/speaker_listener", help="one checkpoint per agent goes here")
+    m.add_argument("--task", default="speaker_listener",
+                   help="a registered text task (speaker_listener, recsys_sessions, speaker_listener_skewed) or "
+                   "'module:Class' naming your TextTask subclass, as in llm.task")
+    m.add_argument("--task-kwargs", metavar="YAML", help="the task's constructor arguments as a YAML mapping, as in "
+                   "llm.task_kwargs, e.g. '{num_distractors: 2}'")
+    m.add_argument("--out", help="one checkpoint per agent goes here (default runs/llm-models/<task>, a "
+                   "'module:Class' task as module.Class: where llm.model_dir looks by default)")
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(fn=_cmd_llm)
     return parser

@@ -15,6 +15,7 @@ from collections import deque
 from typing import Any
 
 from flexmarl.config import Config
+from flexmarl.errors import first_line
 from orchestrator.placement import Node, PlacementPlan, check_plan
 
 
@@ -224,7 +225,7 @@ class RayRuntime(Runtime):
         try:
             return self.ray.get(ref_or_refs)
         except self.ray.exceptions.RayActorError as exc:
-            raise WorkerDiedError(str(exc).splitlines()[0]) from exc
+            raise WorkerDiedError(first_line(exc)) from exc
 
     def wait(self, refs, timeout=None):
         return self.ray.wait(list(refs), num_returns=1, timeout=timeout)

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from envs import describe_env
 from flexmarl.config import Config, config_from_dict
+from flexmarl.errors import plain_text
 from flexmarl.llm.engine import WeightSyncError
 from flexmarl.groups import build_groups, critic_uses_state
 from flexmarl.rollout import EnvOutputError, EnvStepError, RandomPolicyBackend, TorchPolicyBackend
@@ -90,7 +91,7 @@ def _stop(run_dir: Path, exc: BaseException) -> TrainingError:
             "checkpoint died with it" if isinstance(exc, WorkerDiedError) else f"{type(cause).__name__}: {cause}")
     resume = (f"Continue from {saved.name} with: flexmarl train --resume {run_dir}" if saved
               else "No checkpoint was written yet; start the run again.")
-    message = (f"{what}\nThe run directory {run_dir} keeps every metric row and checkpoint written before this "
+    message = plain_text(f"{what}\nThe run directory {run_dir} keeps every metric row and checkpoint written before this "
                f"error. {resume}")
     (Path(run_dir) / "error.txt").write_text(message + "\n")
     return TrainingError(message)

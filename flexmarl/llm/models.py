@@ -99,6 +99,27 @@ def torch_threads(n: int):
         torch.set_num_threads(previous)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+"""A checkpoint has its tokenizer when at least one of these is there."""
+
+
+def checkpoint_problem(path) -> str | None:
+    """Why the folder is not a checkpoint the trainers and engines can load (None: it looks complete):
+    config.json, safetensors weights (what the weight pushes read) and a tokenizer must be there."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return f"{folder} is not a directory"
+    if not (folder / "config.json").exists():
+        return f"{folder} has no config.json"
+    if not any(folder.glob("*.safetensors")):
+        others = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+        hint = f" ({', '.join(others)} found: re-save it with save_pretrained(safe_serialization=True))" if others else ""
+        return f"{folder} has config.json but no *.safetensors weights{hint}"
+    if not any((folder / name).exists() for name in TOKENIZER_FILES):
+        return f"{folder} has no tokenizer ({', '.join(TOKENIZER_FILES)})"
+    return None
+
+
 def load_tokenizer(path) -> PreTrainedTokenizerFast:
     return AutoTokenizer.from_pretrained(str(path))
 

@@ -33,6 +33,7 @@ import torch
 
 from flexmarl.algorithms.group_losses import group_advantages
 from flexmarl.config import Config
+from flexmarl.errors import first_line
 from flexmarl.llm.balance import pick_instance
 from flexmarl.llm.groups import LLMGroup
 from flexmarl.llm.tasks import make_task
@@ -176,7 +177,7 @@ class EngineRouter:
                 try:
                     outs = await engine.generate_many.remote(calls)
                 except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
-                    raise EngineDiedError(group, index, incarnation, str(exc).splitlines()[0]) from None
+                    raise EngineDiedError(group, index, incarnation, first_line(exc)) from None
             else:
                 outs = await asyncio.to_thread(engine.generate_many, calls)
         except BaseException as exc:

@@ -3,6 +3,7 @@ complete GRPO groups, bad input, engine faults, and the real thing on Ray with v
 
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 import yaml
 
 from flexmarl.config import ConfigError, config_from_dict
+from flexmarl.errors import first_line
 from flexmarl.llm.engine import ENGINES, HFEngine, WeightSyncError
 from orchestrator.cli import main
 from orchestrator.llm import LLMOrchestrator
@@ -121,6 +123,90 @@ def test_llm_config_errors_name_the_key(tiny_task_models):
     with pytest.raises(ConfigError) as info:
         LLMOrchestrator(llm_config(tiny_task_models, llm={"groups": {"a": ["speaker"], "b": ["nobody"]}}), SerialRuntime())
     assert info.value.path == "llm.groups"
+
+
+SPEAKER_LISTENER = str(Path(__file__).resolve().parents[2] / "configs/llm/speaker_listener.yaml")
+
+
+@pytest.mark.parametrize("overrides, fragments", [
+    (["llm.task=no_such_module:Task"],
+     ["config key 'llm.task'", "module 'no_such_module' does not import (ModuleNotFoundError: No module named"]),
+    (["llm.task=tests.user_tasks:NoSuchTask"], ["config key 'llm.task'", "module 'tests.user_tasks' has no 'NoSuchTask'"]),
+    (["llm.task=tests.user_tasks:COLOURS"], ["config key 'llm.task'", "is not a TextTask subclass"]),
+    (["llm.task=no_such_task"], ["config key 'llm.task'", "registered: recsys_sessions, speaker_listener"]),
+    (["llm.task=tests.user_tasks:ColourRelay", "llm.task_kwargs={fail_evry: 2}"],
+     ["config key 'llm.task_kwargs'", "keyword arguments of ColourRelay (fail_every)"]),
+    (["llm.models={speaker: WEIGHTLESS}"],
+     ["config key 'llm.models.speaker'", "/weightless has config.json but no *.safetensors weights"]),
+    (["llm.models={speaker: SPEAKER}", "llm.model_dir=UNBUILT"],
+     ["config key 'llm.model_dir'", "checkpoint for agent 'listener', since llm.models names none for it",
+      "set llm.models.listener", "flexmarl llm build --task speaker_listener --out UNBUILT"]),
+    (["llm.models={speaker: SPEAKER, listener: SPEAKER}", "llm.max_prompt_tokens=300"],
+     ["config key 'llm.max_prompt_tokens'", "256-token context"]),
+    (["pipeline.mode=stale"], ["config key 'pipeline.mode'"]),
+])
+def test_llm_setup_errors_are_config_errors_before_ray_or_a_run_directory(tiny_task_models, tmp_path, capsys,
+                                                                           overrides, fragments):
+    import ray
+
+    weightless = tmp_path / "models" / "weightless"
+    weightless.mkdir(parents=True)
+    (weightless / "config.json").write_text((tiny_task_models["speaker"] / "config.json").read_text())
+    paths = {"WEIGHTLESS": str(weightless), "SPEAKER": str(tiny_task_models["speaker"]),
+             "UNBUILT": str(tmp_path / "models" / "unbuilt")}
+    for name, path in paths.items():
+        overrides = [o.replace(name, path) for o in overrides]
+        fragments = [f.replace(name, path) for f in fragments]
+    runs = tmp_path / "runs"
+    ray_was_up = ray.is_initialized()
+    assert main(["train", SPEAKER_LISTENER, f"run.output_dir={runs}", *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in err[0], err[0]
+    assert not runs.exists() and ray.is_initialized() == ray_was_up
+
+
+def test_model_paths_reach_actors_absolute_and_a_custom_task_has_its_own_model_folder(tmp_path, monkeypatch):
+    from flexmarl.llm.groups import build_llm_groups
+
+    monkeypatch.chdir(tmp_path)
+    task = "tests.user_tasks:ColourRelay"
+    cfg = config_from_dict({"run": {"workload": "llm"}, "llm": {"task": task, "models": {"listener": "mine/listener"}}})
+    speaker, listener = build_llm_groups(cfg.llm, ("speaker", "listener"))
+    assert speaker.model_dir == str(tmp_path / "runs/llm-models/tests.user_tasks.ColourRelay/speaker")
+    assert (speaker.model_key, listener.model_key) == ("llm.model_dir", "llm.models.listener")
+    assert listener.model_dir == str(tmp_path / "mine/listener")
+
+
+def test_llm_build_takes_a_module_class_task_and_its_kwargs(tmp_path, monkeypatch, capsys):
+    from flexmarl.llm.build import build_task_models, read_build
+
+    monkeypatch.chdir(tmp_path)
+    task = "tests.user_tasks:ColourRelay"
+    paths = build_task_models(task, task_kwargs={"fail_every": 997}, warm_start_steps=2, sft_examples=16, eval_queries=2,
+                              hidden=32, layers=1, heads=2, head_dim=16, max_positions=64)
+    folder = tmp_path / "runs/llm-models/tests.user_tasks.ColourRelay"
+    assert {a: p.resolve() for a, p in paths.items()} == {a: folder / a for a in ("speaker", "listener")}
+    assert read_build(folder)["settings"]["task_kwargs"] == {"fail_every": 997}
+    assert main(["llm", "build", "--task", task, "--task-kwargs", "{fail_evry: 3}"]) == 2
+    assert main(["llm", "build", "--task", "tests.user_tasks:Nothing"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-2].startswith("error: flexmarl llm build --task-kwargs: got {'fail_evry': 3}; allowed: keyword arguments")
+    assert err[-1].startswith("error: flexmarl llm build --task: got 'tests.user_tasks:Nothing'")
+
+
+def test_error_text_carries_no_terminal_colour_codes(tmp_path):
+    from flexmarl.llm.workflow import EngineDiedError
+    from orchestrator.llm import EngineFailure
+    from orchestrator.train import _stop
+
+    coloured = RuntimeError("\x1b[36mray::VLLMEngine.generate_many()\x1b[39m (pid=1) died\nTraceback ...")
+    died = EngineDiedError("listener", 0, 2, first_line(coloured))
+    assert str(died).endswith("died: ray::VLLMEngine.generate_many() (pid=1) died")
+    _stop(tmp_path, EngineFailure(f"{died}; \x1b[31m3 engine restarts\x1b[0m already used"))
+    assert "\x1b" not in (tmp_path / "error.txt").read_text() and "3 engine restarts already used" in (
+        tmp_path / "error.txt").read_text()
 
 
 FLAKY_TASK = {"task": "tests.user_tasks:ColourRelay", "task_kwargs": {"fail_every": 2}, "queries_per_request": 2,
