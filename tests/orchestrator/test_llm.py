@@ -1,6 +1,7 @@
 """LLM agents through the joint orchestrator (tiny local models): microbatch equals sync, rows are
 complete GRPO groups, bad input, engine faults, and the real thing on Ray with vLLM engines."""
 
+import gc
 import time
 from collections import Counter
 from pathlib import Path
@@ -282,7 +283,8 @@ def test_a_failed_weight_push_stops_the_run_with_a_clear_error_and_keeps_checkpo
 
 
 @pytest.mark.slow
-def test_vllm_engines_on_ray_zero_lag_pushed_weights_and_a_killed_engine(tiny_task_models, ray_cluster):
+def test_vllm_engines_on_ray_zero_lag_pushed_weights_and_a_killed_engine(tiny_task_models, ray_cluster, capfd,
+                                                                       caplog):
     import ray
 
     from orchestrator.bench.llm import logprob_agreement
@@ -312,6 +314,16 @@ def test_vllm_engines_on_ray_zero_lag_pushed_weights_and_a_killed_engine(tiny_ta
         assert finished["perf/policy_lag_max"] == 0
         assert sorted(r.request_id for r in results) == [f"it000001-req{r:04d}" for r in range(cfg.requests_per_iteration)]
         assert rt.get(rt.call(orch.engines["listener"][0], "version")) == 1  # the replacement got version 1
+
+        # The recovered failure said so in one warning line, and Ray printed no traceback per failed request
+        # (it prints one for every error reference dropped unread).
+        orch.iteration += 1
+        orch.sync_weights()
+        orch.step()
+        gc.collect()
+        replaced = [r for r in caplog.records if "starting a replacement" in r.getMessage()]
+        assert len(replaced) == 1 and replaced[0].levelname == "WARNING"
+        assert "Unhandled error" not in capfd.readouterr().err
     finally:
         orch.shutdown()
 
