@@ -74,7 +74,15 @@ def _print_llm_summary(cfg, run_dir: Path, last: dict) -> None:
     print(f"metrics: {run_dir / 'metrics.csv'}; checkpoints: {run_dir / 'checkpoints'}")
 
 
-def _cmd_llm(args) -> int:
+def _cmd_llm_export(args) -> int:
+    from orchestrator.llm_export import export_llm_checkpoint
+
+    for group, path in export_llm_checkpoint(Path(args.checkpoint), Path(args.out)).items():
+        print(f"{group}: {path}")
+    return 0
+
+
+def _cmd_llm_build(args) -> int:
     import yaml
 
     from flexmarl.llm.build import build_task_models
@@ -240,17 +248,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "generative, llm); the others are kept from the existing summary.json")
     b.add_argument("--report-only", action="store_true", help="suite: rebuild the report from existing runs")
     b.set_defaults(fn=_cmd_bench)
-    m = sub.add_parser("llm", help="LLM agents: build a task's tiny warm-started models locally")
-    m.add_argument("action", choices=["build"])
-    m.add_argument("--task", default="speaker_listener",
-                   help="a registered text task (speaker_listener, recsys_sessions, speaker_listener_skewed) or "
-                   "'module:Class' naming your TextTask subclass, as in llm.task")
-    m.add_argument("--task-kwargs", metavar="YAML", help="the task's constructor arguments as a YAML mapping, as in "
-                   "llm.task_kwargs, e.g. '{num_distractors: 2}'")
-    m.add_argument("--out", help="one checkpoint per agent goes here (default runs/llm-models/<task>, a "
-                   "'module:Class' task as module.Class: where llm.model_dir looks by default)")
-    m.add_argument("--seed", type=int, default=0)
-    m.set_defaults(fn=_cmd_llm)
+    m = sub.add_parser("llm", help="LLM agents: build a task's tiny models, export a run's trained models")
+    llm = m.add_subparsers(dest="action", required=True)
+    mb = llm.add_parser("build", help="build a task's tiny warm-started models locally")
+    mb.add_argument("--task", default="speaker_listener",
+                    help="a registered text task (speaker_listener, recsys_sessions, speaker_listener_skewed) or "
+                    "'module:Class' naming your TextTask subclass, as in llm.task")
+    mb.add_argument("--task-kwargs", metavar="YAML", help="the task's constructor arguments as a YAML mapping, as in "
+                    "llm.task_kwargs, e.g. '{num_distractors: 2}'")
+    mb.add_argument("--out", help="one checkpoint per agent goes here (default runs/llm-models/<task>, a "
+                    "'module:Class' task as module.Class: where llm.model_dir looks by default)")
+    mb.add_argument("--seed", type=int, default=0)
+    mb.set_defaults(fn=_cmd_llm_build)
+    me = llm.add_parser("export", help="a run checkpoint's trained models as Hugging Face directories")
+    me.add_argument("checkpoint", help="checkpoint directory of an LLM run (runs/<run>/checkpoints/iter_NNNNNN)")
+    me.add_argument("out", help="OUT/<model group>/ gets each group's config, weights, tokenizer, generation config")
+    me.set_defaults(fn=_cmd_llm_export)
     return parser
 
 

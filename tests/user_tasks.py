@@ -11,7 +11,8 @@ COLOURS = ("red", "blue", "green", "yellow")
 
 class ColourRelay(TextTask):
     """The speaker names the target colour, the listener repeats what it heard; both get 1 when the
-    listener's answer names the target. `fail_every` > 0: on queries whose number is a multiple of it,
+    listener's answer names the target, less 0.01 per character of the answer (so that even random
+    models' trajectories differ in reward). `fail_every` > 0: on queries whose number is a multiple of it,
     `run` raises (as buggy user code does) in the trajectories whose speaker said an even number of
     tokens, i.e. in some but usually not all of the query's group; the samples are seeded, so the same
     trajectories fail on every run."""
@@ -30,9 +31,10 @@ class ColourRelay(TextTask):
         if self.fail_every and query["number"] % self.fail_every == 0 and len(said.token_ids) % 2 == 0:
             raise KeyError(f"no colour parsed from {said.text!r}")  # user code failing on some outputs
         heard = await call("listener", f"listener: A {query['target']} circle. message: {said.text}")
-        reward = float(query["target"] in heard.text)
+        success = float(query["target"] in heard.text)
+        reward = success - 0.01 * len(heard.text)
         return Outcome(rewards={"speaker": reward, "listener": reward}, format_errors={"speaker": 0, "listener": 0},
-                       success=reward)
+                       success=success)
 
     def sft_examples(self, rng: np.random.Generator, n: int) -> dict[str, list[tuple[str, str]]]:
         targets = [str(c) for c in rng.choice(COLOURS, size=n)]

@@ -260,6 +260,65 @@ def test_past_max_task_errors_the_run_stops_with_error_txt_and_the_resume_comman
     assert (run_dir / "checkpoints" / "iter_000001").exists()
 
 
+@pytest.fixture(scope="module")
+def exported_run(chat_checkpoints, tmp_path_factory) -> tuple[dict, Path, Path]:
+    """A one-iteration run on a tied Llama-3-style speaker and an untied ChatML listener, its checkpoint
+    exported with `flexmarl llm export`: (start models, checkpoint, export folder)."""
+    root = tmp_path_factory.mktemp("export")
+    models = {"speaker": chat_checkpoints["llama3"], "listener": chat_checkpoints["chatml"]}
+    (root / "run").mkdir()
+    task = {"task": "tests.user_tasks:ColourRelay", "lr": 1e-2}  # its rewards differ even between random models' answers
+    train(llm_config(models, run={"iterations": 1}, llm=task), root / "run")
+    checkpoint = root / "run" / "checkpoints" / "iter_000001"
+    assert main(["llm", "export", str(checkpoint), str(root / "out")]) == 0
+    return models, checkpoint, root / "out"
+
+
+def test_export_writes_hugging_face_models_with_the_trained_logprobs(exported_run, capsys):
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from flexmarl.llm.models import load_causal_lm, load_tokenizer, prompt_token_ids
+    from flexmarl.llm.trainer import completion_logprobs, pack_tokens
+    from orchestrator.run_dir import load_checkpoint
+
+    models, checkpoint, out = exported_run
+    state = load_checkpoint(checkpoint)["state"]["trainers"]
+    for group, start in models.items():
+        exported = load_causal_lm(out / group)  # from_pretrained
+        trained = load_causal_lm(start)
+        trained.load_state_dict(state[group]["model"])  # the checkpoint's weights, as its trainer held them
+        tokenizer = load_tokenizer(out / group)
+        prompts = [prompt_token_ids(tokenizer, f"speaker: target {c} circle. message:") for c in ("red", "blue")]
+        batch = pack_tokens(prompts, [[5, 6, 7], [8, 9]], "cpu")
+        with torch.no_grad():
+            logp = completion_logprobs(exported, batch)
+            assert torch.equal(logp, completion_logprobs(trained, batch))
+            assert not torch.allclose(logp, completion_logprobs(load_causal_lm(start), batch), atol=1e-4)  # trained
+        assert exported.config.tie_word_embeddings == trained.config.tie_word_embeddings
+        original = AutoTokenizer.from_pretrained(start)
+        assert tokenizer.chat_template == original.chat_template and len(tokenizer) == len(original)
+        assert GenerationConfig.from_pretrained(out / group).eos_token_id == GenerationConfig.from_pretrained(start).eos_token_id
+    assert main(["llm", "export", str(out), str(out / "again")]) == 2  # not a checkpoint: one error line
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {out} is not a checkpoint")
+
+
+@pytest.mark.slow
+def test_vllm_serves_an_exported_model(exported_run):
+    from flexmarl.llm.engine import VLLMEngine
+    from flexmarl.llm.models import load_causal_lm, load_tokenizer, prompt_token_ids
+    from tests.flexmarl.llm.test_engine import max_logprob_diff
+
+    _, _, out = exported_run
+    model_dir = str(out / "speaker")
+    prompt = prompt_token_ids(load_tokenizer(model_dir), "speaker: target red circle. message:")
+    engine = VLLMEngine(model_dir, 0, 0, 256, "nobind", 0.25, "cpu", 0.3, "vllm-export")
+    try:
+        outs = [engine.generate(prompt, max_tokens=6, temperature=1.0, seed=seed) for seed in range(3)]
+    finally:
+        engine.close()
+    assert max_logprob_diff(load_causal_lm(model_dir), [prompt] * 3, outs) < 1e-4
+
+
 class PushFailsAfterFirstSync(HFEngine):
     """A real HF engine whose weight push breaks from version 2 on (a lost device, a bad transfer)."""
 
