@@ -81,20 +81,34 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, address: str | None 
 
 
 def _stop(run_dir: Path, exc: BaseException) -> TrainingError:
-    """Write error.txt and say where the run can continue from.
+    """Write error.txt, naming what failed (a dead actor by kind, group and index), and say where the run
+    can continue from.
 
     A dead trainer actor is not replaced mid-iteration: its optimizer and value-normaliser state since the
     last checkpoint is gone, so the run stops and `--resume` continues exactly from that checkpoint."""
     saved = latest_checkpoint(run_dir)
     cause = _root_cause(exc)
-    what = (f"a trainer actor died ({cause}); a trainer is not replaced mid-run, because its state since the last "
-            "checkpoint died with it" if isinstance(exc, WorkerDiedError) else f"{type(cause).__name__}: {cause}")
+    what = _actor_death(exc) if isinstance(exc, WorkerDiedError) else f"{type(cause).__name__}: {cause}"
     resume = (f"Continue from {saved.name} with: flexmarl train --resume {run_dir}" if saved
               else "No checkpoint was written yet; start the run again.")
     message = plain_text(f"{what}\nThe run directory {run_dir} keeps every metric row and checkpoint written before this "
                f"error. {resume}")
     (Path(run_dir) / "error.txt").write_text(message + "\n")
     return TrainingError(message)
+
+
+def _actor_death(exc: WorkerDiedError) -> str:
+    """Who died and why the run cannot go on without it."""
+    actor = exc.actor
+    if actor is None:
+        return f"an actor died ({exc})"
+    if actor.role == "trainer":
+        return (f"a trainer actor died: the {actor.describe()} ({exc}); a trainer is not replaced mid-run, because its "
+                "state since the last checkpoint died with it")
+    if actor.role == "engine":
+        return (f"an engine actor died: the {actor.describe()} ({exc}); an engine is replaced when it dies serving "
+                "requests, not while it loads weights (a weight push, its own replacement, a move between groups)")
+    return f"a {actor.role} actor died: the {actor.describe()} ({exc})"
 
 
 def _eval_setup(cfg: Config, seed: int, episodes: int):

@@ -210,6 +210,21 @@ def test_error_text_carries_no_terminal_colour_codes(tmp_path):
         tmp_path / "error.txt").read_text()
 
 
+@pytest.mark.parametrize("key, role, group, message", [
+    ("trainer/listener", "trainer", "listener", "a trainer actor died: the trainer of group 'listener' (gone); a trainer"),
+    ("engine/speaker/1", "engine", "speaker", "an engine actor died: the inference engine 1 of group 'speaker' (gone); "),
+    ("worker/0", "worker", None, "a worker actor died: the rollout worker 0 (gone)"),
+    (None, None, None, "an actor died (gone)"),
+])
+def test_the_stop_message_names_the_actor_that_died(tmp_path, key, role, group, message):
+    from orchestrator.placement import ActorSpec
+    from orchestrator.runtime import WorkerDiedError
+    from orchestrator.train import _stop
+
+    actor = ActorSpec(key, role, group) if key else None
+    assert _stop(tmp_path, WorkerDiedError("gone", actor)).args[0].startswith(message)
+
+
 FLAKY_TASK = {"task": "tests.user_tasks:ColourRelay", "task_kwargs": {"fail_every": 2}, "queries_per_request": 2,
               "queries_per_iteration": 8, "num_minibatches": 2}
 """A user's task whose `run` raises in some trajectories of every other query (tests/user_tasks.py)."""
@@ -343,11 +358,12 @@ def test_a_failed_weight_push_stops_the_run_with_a_clear_error_and_keeps_checkpo
 
 @pytest.mark.slow
 def test_vllm_engines_on_ray_zero_lag_pushed_weights_and_a_killed_engine(tiny_task_models, ray_cluster, capfd,
-                                                                       caplog):
+                                                                       caplog, tmp_path):
     import ray
 
     from orchestrator.bench.llm import logprob_agreement
-    from orchestrator.runtime import RayRuntime
+    from orchestrator.runtime import RayRuntime, WorkerDiedError
+    from orchestrator.train import _stop
 
     cfg = llm_config(tiny_task_models, run={"mode": "ray"}, llm={"backend": "vllm", "queries_per_iteration": 8})
     orch = LLMOrchestrator(cfg, RayRuntime(cfg))
@@ -383,6 +399,14 @@ def test_vllm_engines_on_ray_zero_lag_pushed_weights_and_a_killed_engine(tiny_ta
         replaced = [r for r in caplog.records if "starting a replacement" in r.getMessage()]
         assert len(replaced) == 1 and replaced[0].levelname == "WARNING"
         assert "Unhandled error" not in capfd.readouterr().err
+
+        # An engine that dies outside a request (here: before a weight push) stops the run, named as itself.
+        ray.kill(orch.engines["speaker"][0], no_restart=True)
+        with pytest.raises(WorkerDiedError) as info:
+            orch.sync_weights()
+        assert info.value.actor.key == "engine/speaker/0"
+        message = _stop(tmp_path, info.value).args[0]
+        assert message.startswith("an engine actor died: the inference engine 0 of group 'speaker' (")
     finally:
         orch.shutdown()
 
