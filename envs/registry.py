@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from envs import grf, mpe, recsys, smacv2, smax, wrappers
+from envs import grf, mpe, recsys, smacv2, smax
+from envs.wrappers import HeavyTailEpisodes
 
 EnvFactory = Callable[..., Any]
 
@@ -18,10 +19,16 @@ class UnknownEnvError(ValueError):
     """An env name that is neither registered nor an importable `module:callable`."""
 
 
+def heavy_tail(env: str, env_kwargs: dict | None = None, **wrapper_kwargs: Any) -> HeavyTailEpisodes:
+    """`wrappers/heavy_tail`: kwargs {env: registered name, env_kwargs: {...}, min_length, alpha, max_length}.
+    It lives here, not in envs/wrappers.py, because it builds the wrapped env by name through this registry."""
+    return HeavyTailEpisodes(make_env(env, **(env_kwargs or {})), **wrapper_kwargs)
+
+
 # The one list to edit when adding an env family.
 ENV_REGISTRY: dict[str, EnvFactory] = {
     **mpe.FACTORIES, **smax.FACTORIES, **grf.FACTORIES, **smacv2.FACTORIES, **recsys.FACTORIES,
-    **wrappers.FACTORIES,
+    "wrappers/heavy_tail": heavy_tail,
 }
 
 

@@ -1,4 +1,4 @@
-"""Env wrappers usable on any ParallelEnv, registered under `wrappers/...`.
+"""Env wrappers usable on any ParallelEnv (registered under `wrappers/...` by envs/registry.py).
 
 `wrappers/heavy_tail` gives any env heavy-tailed episode lengths: at every reset it draws a length
 L = min(max_length, ceil(min_length * (1 + Pareto(alpha)))) and truncates the episode after L steps
@@ -24,6 +24,7 @@ class ParallelEnvWrapper:
         self.env = env
         self.possible_agents = env.possible_agents
         self.metadata = getattr(env, "metadata", {})
+        self.shared_reward = bool(getattr(env, "shared_reward", False))
 
     @property
     def agents(self):
@@ -81,13 +82,3 @@ class HeavyTailEpisodes(ParallelEnvWrapper):
             truncs = {a: True for a in obs}
             self._cut = True
         return obs, rewards, terms, truncs, infos
-
-
-def heavy_tail(env: str, env_kwargs: dict | None = None, **wrapper_kwargs: Any) -> HeavyTailEpisodes:
-    """`wrappers/heavy_tail`: kwargs {env: registered name, env_kwargs: {...}, min_length, alpha, max_length}."""
-    from envs.registry import make_env
-
-    return HeavyTailEpisodes(make_env(env, **(env_kwargs or {})), **wrapper_kwargs)
-
-
-FACTORIES = {"wrappers/heavy_tail": heavy_tail}

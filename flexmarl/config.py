@@ -14,13 +14,8 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """Invalid configuration: names the key path, the value and what is allowed."""
-
-    def __init__(self, path: str, value: Any, allowed: str):
-        self.path, self.value, self.allowed = path, value, allowed
-        super().__init__(f"config key '{path}': got {value!r}; allowed: {allowed}")
+from flexmarl.config_error import ConfigError  # callers may import it from here too
+from flexmarl.overrides import apply_overrides
 
 
 @dataclass
@@ -90,6 +85,12 @@ class ModelConfig:
 class AlgoConfig:
     name: Literal["mappo", "ippo"] = "mappo"
     """mappo: centralised critic on the global state; ippo: each agent's critic on its own observation."""
+    critic_agent_id: Any = "auto"
+    """Append a one-hot agent id (the agent's index in its group) to the critic's input, so a shared critic
+    predicts each agent's own value (as the reference MAPPO implementations do). auto: on for a
+    centralised critic (mappo) of a group of several agents, unless the env gives every agent the same
+    reward (`env.shared_reward`, e.g. SMAX, GRF with `team_reward`) or the critic reads images; there one
+    state maps to one return, so the id adds nothing. true / false force it."""
     advantage_estimator: str = "gae"
     """Registered advantage estimator (flexmarl.algorithms.ADVANTAGE_ESTIMATORS)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -238,7 +239,7 @@ class LLMConfig:
     """Agent -> model: 'independent' (each agent its own model, engine(s) and trainer), 'shared' (one model
     for all agents, the agent named in the prompt), or a mapping {group: [agents]}."""
     backend: str = "vllm"
-    """Registered inference engine (flexmarl.llm.engine.ENGINES): vllm (vLLM; the CPU build here, the
+    """Registered inference engine (flexmarl.llm.engine_registry.ENGINES): vllm (vLLM; the CPU build here, the
     CUDA build on a GPU node) or hf (transformers, batched generation with a KV cache)."""
     engines_per_agent: int = 1
     """Inference engine instances per model group at the start."""
@@ -443,6 +444,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(path, value, "one of " + ", ".join(sorted(registry)))
     if not cfg.model.hidden_sizes or not all(isinstance(h, int) and h > 0 for h in cfg.model.hidden_sizes):
         raise ConfigError("model.hidden_sizes", cfg.model.hidden_sizes, "a non-empty list of positive integers")
+    if cfg.algo.critic_agent_id not in ("auto", True, False):
+        raise ConfigError("algo.critic_agent_id", cfg.algo.critic_agent_id, "auto, true or false")
     if cfg.pipeline.max_staleness < 0:
         raise ConfigError("pipeline.max_staleness", cfg.pipeline.max_staleness, "an integer >= 0")
     if cfg.microbatch_env_steps > cfg.run.batch_env_steps:
@@ -522,7 +525,7 @@ def _validate_llm(llm: LLMConfig) -> None:
     if requests % llm.num_minibatches:
         raise ConfigError("llm.num_minibatches", llm.num_minibatches,
                           f"a divisor of the {requests} rollout requests (micro-batches) per iteration")
-    from flexmarl.llm.engine import ENGINES
+    from flexmarl.llm.engine_registry import ENGINES
 
     if llm.backend not in ENGINES:
         raise ConfigError("llm.backend", llm.backend, "one of " + ", ".join(sorted(ENGINES)))
@@ -536,8 +539,6 @@ def _validate_llm(llm: LLMConfig) -> None:
 
 def config_from_dict(data: dict, overrides: list[str] | None = None) -> Config:
     """Build and check a Config from a mapping, after `key.path=value` overrides (rule: flexmarl/overrides.py)."""
-    from flexmarl.overrides import apply_overrides  # imports ConfigError from here
-
     return validate(_build(Config, apply_overrides(data or {}, overrides or []), ""))
 
 

@@ -24,10 +24,23 @@ class GroupLayout:
     """The actor reads its observation with a CNN (model.encoder); None: flat observation into the MLP."""
     critic_image: ImageSpec | None = None
     """The critic reads its input with a CNN; None: flat input into the MLP."""
+    critic_agent_id: bool = False
+    """The critic's input ends with a one-hot of the agent's index in the group (`algo.critic_agent_id`)."""
 
 
 def critic_uses_state(cfg: Config) -> bool:
     return cfg.algo.name == "mappo"
+
+
+def critic_takes_agent_id(cfg: Config, spec: EnvSpec, group: str, size: int, critic_image: ImageSpec | None) -> bool:
+    """The rule behind `algo.critic_agent_id` (documented there)."""
+    choice = cfg.algo.critic_agent_id
+    if choice == "auto":
+        return critic_uses_state(cfg) and size > 1 and not spec.shared_reward and critic_image is None
+    if choice and critic_image is not None:
+        raise ConfigError("algo.critic_agent_id", True, f"false or auto: group {group!r}'s critic reads images "
+                          "(a CNN input cannot carry an agent id)")
+    return bool(choice)
 
 
 def global_state_dim(spec: EnvSpec) -> int:
@@ -87,6 +100,8 @@ def build_groups(cfg: Config, spec: EnvSpec) -> list[GroupLayout]:
             raise ConfigError("model.actor", "candidate_scorer", "an env whose observations end with one feature "
                               f"block per action (env.candidate_dim); group {name!r} has none: use 'mlp'")
         obs_image, critic_image = _images(cfg, spec, first, name)
+        agent_id = critic_takes_agent_id(cfg, spec, name, len(members), critic_image)
+        critic_dim += len(members) if agent_id else 0
         layouts.append(GroupLayout(name, tuple(members), first.obs_dim, first.action, first.has_action_mask, critic_dim,
-                                   first.candidate_dim, obs_image, critic_image))
+                                   first.candidate_dim, obs_image, critic_image, agent_id))
     return layouts

@@ -29,7 +29,8 @@ _TENSOR_FIELDS = ("agent_index", "obs", "critic_in", "actions", "logp", "values_
                   "h0_actor", "h0_critic", "advantages", "returns", "action_mask")
 
 
-def _to_tensors(row: dict, device: torch.device | str = "cpu") -> dict:
+def to_tensors(row: dict, device: torch.device | str = "cpu") -> dict:
+    """A rollout row's training fields as tensors on `device`: the micro-batch `accumulate` takes."""
     return {k: torch.as_tensor(np.asarray(v)).to(device) for k, v in row.items() if k in _TENSOR_FIELDS}
 
 
@@ -167,7 +168,7 @@ class GroupTrainer(StreamingTrainer):
 
     # -- hooks of the streamed plan (flexmarl.streaming) --------------------------------------------
     def micro_batch_tensors(self, payload: dict) -> dict:
-        return _to_tensors(payload, self.device)
+        return to_tensors(payload, self.device)
 
     def train_micro_batch(self, mb: dict, first_epoch: bool) -> float:
         """Epoch 0 normalises value targets with the statistics so far plus the micro-batch's own returns

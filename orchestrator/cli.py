@@ -9,12 +9,11 @@ import sys
 from pathlib import Path
 
 from flexmarl.config import ConfigError, load_config
-from orchestrator.bench.suite import SuiteError
 from orchestrator.run_dir import CheckpointError, load_run_config, new_run_dir, save_run_config
 
 
 class UsageError(ValueError):
-    """A command-line argument outside its allowed range (reported like a config error)."""
+    """A command-line argument outside its allowed range, or a bad suite file (reported like a config error)."""
 
 
 def _cmd_train(args) -> int:
@@ -157,62 +156,33 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    if args.what == "throughput":
-        from orchestrator.bench.throughput import run_throughput_bench
+    from benchmarks import commands  # the one import of benchmarks/ outside it (tests/test_layering.py)
 
-        result = run_throughput_bench(duration_s=args.duration, out=Path(args.out) if args.out else None)
-        print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=1))
-        return 0
-    if args.what == "pipeline":
-        from orchestrator.bench.pipeline import run_pipeline_bench
-
-        result = run_pipeline_bench(iterations=args.iterations, out=Path(args.out) if args.out else None)
-        print(json.dumps({k: v for k, v in result.items() if not k.startswith("workload")}, indent=1))
-        return 0
-    if args.what == "aggregators":
-        from orchestrator.bench.aggregators import run_aggregator_bench
-
-        result = run_aggregator_bench(out=Path(args.out) if args.out else None)
-        print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=1))
-        return 0
-    if args.what == "llm":
-        from orchestrator.bench.llm import run_llm_bench
-
-        result = run_llm_bench(iterations=args.iterations, out=Path(args.out) if args.out else None,
-                               overrides=args.set)
-        print(json.dumps({k: v for k, v in result.items() if k not in ("settings", "history")}, indent=1))
-        return 0
-    if args.what == "scale":
-        from orchestrator.bench.scale import run_scale_bench
-
-        result = run_scale_bench(rounds=args.iterations, out=Path(args.out) if args.out else None)
-        print(json.dumps({k: v for k, v in result.items() if k not in ("settings", "history", "load_traces",
-                                                                       "simulator_settings", "swap_sizes")}, indent=1))
-        return 0
-    if args.what == "suite":
-        from orchestrator.bench.suite import load_suite, run_suite
-
-        if not args.name:
-            raise SystemExit("flexmarl bench suite NAME: a built-in suite (smax, grf, mpe, recsys) or a suite YAML")
-        suite = load_suite(args.name)
-        split = lambda text: [x for x in text.split(",") if x] if text else None  # noqa: E731
-        if args.budget:
-            suite.budget_env_steps = args.budget
-        output = Path(args.out) if args.out else Path("benchmarks/results") / suite.name
-        runs_dir = Path(args.runs_dir) if args.runs_dir else Path("runs/suites") / suite.name
-        seeds = [int(s) for s in split(args.seeds)] if args.seeds else None
-        select = {"mode": args.mode, "tasks": split(args.only_tasks), "algorithms": split(args.only_algorithms),
-                  "seeds": seeds, "report_only": args.report_only}
-        if suite.kind == "recsys":
-            from orchestrator.bench.recsys import run_recsys_suite
-
-            summary = run_recsys_suite(suite, runs_dir, output, rows=split(args.rows), **select)
-        else:
-            summary = run_suite(suite, runs_dir, output, **select)
-        print(json.dumps(summary, indent=1))
-        print(f"report: {output / 'table.md'}")
-        return 0
-    raise SystemExit(f"unknown benchmark {args.what!r}; available: throughput, pipeline, aggregators, suite, llm, scale")
+    out = Path(args.out) if args.out else None
+    split = lambda text: [x for x in text.split(",") if x] if text else None  # noqa: E731
+    try:
+        if args.what == "suite":
+            if not args.name:
+                raise SystemExit("flexmarl bench suite NAME: a built-in suite (smax, grf, mpe, recsys) or a suite YAML")
+            seeds = [int(s) for s in split(args.seeds)] if args.seeds else None
+            summary, output = commands.suite(
+                args.name, out=out, runs_dir=Path(args.runs_dir) if args.runs_dir else None, budget=args.budget,
+                seeds=seeds, tasks=split(args.only_tasks), algorithms=split(args.only_algorithms), mode=args.mode,
+                rows=split(args.rows), report_only=args.report_only)
+            print(json.dumps(summary, indent=1))
+            print(f"report: {output / 'table.md'}")
+            return 0
+        summary = {
+            "throughput": lambda: commands.throughput(args.duration, out),
+            "pipeline": lambda: commands.pipeline(args.iterations, out),
+            "aggregators": lambda: commands.aggregators(out),
+            "llm": lambda: commands.llm(args.iterations, out, args.set),
+            "scale": lambda: commands.scale(args.iterations, out),
+        }[args.what]()
+    except commands.SuiteError as exc:
+        raise UsageError(str(exc)) from exc
+    print(json.dumps(summary, indent=1))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, CheckpointError, SuiteError, UsageError) as exc:
+    except (ConfigError, CheckpointError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -24,10 +24,12 @@ import logging
 import time
 from pathlib import Path
 
-from flexmarl.config import Config, ConfigError
+import numpy as np
+
+from flexmarl.config import Config
 from flexmarl.llm.balance import moves, plan_allocation
 from flexmarl.llm.cpus import engine_binding
-from flexmarl.llm.engine import engine_class
+from flexmarl.llm.engine_registry import engine_class
 from flexmarl.llm.groups import LLMGroup
 from flexmarl.llm.workflow import EngineDiedError, WorkflowWorker
 from orchestrator.orchestrator import JointOrchestrator
@@ -53,10 +55,8 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 class LLMOrchestrator(JointOrchestrator):
     def __init__(self, cfg: Config, runtime: Runtime):
-        if cfg.pipeline.mode == "stale":
-            raise ConfigError("pipeline.mode", "stale", "sync or microbatch for run.workload: llm")
         self.cfg, self.runtime = cfg, runtime
-        self.task, self.groups = check_llm_run(cfg)
+        self.task, self.groups = check_llm_run(cfg)  # config errors, before any actor starts
         ensure_models(cfg, self.groups)
         check_context(cfg, self.groups)
         self.store = ExperienceStore([g.name for g in self.groups])
@@ -266,6 +266,28 @@ class LLMOrchestrator(JointOrchestrator):
         self.engines[receiver].append(engine)
         self.incarnations[receiver].append(incarnation)
         rt.get([rt.call(w, "set_engine", receiver, new_index, engine, incarnation) for w in self.workers])
+
+
+def logprob_agreement(orch: LLMOrchestrator, samples: int = 8, seed: int = 0) -> float:
+    """Max |engine logprob - trainer logprob| over sampled tokens, right after a weight push: both hold
+    the same version, so this checks that the pushed weights are the trained ones."""
+    from flexmarl.llm.models import load_tokenizer  # transformers: only when asked
+
+    runtime, rng = orch.runtime, np.random.default_rng(seed)
+    worst = 0.0
+    for g in orch.groups:
+        tokenizer = load_tokenizer(g.model_dir)
+        examples = orch.task.sft_examples(rng, samples)[g.agents[0]]
+        prompts = [tokenizer.encode(prompt) for prompt, _ in examples]
+        engine = orch.engines[g.name][0]
+        outs = runtime.get([runtime.call(engine, "generate", p, orch.cfg.llm.max_new_tokens, 1.0, 1000 + i,
+                                         orch.iteration) for i, p in enumerate(prompts)])
+        recomputed = runtime.get(runtime.call(orch.trainers[g.name], "token_logprobs", prompts,
+                                              [list(o.token_ids) for o in outs]))
+        for out, ref in zip(outs, recomputed):
+            if out.logprobs:
+                worst = max(worst, float(np.max(np.abs(np.asarray(out.logprobs) - np.asarray(ref)))))
+    return worst
 
 
 def same_checkpoint_layout(model_dirs: list[str]) -> bool:

@@ -387,6 +387,17 @@ class JointOrchestrator:
         self.store.evict(older_than_version=self.iteration)
         return metrics
 
+    def use_config(self, cfg: Config) -> None:
+        """Run the next iterations under `cfg` (a fresh config, not this one edited), which may differ only
+        in the pipeline (sync <-> microbatch) and `llm.load_balancing`: benchmarks alternate such arms on
+        one set of actors. The stale pipeline keeps requests in flight across iterations: never switched."""
+        old, new = self.cfg.to_dict(), cfg.to_dict()
+        for d in (old, new):
+            d["pipeline"].pop("mode"), d["llm"].pop("load_balancing")
+        if old != new or "stale" in (self.cfg.pipeline.mode, cfg.pipeline.mode):
+            raise ValueError("use_config switches only pipeline.mode (sync, microbatch) and llm.load_balancing")
+        self.cfg = cfg
+
     def evaluate(self, episodes: int) -> dict:
         return self.runtime.get(self.runtime.call(self.workers[0], "evaluate", episodes, self.cfg.run.seed + 10_000))
 

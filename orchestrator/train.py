@@ -18,7 +18,8 @@ from flexmarl.rollout.evaluate import evaluate_policy
 from flexmarl.rollout.worker import make_eval_env
 from orchestrator.llm import EngineFailure, TaskFailure, make_orchestrator
 from orchestrator.orchestrator import WorkerFailure
-from orchestrator.run_dir import MetricsWriter, latest_checkpoint, load_checkpoint, resume_checkpoint, save_checkpoint
+from orchestrator.run_dir import (MetricsWriter, latest_checkpoint, load_checkpoint, record_eval_episodes,
+                                  resume_checkpoint, save_checkpoint)
 from orchestrator.runtime import WorkerDiedError, make_runtime
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, address: str | None 
             try:
                 metrics = orch.step()
                 if cfg.run.eval_every and orch.iteration % cfg.run.eval_every == 0:
-                    metrics.update(orch.evaluate(cfg.run.eval_episodes))
+                    evaluation = orch.evaluate(cfg.run.eval_episodes)
+                    metrics.update(record_eval_episodes(run_dir, orch.iteration, orch.env_steps, evaluation))
             except (EnvStepError, EnvOutputError, WorkerFailure, WorkerDiedError, EngineFailure, WeightSyncError,
                     TaskFailure) as exc:
                 raise _stop(run_dir, exc) from exc

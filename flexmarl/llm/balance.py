@@ -7,7 +7,7 @@ FlexMARL (arXiv:2602.09578) balances skewed multi-agent rollout load at two leve
 
 Everything here is a pure function of numbers the caller observed (queue lengths, in-flight calls,
 expected tokens), with no clock, no I/O and no engine handles, so the discrete-event simulator at 1,000
-instances (`orchestrator/bench/scale_sim.py`) and the real engines run exactly the same code.
+instances (`benchmarks/scale_sim.py`) and the real engines run exactly the same code.
 
 A "load" is any non-negative amount of outstanding work in one unit for all agents: calls waiting +
 in flight, or better their expected tokens (calls x the agent's mean response length), since agents

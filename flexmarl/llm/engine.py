@@ -1,4 +1,4 @@
-"""Inference engines for LLM agents: one contract, two implementations.
+"""Inference engines for LLM agents: one contract, two implementations (by name: flexmarl/llm/engine_registry.py).
 
 - `VLLMEngine` (flexmarl/llm/vllm_engine.py): vLLM in-process, continuous batching.
 - `HFEngine` (here): transformers, concurrent calls batched statically (all of a batch start together).
@@ -426,30 +426,6 @@ class HFEngine(BatchingEngine):
 
     def _shutdown(self) -> None:
         del self.model
-
-
-def _vllm_engine() -> type[InferenceEngine]:
-    from flexmarl.llm.vllm_engine import VLLMEngine  # vLLM is imported only when its engine is asked for
-
-    return VLLMEngine
-
-
-ENGINES: dict[str, object] = {"hf": HFEngine, "vllm": _vllm_engine}
-"""`llm.backend` -> engine class (or a function returning it, for engines with heavy imports). Every
-engine takes the same constructor arguments (see HFEngine / VLLMEngine)."""
-
-
-def engine_class(backend: str) -> type[InferenceEngine]:
-    entry = ENGINES.get(backend)
-    if entry is None:
-        raise ValueError(f"unknown inference backend {backend!r}; known: {', '.join(sorted(ENGINES))}")
-    return entry if isinstance(entry, type) else entry()
-
-
-def __getattr__(name: str):  # `from flexmarl.llm.engine import VLLMEngine` without importing vLLM eagerly
-    if name == "VLLMEngine":
-        return engine_class("vllm")
-    raise AttributeError(name)
 
 
 def generation_throughput(engine: InferenceEngine, prompts: list[list[int]], max_tokens: int, batch: int,

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from flexmarl.rollout import RolloutRequest, RolloutWorker
-from flexmarl.trainer import GroupTrainer, _to_tensors
+from flexmarl.trainer import GroupTrainer, to_tensors
 
 
 def _rows(cfg, n):
@@ -21,7 +21,7 @@ def _grads(module):
 def test_accumulated_micro_batches_equal_one_full_batch_gradient(make_cfg):
     cfg = make_cfg(algo={"advantage_norm": False, "value_norm": False})
     worker, trainer, rows = _rows(cfg, 2)
-    mbs = [_to_tensors(r) for r in rows]
+    mbs = [to_tensors(r) for r in rows]
     counts = [trainer.accumulate(mb, trainer.value_norm) for mb in mbs]
     accumulated = _grads(trainer.policy)
     trainer.policy.zero_grad(set_to_none=True)
@@ -100,7 +100,7 @@ def test_per_agent_gradients_add_up_to_the_ordinary_gradient(make_cfg, use_gru):
     from flexmarl.per_agent_grads import PerAgentGradients
 
     trainer, rows = _smax_rows(make_cfg, "mean", use_gru=use_gru)
-    mb = _to_tensors(rows[0])
+    mb = to_tensors(rows[0])
     n = trainer.accumulate(mb, trainer.value_norm)
     plain = _grads(trainer.policy.actor) / n
     trainer.policy.zero_grad(set_to_none=True)

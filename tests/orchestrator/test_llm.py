@@ -13,9 +13,10 @@ import yaml
 
 from flexmarl.config import ConfigError, config_from_dict
 from flexmarl.errors import first_line
-from flexmarl.llm.engine import ENGINES, HFEngine, WeightSyncError
+from flexmarl.llm.engine import HFEngine, WeightSyncError
+from flexmarl.llm.engine_registry import ENGINES
 from orchestrator.cli import main
-from orchestrator.llm import LLMOrchestrator
+from orchestrator.llm import LLMOrchestrator, logprob_agreement
 from orchestrator.runtime import SerialRuntime
 from orchestrator.train import TrainingError, train
 from tests.flexmarl.llm.conftest import chat_checkpoints, learning_task_models, tiny_task_models  # noqa: F401  (shared session fixtures)
@@ -319,7 +320,7 @@ def test_export_writes_hugging_face_models_with_the_trained_logprobs(exported_ru
 
 @pytest.mark.slow
 def test_vllm_serves_an_exported_model(exported_run):
-    from flexmarl.llm.engine import VLLMEngine
+    from flexmarl.llm.vllm_engine import VLLMEngine
     from flexmarl.llm.models import load_causal_lm, load_tokenizer, prompt_token_ids
     from tests.flexmarl.llm.test_engine import max_logprob_diff
 
@@ -361,7 +362,6 @@ def test_vllm_engines_on_ray_zero_lag_pushed_weights_and_a_killed_engine(tiny_ta
                                                                        caplog, tmp_path):
     import ray
 
-    from orchestrator.bench.llm import logprob_agreement
     from orchestrator.runtime import RayRuntime, WorkerDiedError
     from orchestrator.train import _stop
 

@@ -30,6 +30,24 @@ def test_microbatch_equals_sync_in_serial_mode_exactly(make_cfg):
     assert all(m["perf/policy_lag_max"] == 0 for m in runs["microbatch"][1])
 
 
+def test_pipelines_switched_between_iterations_by_a_fresh_config_equal_sync(make_cfg):
+    """Benchmarks alternate pipelines on one set of actors with `use_config` (no live config edited):
+    the run equals a sync run, and a config that changes anything else is refused."""
+    arms = {mode: _cfg(make_cfg, mode) for mode in ("sync", "microbatch")}
+    reference = JointOrchestrator(arms["sync"], SerialRuntime())
+    alternating = JointOrchestrator(arms["sync"], SerialRuntime())
+    for mode in ("microbatch", "sync", "microbatch"):
+        reference.step()
+        alternating.use_config(arms[mode])
+        assert alternating.step()["perf/policy_lag_max"] == 0
+    assert alternating.cfg is arms["microbatch"] and arms["sync"].pipeline.mode == "sync"
+    assert _close(policy_params(reference), policy_params(alternating), atol=0.0)
+    for other in (_cfg(make_cfg, "microbatch", env={"kwargs": {"N": 2, "max_cycles": 25}}),
+                  _cfg(make_cfg, "stale", pipeline={"max_staleness": 1})):
+        with pytest.raises(ValueError, match="only pipeline.mode"):
+            alternating.use_config(other)
+
+
 def test_microbatch_on_ray_equals_sync_and_has_zero_lag(make_cfg, ray_cluster):
     reference = JointOrchestrator(_cfg(make_cfg, "sync"), SerialRuntime())
     cfg = _cfg(make_cfg, "microbatch", run_mode="ray")

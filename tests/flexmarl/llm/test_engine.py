@@ -41,7 +41,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vllm_engine(model_dir):
-    from flexmarl.llm.engine import VLLMEngine
+    from flexmarl.llm.vllm_engine import VLLMEngine
 
     start = time.perf_counter()
     engine = VLLMEngine(model_dir, 0, 0, 256, "nobind", 0.25, "cpu", 0.3, "vllm-test")
@@ -260,7 +260,7 @@ def test_generation_throughput(vllm_engine, hf_engine):
 
 def test_a_second_engine_in_the_process_on_a_task_model_with_untied_embeddings(vllm_engine, tiny_task_models):
     """The project's own models (untied lm_head, warm-started), beside the module's engine in one process."""
-    from flexmarl.llm.engine import VLLMEngine
+    from flexmarl.llm.vllm_engine import VLLMEngine
     from flexmarl.llm.weights import ties_embeddings
 
     model_dir = str(next(iter(tiny_task_models.values())))
@@ -291,7 +291,7 @@ def test_cuda_engines(model_dir):
 
     if current_platform.is_cpu():
         pytest.skip("the installed vLLM is the CPU build")
-    from flexmarl.llm.engine import VLLMEngine
+    from flexmarl.llm.vllm_engine import VLLMEngine
 
     engine = VLLMEngine(model_dir, 0, 0, 256, device="cuda", gpu_memory_utilization=0.2, engine_name="vllm-cuda",
                         dtype="float32")

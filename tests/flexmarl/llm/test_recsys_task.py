@@ -12,6 +12,7 @@ import torch
 from flexmarl.config import config_from_dict
 from flexmarl.llm.tasks import Completion, make_task
 from flexmarl.llm.tasks.recsys import RecsysSessions, code_text, nearest_slot, parse_code
+from orchestrator.orchestrator import request_seed
 
 SESSION_STEPS = 3
 SERVED_QUERIES: list[dict] = []
@@ -163,9 +164,18 @@ def recsys_config(models: dict, groups: str, loss: str, seed: int = 0):
     })
 
 
-def test_same_run_seed_same_request_stream_whatever_the_loss(tiny_models):
-    from orchestrator.bench.recsys_llm import iteration_queries
+def iteration_queries(cfg, iteration: int) -> list[dict]:
+    """The queries of one iteration's requests, drawn as the workflow worker draws them from each
+    request's seed: a function of (run.seed, iteration) only, whatever the loss."""
+    task = make_task(cfg.llm.task, format_penalty=cfg.llm.format_penalty, **cfg.llm.task_kwargs)
+    queries = []
+    for r in range(cfg.requests_per_iteration):
+        rng = np.random.default_rng(request_seed(cfg.run.seed, iteration, r))
+        queries += [task.sample_query(rng) for _ in range(cfg.llm.queries_per_request)]
+    return queries
 
+
+def test_same_run_seed_same_request_stream_whatever_the_loss(tiny_models):
     streams = {loss: [iteration_queries(recsys_config(tiny_models, "independent", loss), i) for i in range(3)]
                for loss in ("grpo", "sa_gcpo", "gbpo")}
     assert streams["grpo"] == streams["sa_gcpo"] == streams["gbpo"]
@@ -175,7 +185,6 @@ def test_same_run_seed_same_request_stream_whatever_the_loss(tiny_models):
 
 @pytest.mark.parametrize("groups", ["independent", "shared"])
 def test_each_loss_trains_through_the_orchestrator_on_the_same_requests(tiny_models, groups):
-    from orchestrator.bench.recsys_llm import iteration_queries
     from orchestrator.llm import LLMOrchestrator
     from orchestrator.runtime import SerialRuntime
 

@@ -17,7 +17,7 @@ import torch
 
 from flexmarl.config import config_from_dict
 from flexmarl.rollout import RolloutRequest, RolloutWorker
-from flexmarl.trainer import GroupTrainer, _to_tensors
+from flexmarl.trainer import GroupTrainer, to_tensors
 
 AGGREGATORS = ("mean", "grasp", "pcgrad", "cagrad")
 SETTINGS = {"maps": ["3m", "2s3z"], "envs_per_worker": 32, "fragment_length": 100, "hidden_sizes": [64, 64],
@@ -42,7 +42,7 @@ def run_aggregator_bench(out: Path | None = None) -> dict:
         trainers = {name: GroupTrainer(_config(map_name, name), worker.groups[0], seed=0) for name in AGGREGATORS}
         worker.set_weights({worker.groups[0].name: trainers["mean"].get_weights()}, 0)
         row = worker.sample(RolloutRequest("bench", 0, seed=0, num_steps=SETTINGS["fragment_length"])).rows
-        batch = _to_tensors(row[worker.groups[0].name])
+        batch = to_tensors(row[worker.groups[0].name])
         times: dict[str, list[float]] = {name: [] for name in AGGREGATORS}
         for _ in range(SETTINGS["rounds"]):
             for name, trainer in trainers.items():

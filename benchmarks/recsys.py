@@ -17,7 +17,7 @@ import numpy as np
 from envs import make_env
 from envs.batched import random_legal_actions
 from flexmarl.recsys_eval import offline_metrics, popularity_scores, random_scores, simulate, trained_policy
-from orchestrator.bench.suite import Suite, SuiteError, run_config, run_suite
+from benchmarks.suite import Suite, SuiteError, run_config, run_suite
 
 EVAL_SESSIONS = 512
 EVAL_SEED = 20261122
@@ -90,7 +90,7 @@ def run_recsys_suite(suite: Suite, runs_dir: Path, output: Path, report_only: bo
     if "generative" in rows:
         methods.update(_generative_methods(suite, env, seeds, output / "training"))
     if "llm" in rows and suite.llm:  # LLM scenario agents (workload 2): same seeds, same sessions and offline users
-        from orchestrator.bench.recsys_llm import llm_methods
+        from benchmarks.recsys_llm import llm_methods
 
         methods.update(llm_methods(suite.llm, env, seeds, output / "training",
                                    lambda scores, s: _score(env, scores, s), _combine))

@@ -40,28 +40,6 @@ def _median(values: list[float]) -> float:
     return float(np.median(values)) if values else float("nan")
 
 
-def logprob_agreement(orch, samples: int = 8, seed: int = 0) -> float:
-    """Max |engine logprob - trainer logprob| over sampled tokens, right after a weight push: both hold
-    the same version, so this checks that the pushed weights are the trained ones."""
-    runtime, rng = orch.runtime, np.random.default_rng(seed)
-    from flexmarl.llm.models import load_tokenizer
-
-    worst = 0.0
-    for g in orch.groups:
-        tokenizer = load_tokenizer(g.model_dir)
-        examples = orch.task.sft_examples(rng, samples)[g.agents[0]]
-        prompts = [tokenizer.encode(prompt) for prompt, _ in examples]
-        engine = orch.engines[g.name][0]
-        outs = runtime.get([runtime.call(engine, "generate", p, orch.cfg.llm.max_new_tokens, 1.0, 1000 + i,
-                                         orch.iteration) for i, p in enumerate(prompts)])
-        recomputed = runtime.get(runtime.call(orch.trainers[g.name], "token_logprobs", prompts,
-                                              [list(o.token_ids) for o in outs]))
-        for out, ref in zip(outs, recomputed):
-            if out.logprobs:
-                worst = max(worst, float(np.max(np.abs(np.asarray(out.logprobs) - np.asarray(ref)))))
-    return worst
-
-
 def engine_measurements(model_dir: str, batch: int = 32, max_tokens: int = 8) -> dict:
     """In this process: weight push in memory vs through disk, and vLLM vs HF generate tokens/s at the
     same batch, on one agent's model."""
@@ -93,17 +71,19 @@ def run_llm_bench(iterations: int = 6, out: Path | None = None, overrides: list[
                   engine_numbers: bool = True) -> dict:
     """`iterations` timed rounds (one sync and one microbatch iteration each) after a warm-up round;
     `engine_numbers`: also measure weight push and tokens/s on an in-process engine."""
-    from orchestrator.llm import LLMOrchestrator
+    from orchestrator.llm import LLMOrchestrator, logprob_agreement
     from orchestrator.runtime import RayRuntime
 
-    cfg = config_from_dict(BENCH_CONFIG, overrides)
+    arms = {mode: config_from_dict(BENCH_CONFIG, [*(overrides or []), f"pipeline.mode={mode}"])
+            for mode in ("sync", "microbatch")}
+    cfg = arms["sync"]
     out = out or Path("benchmarks/results/llm.json")
     orch = LLMOrchestrator(cfg, RayRuntime(cfg))
     history: list[dict] = []
     try:
         for round_ in range(iterations + 1):  # round 0 warms both modes up (first calls, allocations)
             for mode in ("sync", "microbatch"):
-                orch.cfg.pipeline.mode = mode
+                orch.use_config(arms[mode])
                 metrics = orch.step()
                 metrics.update({"mode": mode, "warmup": round_ == 0})
                 history.append(metrics)

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from orchestrator.bench.suite import SuiteError, load_suite, run_suite
+from benchmarks.suite import SuiteError, load_suite, run_suite
 from orchestrator.cli import main
 
 
@@ -114,8 +114,8 @@ def test_missing_base_config_is_named(tmp_path):
 
 
 def test_recsys_suite_reports_methods_with_baselines_and_offline_metrics(tmp_path, monkeypatch):
-    from orchestrator.bench import recsys
-    from orchestrator.bench.recsys import run_recsys_suite
+    from benchmarks import recsys
+    from benchmarks.recsys import run_recsys_suite
 
     monkeypatch.setattr(recsys, "THROUGHPUT_SECONDS", 0.2)
     base = tmp_path / "recsys.yaml"

@@ -379,7 +379,7 @@ policy can split) dominate the makespan, for every policy."""
 
 
 def main(out_dir: Path = Path("benchmarks/results")) -> dict:
-    """`python -m orchestrator.bench.scale_sim`: scale_sim.json (default settings + a batch-size
+    """`python -m benchmarks.scale_sim`: scale_sim.json (default settings + a batch-size
     sweep) and scale_sim_trace.json (the small-config load trace)."""
     summary = run_scale_simulation()
     summary["batch_size_sweep"] = [

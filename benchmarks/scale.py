@@ -1,6 +1,6 @@
 """`flexmarl bench scale`: hierarchical load balancing and training-state swapping, measured twice.
 
-1. The discrete-event simulator at 1,000 engine instances (`orchestrator/bench/scale_sim.py`, the same
+1. The discrete-event simulator at 1,000 engine instances (`benchmarks/scale_sim.py`, the same
    policy code as the real engines): makespan / lower bound for ours, round-robin and static equal
    allocation (reused from benchmarks/results/scale_sim.json when its settings are the defaults).
 2. Real engines here, on the skewed workload (`speaker_listener_skewed`: the listener is asked
@@ -87,7 +87,7 @@ class LoadSampler:
 
 def simulator_keys(results_dir: Path) -> dict:
     """The simulator's makespan ratios at its default settings (1,000 instances)."""
-    from orchestrator.bench.scale_sim import ScaleSimSettings, run_scale_simulation
+    from benchmarks.scale_sim import ScaleSimSettings, run_scale_simulation
 
     saved = results_dir / "scale_sim.json"
     if saved.exists() and json.loads(saved.read_text()).get("settings") == asdict(ScaleSimSettings()):
@@ -105,21 +105,23 @@ def real_engine_ablation(cfg, rounds: int) -> dict:
     from orchestrator.llm import LLMOrchestrator
     from orchestrator.runtime import RayRuntime
 
-    cfg = config_from_dict(cfg.to_dict())  # the set-ups switch pipeline and balancing on this copy only
+    # one config per set-up; balancing off in all: the moves are made here, before each iteration
+    arms = {mode: config_from_dict(cfg.to_dict(), [f"pipeline.mode={pipeline}", "llm.load_balancing=false"])
+            for mode, (pipeline, _) in MODES.items()}
     orch = LLMOrchestrator(cfg, RayRuntime(cfg))
     history, traces = [], {}
     equal = {g.name: cfg.llm.engines_per_agent for g in orch.groups}
     loads = None
     try:
         for round_ in range(rounds + 1):  # round 0 warms every set-up up
-            for mode, (pipeline, balancing) in MODES.items():
+            for mode, (_, balancing) in MODES.items():
                 start = time.time()
                 if balancing:  # engines follow the calls of the last iteration (any set-up: same workload)
                     moved = orch.rebalance(loads) if loads else []
                 else:
                     moved = orch.apply_allocation(equal)
                 move_s = time.time() - start
-                orch.cfg.pipeline.mode, orch.cfg.llm.load_balancing = pipeline, False  # moves are done above
+                orch.use_config(arms[mode])
                 allocation = {g: len(e) for g, e in orch.engines.items()}
                 with LoadSampler(orch) as sampler:
                     metrics = orch.step()

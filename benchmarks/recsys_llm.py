@@ -6,7 +6,7 @@ config) with `run.seed` = the suite seed, then score the trained models with the
 (the same simulated sessions and offline users as every other method). The request stream is the same
 for every loss: the orchestrator derives request r of iteration i's seed from (run.seed, i, r) only
 (`orchestrator.orchestrator.request_seed`) and the workflow worker draws the request's queries from it,
-so the losses differ only by their updates. `llm_pretrained` is the warm-started starting point.
+so the losses differ only by their updates (tests/flexmarl/llm/test_recsys_task.py checks it). `llm_pretrained` is the warm-started starting point.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import numpy as np
 
 from flexmarl.config import Config, load_config
 from flexmarl.llm.tasks import make_task
-from orchestrator.orchestrator import request_seed
 
 LOGGED_COLUMNS = ("iteration", "episode_return_mean", "charts/reward_mean", "perf/iteration_s")
 
@@ -52,17 +51,6 @@ def run_config(rows: LLMRows, loss: str, seed: int) -> Config:
     items = {**rows.overrides, "llm.loss": loss, "run.seed": seed, "llm.model_dir": rows.model_dir,
              "run.name": f"recsys-{rows.name}-{loss}-seed{seed}", "run.progress": False}
     return load_config(rows.config, [f"{k}={json.dumps(v)}" for k, v in items.items()])
-
-
-def iteration_queries(cfg: Config, iteration: int) -> list[dict]:
-    """The queries of one iteration's requests, drawn as the workflow worker draws them from each
-    request's seed: a function of (run.seed, iteration) only, whatever the loss."""
-    task = make_task(cfg.llm.task, format_penalty=cfg.llm.format_penalty, **cfg.llm.task_kwargs)
-    queries = []
-    for r in range(cfg.requests_per_iteration):
-        rng = np.random.default_rng(request_seed(cfg.run.seed, iteration, r))
-        queries += [task.sample_query(rng) for _ in range(cfg.llm.queries_per_request)]
-    return queries
 
 
 def train_agents(cfg: Config) -> tuple[dict, list[dict]]:

@@ -36,7 +36,7 @@ import yaml
 
 from flexmarl.config import Config, ConfigError, load_config
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SUITES_DIR = Path("configs/suites")
 METRIC_COLUMNS = {"win_rate": "eval/win_rate", "return": "eval/return_mean"}
 KEPT_COLUMNS = ("iteration", "env_steps", "eval/win_rate", "eval/return_mean", "episode_return_mean",
@@ -65,7 +65,7 @@ class Suite:
     generative: dict = field(default_factory=dict)
     """recsys only: GenerativeConfig fields plus `losses`, for the generative semantic-ID policies."""
     llm: dict = field(default_factory=dict)
-    """recsys only: the LLM scenario agents' rows (orchestrator.bench.recsys_llm.LLMRows fields)."""
+    """recsys only: the LLM scenario agents' rows (benchmarks.recsys_llm.LLMRows fields)."""
 
 
 def _find(path: Path) -> Path:

@@ -1,9 +1,14 @@
 """The benchmark code paths run (no timing is asserted: performance lives in benchmarks/results)."""
 
-from orchestrator.bench.pipeline import WORKLOADS, draw_timelines, summarize
-from orchestrator.bench.throughput import raw_env_steps_per_s
+import json
+
+import pytest
+
+from benchmarks.pipeline import WORKLOADS, draw_timelines, summarize
+from benchmarks.throughput import raw_env_steps_per_s
 from orchestrator.orchestrator import JointOrchestrator
 from orchestrator.runtime import SerialRuntime
+from tests.flexmarl.llm.conftest import tiny_task_models  # noqa: F401  (shared session fixture)
 
 
 def test_timeline_of_a_recorded_iteration_is_drawn(make_cfg, tmp_path):
@@ -27,7 +32,7 @@ def test_benchmark_workloads_are_valid_configs_and_raw_rate_is_positive():
 
 
 def test_aggregator_bench_writes_one_ratio_per_aggregator(tmp_path, monkeypatch):
-    from orchestrator.bench import aggregators
+    from benchmarks import aggregators
 
     monkeypatch.setitem(aggregators.SETTINGS, "maps", ["3m"])
     for key, value in {"envs_per_worker": 4, "fragment_length": 20, "rounds": 1, "updates_per_round": 1}.items():
@@ -38,7 +43,7 @@ def test_aggregator_bench_writes_one_ratio_per_aggregator(tmp_path, monkeypatch)
 
 
 def test_every_suite_definition_builds_valid_run_configs(tmp_path):
-    from orchestrator.bench.suite import builtin_suites, load_suite, run_config
+    from benchmarks.suite import builtin_suites, load_suite, run_config
 
     for name in builtin_suites():
         suite = load_suite(name)
@@ -46,3 +51,32 @@ def test_every_suite_definition_builds_valid_run_configs(tmp_path):
             for algorithm in suite.algorithms:
                 cfg = run_config(suite, task, algorithm, suite.seeds[0], tmp_path, None)
                 assert cfg.run.iterations * cfg.run.batch_env_steps >= suite.budget_env_steps
+
+
+def _tiny_model_overrides(models: dict) -> list[str]:
+    """bench llm / bench scale on the tests' tiny speaker-listener models, HF engines, small batches."""
+    return [f"llm.models={json.dumps({k: str(v) for k, v in models.items()})}", "llm.backend=hf",
+            "llm.group_size=2", "llm.queries_per_iteration=2", "llm.max_new_tokens=3", "llm.concurrent_requests=1"]
+
+
+@pytest.mark.slow
+def test_llm_bench_alternates_both_pipelines_on_one_orchestrator(tiny_task_models, tmp_path):
+    from benchmarks.llm import run_llm_bench
+
+    result = run_llm_bench(iterations=1, out=tmp_path / "llm.json", overrides=_tiny_model_overrides(tiny_task_models),
+                           engine_numbers=False)
+    assert [h["mode"] for h in result["history"]] == ["sync", "microbatch"] * 2
+    assert result["policy_lag_max_microbatch"] == 0 and result["logprob_max_abs_diff"] < 1e-4
+    assert json.loads((tmp_path / "llm.json").read_text())["settings"]["config"]["backend"] == "hf"
+
+
+@pytest.mark.slow
+def test_scale_bench_set_ups_switch_pipeline_and_balancing_by_fresh_configs(tiny_task_models):
+    from benchmarks.scale import BENCH_CONFIG, MODES, real_engine_ablation
+    from flexmarl.config import config_from_dict
+
+    cfg = config_from_dict(BENCH_CONFIG, _tiny_model_overrides(tiny_task_models))
+    result, traces = real_engine_ablation(cfg, rounds=1)
+    assert [h["mode"] for h in result["history"]] == list(MODES) * 2 and set(traces) == set(MODES)
+    assert all(h["llm/engine_moves"] == 0 for h in result["history"])  # moves happen only between iterations
+    assert cfg.pipeline.mode == "microbatch" and cfg.llm.load_balancing  # the caller's config is untouched

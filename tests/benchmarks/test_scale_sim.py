@@ -1,9 +1,9 @@
-"""The rollout-engine simulator (orchestrator.bench.scale_sim) at small sizes: the balancing policy
+"""The rollout-engine simulator (benchmarks.scale_sim) at small sizes: the balancing policy
 beats a static round-robin split under skew, makespans never beat the lower bounds, runs repeat."""
 
 import pytest
 
-from orchestrator.bench.scale_sim import POLICIES, ScaleSimSettings, make_batch, run_load_trace, \
+from benchmarks.scale_sim import POLICIES, ScaleSimSettings, make_batch, run_load_trace, \
     run_scale_simulation, simulate
 
 SKEWED = dict(instances=24, agents=4, zipf_s=1.2, calls=6_000, slots=4, reload_s=5.0)

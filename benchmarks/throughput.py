@@ -92,7 +92,7 @@ def run_throughput_bench(duration_s: float = 60.0, out: Path | None = None, skip
         log.info("flexmarl (microbatch pipeline): %.0f env steps/s", ours["env_steps_per_s"])
         rllib = None
         if not skip_rllib:
-            from orchestrator.bench.rllib_baseline import run_rllib_ppo
+            from benchmarks.rllib_baseline import run_rllib_ppo
 
             rllib = run_rllib_ppo(
                 num_agents=SETTINGS["num_agents"], max_cycles=SETTINGS["max_cycles"],
