@@ -228,9 +228,11 @@ class LLMConfig:
     workflow (which agent calls which) and the verifiable reward."""
     task_kwargs: dict = field(default_factory=dict)
     """Keyword arguments for the task."""
-    model_dir: str = "runs/llm-models/speaker_listener"
+    model_dir: str = ""
     """Folder with one local Hugging Face checkpoint per agent (`<model_dir>/<agent>`), as written by
-    `flexmarl llm build`; a real model works the same way (any local HF checkpoint directory)."""
+    `flexmarl llm build`; a real model works the same way (any local HF checkpoint directory). Empty:
+    the task's own folder, runs/llm-models/<task> ('module:Class' as module.Class), built on first use.
+    A relative path is resolved against the driver's working directory before any actor gets it."""
     models: dict = field(default_factory=dict)
     """Per-agent checkpoint directory overriding `<model_dir>/<agent>`, e.g. {listener: /models/qwen2.5-0.5b}."""
     groups: Any = "independent"
@@ -292,6 +294,10 @@ class LLMConfig:
     """vLLM on CUDA: share of the GPU's memory an engine may take."""
     max_engine_restarts: int = 3
     """How many times a dead inference engine is replaced (its requests re-sent) before the run fails."""
+    max_task_errors: int = 10
+    """Trajectories whose task code may fail (its `run` raises or returns no usable Outcome) before the
+    run stops with error.txt; each failure drops its query's GRPO group for every agent and counts in
+    `llm/task_errors/<task>`. Counted since the run (re)started; 0 stops at the first failure."""
     load_balancing: bool = True
     """Inter-agent load balancing between iterations: engine instances follow each model group's calls
     of the last iteration (flexmarl.llm.balance.plan_allocation); false keeps the initial allocation."""
@@ -507,7 +513,8 @@ def _validate_llm(llm: LLMConfig) -> None:
         _positive(path, value)
     for path, value in [("llm.temperature", llm.temperature), ("llm.kl_coef", llm.kl_coef),
                         ("llm.max_grad_norm", llm.max_grad_norm), ("llm.clip_eps", llm.clip_eps),
-                        ("llm.max_engine_restarts", llm.max_engine_restarts)]:
+                        ("llm.max_engine_restarts", llm.max_engine_restarts),
+                        ("llm.max_task_errors", llm.max_task_errors)]:
         _positive(path, value, allow_zero=True)
     if llm.group_size < 2:
         raise ConfigError("llm.group_size", llm.group_size, ">= 2 (group-normalised advantages need two outputs)")
