@@ -14,7 +14,8 @@ from benchmarks.llm import run_llm_bench
 from benchmarks.pipeline import run_pipeline_bench
 from benchmarks.recsys import run_recsys_suite
 from benchmarks.scale import run_scale_bench
-from benchmarks.suite import SuiteError, load_suite, run_suite  # noqa: F401 (SuiteError: for the CLI)
+from benchmarks.suite import SuiteError, load_suite  # noqa: F401 (SuiteError: for the CLI)
+from benchmarks.suite_run import run_suite
 from benchmarks.throughput import run_throughput_bench
 
 RESULTS_DIR = Path("benchmarks/results")

@@ -23,14 +23,14 @@ Overrides apply in the order suite, task, algorithm, then run.seed and run.itera
 Each (task, algorithm, seed) trains in `<runs-dir>/<task>/<algorithm>/seed<k>/` (a normal run directory,
 plus `final_eval.json`). Runs that reached their last iteration are skipped and unfinished ones resume
 from their latest checkpoint, so re-running an interrupted suite continues it. The report
-(benchmarks/suite_report.py) is rebuilt from the run directories, alone with `--report-only`.
+(benchmarks/suite_report.py) is rebuilt from the run directories, alone with `--report-only`; the runner
+is benchmarks/suite_run.py.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,42 +161,6 @@ def plan_runs(suite: Suite, tasks, algorithms, seeds) -> list[tuple[str, str, in
     return [(t, a, s) for s in all_seeds for t in tasks for a in algorithms if s in (seeds or suite.seeds_of(t))]
 
 
-def run_suite(suite: Suite, runs_dir: Path, output: Path, mode: str | None = None, tasks=None,
-              algorithms=None, seeds=None, report_only: bool = False) -> dict:
-    from benchmarks.suite_report import write_report
-    from orchestrator.run_dir import latest_checkpoint, save_run_config
-    from orchestrator.train import train
-
-    tasks = tasks or list(suite.tasks)
-    algorithms = algorithms or list(suite.algorithms)
-    for name, known, kind in ((tasks, suite.tasks, "task"), (algorithms, suite.algorithms, "algorithm")):
-        unknown = [n for n in name if n not in known]
-        if unknown:
-            raise SuiteError(f"suite {suite.path}: unknown {kind} {unknown[0]!r}; defined: {', '.join(known)}")
-    plan = plan_runs(suite, tasks, algorithms, seeds)
-    configs = {key: run_config(suite, *key, runs_dir, mode) for key in plan}  # validate everything first
-    if not report_only:
-        for i, key in enumerate(plan, 1):
-            cfg, run_dir = configs[key], run_directory(runs_dir, *key)
-            label = f"[{i}/{len(plan)}] {' / '.join(map(str, key[:2]))} / seed {key[2]}"
-            if is_complete(run_dir, cfg):
-                print(f"{label}: done already, skipped", flush=True)
-            else:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                save_run_config(run_dir, cfg)
-                checkpoint = latest_checkpoint(run_dir)
-                print(f"{label}: {'resuming from ' + checkpoint.name if checkpoint else 'starting'} "
-                      f"({cfg.run.iterations} iterations)", flush=True)
-                start = time.perf_counter()
-                train(cfg, run_dir, resume=True)
-                print(f"{label}: trained in {time.perf_counter() - start:.0f} s", flush=True)
-            final_evaluation(suite, run_dir, cfg)
-        if suite.random_baseline:
-            for task in tasks:
-                random_baseline(suite, runs_dir, task, configs[next(k for k in plan if k[0] == task)])
-    return write_report(suite, runs_dir, output, tasks, algorithms, seeds, configs)
-
-
 def read_metrics(run_dir: Path) -> list[dict]:
     import csv
 
@@ -213,36 +177,3 @@ def is_complete(run_dir: Path, cfg: Config) -> bool:
 
 
 FINAL_EVAL = "final_eval.json"
-
-
-def final_evaluation(suite: Suite, run_dir: Path, cfg: Config) -> dict | None:
-    """The final checkpoint on the suite's final episodes (cached in the run directory), once it is complete."""
-    from orchestrator.run_dir import latest_checkpoint
-    from orchestrator.train import evaluate_checkpoint
-
-    path = run_dir / FINAL_EVAL
-    if not suite.final_eval_episodes or not is_complete(run_dir, cfg):
-        return None
-    cached = json.loads(path.read_text()) if path.exists() else None
-    if cached and cached.get("episodes") == suite.final_eval_episodes and cached.get("seed") == FINAL_EVAL_SEED:
-        return cached
-    result = evaluate_checkpoint(latest_checkpoint(run_dir), suite.final_eval_episodes, FINAL_EVAL_SEED)
-    result.update(episodes=suite.final_eval_episodes, seed=FINAL_EVAL_SEED)
-    path.write_text(json.dumps(result) + "\n")
-    return result
-
-
-def random_baseline(suite: Suite, runs_dir: Path, task: str, cfg: Config) -> dict:
-    """A uniform random policy on the same final episodes as the trained runs (cached per task)."""
-    from orchestrator.train import random_policy_baseline
-
-    path = runs_dir / task / "random" / FINAL_EVAL
-    episodes = suite.final_eval_episodes or cfg.run.eval_episodes
-    cached = json.loads(path.read_text()) if path.exists() else None
-    if cached and cached.get("episodes") == episodes and cached.get("seed") == FINAL_EVAL_SEED:
-        return cached
-    result = random_policy_baseline(cfg, episodes, FINAL_EVAL_SEED)
-    result.update(episodes=episodes, seed=FINAL_EVAL_SEED)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result) + "\n")
-    return result

@@ -5,7 +5,8 @@ import json
 import pytest
 import yaml
 
-from benchmarks.suite import SuiteError, load_suite, run_suite
+from benchmarks.suite import SuiteError, load_suite
+from benchmarks.suite_run import run_suite
 from orchestrator.cli import main
 
 
