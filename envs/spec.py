@@ -97,6 +97,9 @@ class EnvSpec:
     shared_reward: bool = False
     """The env gives every agent the same (team) reward at every step (`env.shared_reward = True`): then
     the team return is that reward, not the sum over agents, and one value function fits every agent."""
+    state_problem: str | None = None
+    """Why `state()` cannot serve as the global state (it raised, or returned no numeric array); None when it
+    works or the env has no state() at all. Either way `state_dim` is then None."""
 
 
 _SUPPORTED_OBS = "Box, Discrete, MultiDiscrete, MultiBinary, or Dict/Tuple of these"
@@ -196,9 +199,26 @@ def describe_env(env: Any, seed: int = 0) -> EnvSpec:
     for agent in agents:
         per_agent[agent] = _agent_spec(env.observation_space(agent), env.action_space(agent), agent)
     shared_reward = bool(getattr(env, "shared_reward", False))
-    try:
-        state = np.asarray(env.state())
-    except (NotImplementedError, AttributeError):
-        return EnvSpec(agents=agents, per_agent=per_agent, state_dim=None, shared_reward=shared_reward)
+    state, problem = _probe_state(env)
+    if state is None:
+        return EnvSpec(agents=agents, per_agent=per_agent, state_dim=None, shared_reward=shared_reward,
+                       state_problem=problem)
     return EnvSpec(agents=agents, per_agent=per_agent, state_dim=int(state.size),
                    state_image=image_spec(state.shape, state.dtype), shared_reward=shared_reward)
+
+
+def _probe_state(env: Any) -> tuple[np.ndarray | None, str | None]:
+    """(global state, None), (None, None) for an env without state(), or (None, why it cannot be used).
+
+    A broken state() is not fatal here: critics that read the agents' observations instead never call it
+    (PettingZoo's rock-paper-scissors keeps a dict in `self.state`, so its wrappers' state() raises)."""
+    try:
+        state = env.state()
+    except (NotImplementedError, AttributeError):
+        return None, None
+    except Exception as exc:
+        return None, f"state() raised {type(exc).__name__}: {exc}"
+    array = np.asarray(state)
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        return None, f"state() returned {_short(state)}, not a numeric array"
+    return array, None

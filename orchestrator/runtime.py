@@ -15,11 +15,16 @@ from collections import deque
 from typing import Any
 
 from flexmarl.config import Config
-from orchestrator.placement import Node, PlacementPlan, check_plan
+from flexmarl.errors import first_line
+from orchestrator.placement import ActorSpec, Node, PlacementPlan, check_plan
 
 
 class WorkerDiedError(RuntimeError):
-    """The process behind an actor is gone."""
+    """The process behind an actor is gone; `actor` is the plan's actor (ActorSpec) when known."""
+
+    def __init__(self, message: str, actor: ActorSpec | None = None):
+        super().__init__(message)
+        self.actor = actor
 
 
 class SerialRef:
@@ -155,6 +160,8 @@ class RayRuntime(Runtime):
         self.pools: dict[str, Any] = {}
         self._owns_ray = False
         self._cluster_gpus = 0.0
+        self._actors: dict[str, ActorSpec] = {}
+        """Actor id (hex) -> the plan's actor, so that a death names who died."""
 
     def _start(self, plan: PlacementPlan) -> None:
         ray = self.ray
@@ -212,7 +219,9 @@ class RayRuntime(Runtime):
         if self._cluster_gpus and not bundle.gpus:
             # Ray leaves CUDA_VISIBLE_DEVICES alone for an actor without GPUs: it would see every GPU of its node
             options["runtime_env"] = {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}}
-        return actor_cls.options(**options).remote(*args, **kwargs)
+        handle = actor_cls.options(**options).remote(*args, **kwargs)
+        self._actors[handle._actor_id.hex()] = bundle.actor
+        return handle
 
     def call(self, handle, method, *args, num_returns=1):
         fn = getattr(handle, method)
@@ -224,7 +233,7 @@ class RayRuntime(Runtime):
         try:
             return self.ray.get(ref_or_refs)
         except self.ray.exceptions.RayActorError as exc:
-            raise WorkerDiedError(str(exc).splitlines()[0]) from exc
+            raise WorkerDiedError(first_line(exc), self._actors.get(getattr(exc, "actor_id", None))) from exc
 
     def wait(self, refs, timeout=None):
         return self.ray.wait(list(refs), num_returns=1, timeout=timeout)

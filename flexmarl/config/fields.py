@@ -34,12 +34,12 @@ Device = Literal["auto", "cpu", "cuda"]
 
 def registered(table: Collection[str], import_path_allowed: bool = False) -> AfterValidator:
     """A name of `table` (a registry: checked without importing its entries); with `import_path_allowed`,
-    also any 'module:attribute'."""
+    also any 'module:Class' (imported, and checked, when the run starts)."""
     def check(name: str) -> str:
         if name in table or (import_path_allowed and ":" in name):
             return name
-        also = " or 'module:attribute'" if import_path_allowed else ""
-        raise config_error("one of " + ", ".join(sorted(table)) + also)
+        names = ", ".join(sorted(table))
+        raise config_error(f"registered: {names} (or 'module:Class')" if import_path_allowed else f"one of {names}")
 
     return AfterValidator(check)
 

@@ -24,9 +24,11 @@ class LLMConfig(BaseModel):
     workflow (which agent calls which) and the verifiable reward."""
     task_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments for the task."""
-    model_dir: str = "runs/llm-models/speaker_listener"
+    model_dir: str = ""
     """Folder with one local Hugging Face checkpoint per agent (`<model_dir>/<agent>`), as written by
-    `flexmarl llm build`; a real model works the same way (any local HF checkpoint directory)."""
+    `flexmarl llm build`; a real model works the same way (any local HF checkpoint directory). Empty:
+    the task's own folder, runs/llm-models/<task> ('module:Class' as module.Class), built on first use.
+    A relative path is resolved against the driver's working directory before any actor gets it."""
     models: dict[str, str] = Field(default_factory=dict)
     """Per-agent checkpoint directory overriding `<model_dir>/<agent>`, e.g. {listener: /models/qwen2.5-0.5b}."""
     groups: AgentGroups = "independent"
@@ -81,6 +83,10 @@ class LLMConfig(BaseModel):
     """vLLM on CUDA: share of the GPU's memory an engine may take."""
     max_engine_restarts: NonNegativeInt = 3
     """How many times a dead inference engine is replaced (its requests re-sent) before the run fails."""
+    max_task_errors: NonNegativeInt = 10
+    """Trajectories whose task code may fail (its `run` raises or returns no usable Outcome) before the
+    run stops with error.txt; each failure drops its query's GRPO group for every agent and counts in
+    `llm/task_errors/<task>`. Counted since the run (re)started; 0 stops at the first failure."""
     load_balancing: bool = True
     """Inter-agent load balancing between iterations: engine instances follow each model group's calls
     of the last iteration (flexmarl.llm.balance.plan_allocation); false keeps the initial allocation."""

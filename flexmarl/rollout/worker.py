@@ -64,6 +64,9 @@ class RolloutResult:
     discarded_steps: int = 0
     counters: dict[str, float] = field(default_factory=dict)
     """Workload-specific counts (e.g. `llm/generated_tokens`), summed over an iteration's requests."""
+    errors: list[str] = field(default_factory=list)
+    """User-code failures the request survived, one description each (a text task's `run` that raised:
+    its GRPO group was dropped); the orchestrator stops the run past `llm.max_task_errors`."""
 
 
 class RolloutWorker:
