@@ -320,23 +320,6 @@ def test_export_writes_hugging_face_models_with_the_trained_logprobs(exported_ru
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {out} is not a checkpoint")
 
 
-@pytest.mark.slow
-def test_vllm_serves_an_exported_model(exported_run):
-    from flexmarl.llm.vllm_engine import VLLMEngine
-    from flexmarl.llm.models import load_causal_lm, load_tokenizer, prompt_token_ids
-    from tests.flexmarl.llm.test_engine import max_logprob_diff
-
-    _, _, out = exported_run
-    model_dir = str(out / "speaker")
-    prompt = prompt_token_ids(load_tokenizer(model_dir), "speaker: target red circle. message:")
-    engine = VLLMEngine(model_dir, 0, 0, 256, "nobind", 0.25, "cpu", 0.3, "vllm-export")
-    try:
-        outs = [engine.generate(prompt, max_tokens=6, temperature=1.0, seed=seed) for seed in range(3)]
-    finally:
-        engine.close()
-    assert max_logprob_diff(load_causal_lm(model_dir), [prompt] * 3, outs) < 1e-4
-
-
 class PushFailsAfterFirstSync(HFEngine):
     """A real HF engine whose weight push breaks from version 2 on (a lost device, a bad transfer)."""
 
