@@ -15,11 +15,20 @@ from collections import deque
 from typing import Any
 
 from flexmarl.config import Config
-from orchestrator.placement import Node, PlacementPlan, check_plan
+from orchestrator.placement import ActorSpec, Node, PlacementPlan, check_plan
 
 
 class WorkerDiedError(RuntimeError):
-    """The process behind an actor is gone."""
+    """The process behind an actor is gone. `actor`: which one (kind, group, index), when the runtime knows."""
+
+    def __init__(self, message: str, actor: ActorSpec | None = None):
+        super().__init__(f"{actor.describe()} ({actor.key}): {message}" if actor else message)
+        self.actor = actor
+
+
+def ray_address(address: str | None) -> str | None:
+    """The cluster to join: `address` (`flexmarl train --address`), else RAY_ADDRESS; None: a local instance."""
+    return address or os.environ.get("RAY_ADDRESS")
 
 
 class SerialRef:
@@ -150,11 +159,13 @@ class RayRuntime(Runtime):
         import ray
 
         self.ray = ray
-        self.address = address or os.environ.get("RAY_ADDRESS")
+        self.address = ray_address(address)
         self._actor_classes: dict[type, Any] = {}
         self.pools: dict[str, Any] = {}
         self._owns_ray = False
         self._cluster_gpus = 0.0
+        self._actors: dict[str, ActorSpec] = {}
+        """Ray actor id (hex) -> the plan's actor, to say which one died."""
 
     def _start(self, plan: PlacementPlan) -> None:
         ray = self.ray
@@ -212,7 +223,9 @@ class RayRuntime(Runtime):
         if self._cluster_gpus and not bundle.gpus:
             # Ray leaves CUDA_VISIBLE_DEVICES alone for an actor without GPUs: it would see every GPU of its node
             options["runtime_env"] = {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}}
-        return actor_cls.options(**options).remote(*args, **kwargs)
+        handle = actor_cls.options(**options).remote(*args, **kwargs)
+        self._actors[handle._actor_id.hex()] = bundle.actor  # RayActorError names only the actor id
+        return handle
 
     def call(self, handle, method, *args, num_returns=1):
         fn = getattr(handle, method)
@@ -224,7 +237,7 @@ class RayRuntime(Runtime):
         try:
             return self.ray.get(ref_or_refs)
         except self.ray.exceptions.RayActorError as exc:
-            raise WorkerDiedError(str(exc).splitlines()[0]) from exc
+            raise WorkerDiedError(str(exc).splitlines()[0], self._actors.get(exc.actor_id or "")) from exc
 
     def wait(self, refs, timeout=None):
         return self.ray.wait(list(refs), num_returns=1, timeout=timeout)

@@ -5,7 +5,7 @@ import pytest
 import ray
 
 from orchestrator.orchestrator import JointOrchestrator, WorkerFailure
-from orchestrator.runtime import RayRuntime, SerialRuntime
+from orchestrator.runtime import RayRuntime, SerialRuntime, WorkerDiedError
 from tests.conftest import policy_params
 
 
@@ -42,6 +42,21 @@ def test_workers_and_trainers_run_on_separate_pools(make_cfg):
         assert table[pools["rollout"].id.hex()]["bundles"][0] == {"CPU": 1.0}
         worker_pid = ray.get(orch.workers[0].health.remote())["pid"]
         assert worker_pid != __import__("os").getpid()
+    finally:
+        orch.shutdown()
+
+
+def test_a_dead_actor_is_named_by_kind_group_and_index(make_cfg):
+    cfg = make_cfg(run={"mode": "ray"}, rollout={"num_workers": 2})
+    orch = JointOrchestrator(cfg, RayRuntime(cfg))
+    rt = orch.runtime
+    try:
+        for handle, method, key, named in ((orch.trainers["shared"], "get_weights", "trainer/shared", "trainer of group 'shared'"),
+                                           (orch.workers[1], "health", "worker/1", "rollout worker 1")):
+            ray.kill(handle, no_restart=True)
+            with pytest.raises(WorkerDiedError) as info:
+                rt.get(rt.call(handle, method))
+            assert info.value.actor.key == key and str(info.value).startswith(f"{named} ({key}): "), str(info.value)
     finally:
         orch.shutdown()
 
