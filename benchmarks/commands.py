@@ -7,7 +7,6 @@ outside this package (tests/test_layering.py). Results go to benchmarks/results/
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from benchmarks.aggregators import run_aggregator_bench
@@ -15,7 +14,8 @@ from benchmarks.llm import run_llm_bench
 from benchmarks.pipeline import run_pipeline_bench
 from benchmarks.recsys import run_recsys_suite
 from benchmarks.scale import run_scale_bench
-from benchmarks.suite import SuiteError, load_suite, run_suite  # noqa: F401 (SuiteError: for the CLI)
+from benchmarks.suite import SuiteError, load_suite  # noqa: F401 (SuiteError: for the CLI)
+from benchmarks.suite_run import run_suite
 from benchmarks.throughput import run_throughput_bench
 
 RESULTS_DIR = Path("benchmarks/results")
@@ -55,7 +55,7 @@ def suite(name: str, out: Path | None = None, runs_dir: Path | None = None, budg
     budget, the others select a subset; `rows`: the recsys suite's row families to re-run."""
     loaded = load_suite(name)
     if budget:
-        loaded = dataclasses.replace(loaded, budget_env_steps=budget)
+        loaded = loaded.with_budget(budget)
     output = out or RESULTS_DIR / loaded.name
     runs_dir = runs_dir or SUITE_RUNS_DIR / loaded.name
     select = {"mode": mode, "tasks": tasks, "algorithms": algorithms, "seeds": seeds, "report_only": report_only}

@@ -17,7 +17,8 @@ import numpy as np
 from envs import make_env
 from envs.batched import random_legal_actions
 from flexmarl.recsys_eval import offline_metrics, popularity_scores, random_scores, simulate, trained_policy
-from benchmarks.suite import Suite, SuiteError, run_config, run_suite
+from benchmarks.suite import Suite, SuiteError, run_config
+from benchmarks.suite_run import run_suite
 
 EVAL_SESSIONS = 512
 EVAL_SEED = 20261122

@@ -8,30 +8,32 @@ A suite is a YAML file (built-ins in `configs/suites/<name>.yaml`):
     target: 0.8                      # report the env steps at which each seed's eval metric first reaches it
     budget_env_steps: 2000000        # per run: iterations = ceil(budget / run.batch_env_steps)
     seeds: [0, 1, 2]
+    final_eval_episodes: 256         # optional: the final checkpoint evaluated on these many episodes, the
+                                     # same episodes for every run (0: the last periodic evaluation counts)
+    random_baseline: true            # optional: a uniform random policy on the same final episodes, as a row
     overrides: {run.eval_every: 10}  # dotted keys applied to every run
-    tasks: {3m: {env.name: smax/3m}, 2s3z: {env.name: smax/2s3z}}
+    tasks:                           # a task's own `budget_env_steps` / `seeds` replace the suite's
+      3m: {env.name: smax/3m}
+      2s3z: {env.name: smax/2s3z, seeds: [0]}
     algorithms: {mappo: {algo.name: mappo}, grasp: {algo.gradient_aggregator: grasp}}
+    analysis: {...}                  # optional: the second algorithm compared with the first, paired by seed
     pass_criteria: free text shown in the report
 
 Overrides apply in the order suite, task, algorithm, then run.seed and run.iterations (from the budget).
-Each (task, algorithm, seed) trains in `<runs-dir>/<task>/<algorithm>/seed<k>/` (a normal run directory).
-Runs that reached their last iteration are skipped and unfinished ones resume from their latest
-checkpoint, so re-running an interrupted suite continues it. The report (`table.md`, `summary.json`
-shaped {task: {algorithm: {...}}}, `suite.json` with the settings, `curves_<task>.png`, and each run's
-key metric columns under `runs/`) is rebuilt from the run directories, alone with `--report-only`.
+Each (task, algorithm, seed) trains in `<runs-dir>/<task>/<algorithm>/seed<k>/` (a normal run directory,
+plus `final_eval.json`). Runs that reached their last iteration are skipped and unfinished ones resume
+from their latest checkpoint, so re-running an interrupted suite continues it. The report
+(benchmarks/suite_report.py) is rebuilt from the run directories, alone with `--report-only`; the runner
+is benchmarks/suite_run.py.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from flexmarl.config import Config, ConfigError, load_config
@@ -39,8 +41,10 @@ from flexmarl.config import Config, ConfigError, load_config
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SUITES_DIR = Path("configs/suites")
 METRIC_COLUMNS = {"win_rate": "eval/win_rate", "return": "eval/return_mean"}
-KEPT_COLUMNS = ("iteration", "env_steps", "eval/win_rate", "eval/return_mean", "episode_return_mean",
-                "charts/train_win_rate", "perf/train_s", "perf/iteration_s", "env_steps_per_s")
+TASK_SETTINGS = ("budget_env_steps", "seeds")
+"""Keys of a task entry that are settings of the suite for that task, not config overrides."""
+FINAL_EVAL_SEED = 12345
+"""Seed of the final evaluation's episodes: the same episodes for every run of a suite."""
 
 
 class SuiteError(ValueError):
@@ -57,15 +61,33 @@ class Suite:
     budget_env_steps: int
     seeds: list[int]
     tasks: dict[str, dict]
+    """Task -> config overrides."""
     algorithms: dict[str, dict]
     overrides: dict = field(default_factory=dict)
     pass_criteria: str = ""
+    task_settings: dict[str, dict] = field(default_factory=dict)
+    """Task -> its own `budget_env_steps` / `seeds`, where they differ from the suite's."""
+    final_eval_episodes: int = 0
+    random_baseline: bool = False
+    analysis: dict = field(default_factory=dict)
+    """The pre-registered comparison (second algorithm vs first, paired by seed); empty: none."""
     kind: str = "generic"
     """"recsys": the recommendation report (baselines, offline metrics) on top of the training runs."""
     generative: dict = field(default_factory=dict)
     """recsys only: GenerativeConfig fields plus `losses`, for the generative semantic-ID policies."""
     llm: dict = field(default_factory=dict)
     """recsys only: the LLM scenario agents' rows (benchmarks.recsys_llm.LLMRows fields)."""
+
+    def budget(self, task: str) -> int:
+        return int(self.task_settings.get(task, {}).get("budget_env_steps", self.budget_env_steps))
+
+    def seeds_of(self, task: str) -> list[int]:
+        return [int(s) for s in self.task_settings.get(task, {}).get("seeds", self.seeds)]
+
+    def with_budget(self, budget: int) -> "Suite":
+        """Every task at `budget` env steps (the CLI's --budget)."""
+        settings = {t: {k: v for k, v in s.items() if k != "budget_env_steps"} for t, s in self.task_settings.items()}
+        return Suite(**{**self.__dict__, "budget_env_steps": budget, "task_settings": settings})
 
 
 def _find(path: Path) -> Path:
@@ -95,10 +117,21 @@ def load_suite(name_or_path: str) -> Suite:
     base = _find(Path(data["base"]))
     if not base.exists():
         raise SuiteError(f"suite {path}: base config {data['base']} does not exist")
+    tasks, settings = {}, {}
+    for task, entry in data["tasks"].items():
+        entry = dict(entry or {})
+        settings[task] = {k: entry.pop(k) for k in TASK_SETTINGS if k in entry}
+        tasks[task] = entry
+    if data.get("analysis") and len(data["algorithms"]) != 2:
+        raise SuiteError(f"suite {path}: `analysis` compares two algorithms (the second against the first); "
+                         f"got {len(data['algorithms'])}")
     return Suite(name=data["suite"], path=path, base=base, metric=data["metric"],
                  target=data.get("target"), budget_env_steps=int(data["budget_env_steps"]),
-                 seeds=[int(s) for s in data["seeds"]], tasks=data["tasks"], algorithms=data["algorithms"],
+                 seeds=[int(s) for s in data["seeds"]], tasks=tasks, algorithms=data["algorithms"],
                  overrides=data.get("overrides") or {}, pass_criteria=str(data.get("pass_criteria", "")).strip(),
+                 task_settings={t: s for t, s in settings.items() if s},
+                 final_eval_episodes=int(data.get("final_eval_episodes", 0)),
+                 random_baseline=bool(data.get("random_baseline", False)), analysis=data.get("analysis") or {},
                  kind=data.get("kind", "generic"), generative=data.get("generative") or {},
                  llm=data.get("llm") or {})
 
@@ -112,13 +145,25 @@ def run_config(suite: Suite, task: str, algorithm: str, seed: int, runs_dir: Pat
         overrides.append(f"run.mode={mode}")
     try:
         probe = load_config(suite.base, overrides)
-        iterations = math.ceil(suite.budget_env_steps / probe.run.batch_env_steps)
+        iterations = math.ceil(suite.budget(task) / probe.run.batch_env_steps)
         return load_config(suite.base, overrides + [f"run.iterations={iterations}"])
     except ConfigError as exc:
         raise SuiteError(f"suite {suite.path}: task {task!r} x algorithm {algorithm!r}: {exc}") from exc
 
 
-def _read_metrics(run_dir: Path) -> list[dict]:
+def run_directory(runs_dir: Path, task: str, algorithm: str, seed: int) -> Path:
+    return runs_dir / task / algorithm / f"seed{seed}"
+
+
+def plan_runs(suite: Suite, tasks, algorithms, seeds) -> list[tuple[str, str, int]]:
+    """(task, algorithm, seed) in the order they run: seeds outermost, so early results cover every task."""
+    all_seeds = sorted({s for t in tasks for s in (seeds or suite.seeds_of(t))})
+    return [(t, a, s) for s in all_seeds for t in tasks for a in algorithms if s in (seeds or suite.seeds_of(t))]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    import csv
+
     path = run_dir / "metrics.csv"
     if not path.exists():
         return []
@@ -126,174 +171,9 @@ def _read_metrics(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def run_suite(suite: Suite, runs_dir: Path, output: Path, mode: str | None = None, tasks=None,
-              algorithms=None, seeds=None, report_only: bool = False) -> dict:
-    from orchestrator.run_dir import latest_checkpoint, save_run_config
-    from orchestrator.train import train
-
-    tasks = tasks or list(suite.tasks)
-    algorithms = algorithms or list(suite.algorithms)
-    seeds = suite.seeds if seeds is None else seeds
-    for name, known, kind in ((tasks, suite.tasks, "task"), (algorithms, suite.algorithms, "algorithm")):
-        unknown = [n for n in name if n not in known]
-        if unknown:
-            raise SuiteError(f"suite {suite.path}: unknown {kind} {unknown[0]!r}; defined: {', '.join(known)}")
-    plan = [(t, a, s) for s in seeds for t in tasks for a in algorithms]  # seeds outermost: early results cover all
-    configs = {key: run_config(suite, *key, runs_dir, mode) for key in plan}  # validate everything first
-    if not report_only:
-        for i, key in enumerate(plan, 1):
-            task, algorithm, seed = key
-            cfg, run_dir = configs[key], runs_dir / task / algorithm / f"seed{seed}"
-            rows = _read_metrics(run_dir)
-            done = bool(rows) and int(rows[-1]["iteration"]) >= cfg.run.iterations
-            label = f"[{i}/{len(plan)}] {task} / {algorithm} / seed {seed}"
-            if done:
-                print(f"{label}: done already, skipped", flush=True)
-                continue
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_run_config(run_dir, cfg)
-            checkpoint = latest_checkpoint(run_dir)
-            how = f"resumed from {checkpoint.name}" if checkpoint else "started"
-            print(f"{label}: {'resuming from ' + checkpoint.name if checkpoint else 'starting'} "
-                  f"({cfg.run.iterations} iterations)", flush=True)
-            start = time.perf_counter()
-            train(cfg, run_dir, resume=True)
-            print(f"{label}: done ({how}) in {time.perf_counter() - start:.0f} s", flush=True)
-    return write_report(suite, runs_dir, output, tasks, algorithms, seeds, configs)
+def is_complete(run_dir: Path, cfg: Config) -> bool:
+    rows = read_metrics(run_dir)
+    return bool(rows) and int(rows[-1]["iteration"]) >= cfg.run.iterations
 
 
-def _curve(rows: list[dict], column: str) -> tuple[np.ndarray, np.ndarray]:
-    points = [(float(r["env_steps"]), float(r[column])) for r in rows if r.get(column) not in (None, "")]
-    return (np.array([p[0] for p in points]), np.array([p[1] for p in points]))
-
-
-def _summarise(suite: Suite, runs: dict[int, list[dict]], iterations: int, batch: int) -> dict:
-    column = METRIC_COLUMNS[suite.metric]
-    curves = {seed: _curve(rows, column) for seed, rows in runs.items()}
-    finals = [c[1][-1] for c in curves.values() if len(c[1])]
-    hits = []
-    for steps, values in curves.values():
-        reached = np.flatnonzero(values >= suite.target) if suite.target is not None else []
-        hits.append(float(steps[reached[0]]) if len(reached) else None)
-    train_s = [float(r["perf/train_s"]) for rows in runs.values() for r in rows if r.get("perf/train_s")]
-    complete = [seed for seed, rows in runs.items() if rows and int(rows[-1]["iteration"]) >= iterations]
-    return {
-        f"final_{suite.metric}_mean": float(np.mean(finals)) if finals else None,
-        f"final_{suite.metric}_std": float(np.std(finals)) if finals else None,
-        f"final_{suite.metric}_per_seed": [float(f) for f in finals],
-        "env_steps": iterations * batch,
-        "seeds": sorted(runs),
-        "complete_seeds": sorted(complete),
-        "steps_to_target_mean": float(np.mean(hits)) if hits and all(h is not None for h in hits) else None,
-        "steps_to_target_reached": sum(h is not None for h in hits),
-        "train_s_per_iteration_mean": float(np.mean(train_s)) if train_s else None,
-        "wall_s": float(sum(float(r["perf/iteration_s"]) for rows in runs.values() for r in rows if r.get("perf/iteration_s"))),
-    }
-
-
-def write_report(suite: Suite, runs_dir: Path, output: Path, tasks, algorithms, seeds, configs) -> dict:
-    output.mkdir(parents=True, exist_ok=True)
-    summary: dict = {}
-    for task in tasks:
-        summary[task] = {}
-        for algorithm in algorithms:
-            runs, iterations = {}, configs[(task, algorithm, seeds[0])].run.iterations
-            for seed in seeds:  # rows past the budget (a run made with a larger one) are left out
-                rows = [r for r in _read_metrics(runs_dir / task / algorithm / f"seed{seed}")
-                        if int(r["iteration"]) <= iterations]
-                if rows:
-                    runs[seed] = rows
-                    _copy_columns(rows, output / "runs" / task / algorithm / f"seed{seed}.csv")
-            if runs:
-                cfg = configs[(task, algorithm, seeds[0])]
-                summary[task][algorithm] = _summarise(suite, runs, cfg.run.iterations, cfg.run.batch_env_steps)
-                summary[task][algorithm]["_curves"] = {s: _curve(r, METRIC_COLUMNS[suite.metric]) for s, r in runs.items()}
-    for task in tasks:
-        _plot(suite, task, summary[task], output / f"curves_{task}.png")
-    for task in summary.values():
-        for entry in task.values():
-            entry.pop("_curves", None)
-    (output / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (output / "suite.json").write_text(json.dumps(_settings(suite, seeds), indent=1) + "\n")
-    (output / "table.md").write_text(_table(suite, summary, seeds))
-    return summary
-
-
-def _copy_columns(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = [c for c in KEPT_COLUMNS if c in rows[0]]
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _plot(suite: Suite, task: str, entries: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for algorithm, entry in entries.items():
-        curves = list(entry["_curves"].values())
-        n = min(len(c[0]) for c in curves)
-        if n == 0:
-            continue
-        steps = curves[0][0][:n]
-        values = np.stack([c[1][:n] for c in curves])
-        ax.plot(steps, values.mean(0), label=f"{algorithm} ({len(curves)} seed{'s' * (len(curves) > 1)})")
-        ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2)
-    if suite.target is not None:
-        ax.axhline(suite.target, color="grey", linestyle="--", linewidth=1, label=f"target {suite.target}")
-    ax.set_xlabel("env steps")
-    ax.set_ylabel(f"eval {suite.metric.replace('_', ' ')}")
-    ax.set_title(f"{suite.name}: {task} (mean, min-max over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _settings(suite: Suite, seeds) -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {"suite": suite.name, "file": str(suite.path), "base": str(suite.base), "metric": suite.metric,
-            "target": suite.target, "budget_env_steps": suite.budget_env_steps, "seeds": list(seeds),
-            "tasks": suite.tasks, "algorithms": suite.algorithms, "overrides": suite.overrides,
-            "pass_criteria": suite.pass_criteria, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "git_commit": commit}
-
-
-def _fmt(value, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _table(suite: Suite, summary: dict, seeds) -> str:
-    m = suite.metric
-    lines = [f"# Suite `{suite.name}`", "",
-             f"Final greedy-evaluation {m.replace('_', ' ')} (last evaluation of each seed; mean ± std over seeds), "
-             f"env steps at which a seed's evaluation first reaches {suite.target} (mean over seeds, shown only "
-             f"when every seed reached it), and the trainer's compute per iteration "
-             f"(its ratio to the first algorithm's on the same task). Budget {suite.budget_env_steps:,} env steps "
-             f"per run; seeds {list(seeds)}; settings in `suite.json`, definition in `{suite.path}`.", "",
-             f"| task | algorithm | final {m} | steps to {suite.target} (seeds reached) | train s / iteration | env steps | seeds |",
-             "|---|---|---|---|---|---|---|"]
-    for task, entries in summary.items():
-        reference = next(iter(entries.values()), {}).get("train_s_per_iteration_mean")
-        for algorithm, e in entries.items():
-            ratio = ""
-            if reference and e["train_s_per_iteration_mean"]:
-                ratio = f" ({e['train_s_per_iteration_mean'] / reference:.2f}x)"
-            steps = "-" if e["steps_to_target_mean"] is None else f"{e['steps_to_target_mean']:,.0f}"
-            lines.append(
-                f"| {task} | {algorithm} | {_fmt(e[f'final_{m}_mean'])} ± {_fmt(e[f'final_{m}_std'])} | "
-                f"{steps} ({e['steps_to_target_reached']}/{len(e['seeds'])}) | "
-                f"{_fmt(e['train_s_per_iteration_mean'])}{ratio} | {e['env_steps']:,} | "
-                f"{len(e['complete_seeds'])}/{len(e['seeds'])} complete |")
-    lines += ["", f"Curves: {', '.join(f'`curves_{t}.png`' for t in summary)}.", ""]
-    if suite.pass_criteria:
-        lines += ["## Pass criteria", "", suite.pass_criteria, ""]
-    return "\n".join(lines)
+FINAL_EVAL = "final_eval.json"

@@ -6,8 +6,10 @@ A batched env keeps the ParallelEnv vocabulary (`possible_agents`, per-agent `ob
 - `reset(seed)` and `step(actions)` return a `BatchedObs`: obs [E, N, D], global state [E, S], action
   masks [E, N, A], alive [E, N] (dead agents stay present, act with the mask SMAC gives them, and are left
   out of the loss, as in MAPPO's active masks);
-- `step(actions [E, N])` also returns rewards [E, N] and per copy `done`, `won`; a copy that ends is reset
-  inside the same call (its returned observation is the new episode's first).
+- `step(actions [E, N])` also returns rewards [E, N] and per copy `done`, `won`, `truncated`; a copy that
+  ends is reset inside the same call (its returned observation is the new episode's first). A copy cut by
+  a time limit is `truncated` (done but not terminal): the step's `final` observations (before the reset)
+  let the sampler bootstrap it, as the per-copy sampler does with ParallelEnv truncations.
 
 Agents are always in `possible_agents` order along axis 1. Factories of batched envs carry
 `batched = True` and take `num_envs`; `describe_env` reads them like any other env. An env whose
@@ -44,6 +46,11 @@ class BatchedStep:
     """[E] bool: the episode ended with this step."""
     won: np.ndarray
     """[E] float32: 1.0 where an ended episode was won (meaningful where done)."""
+    truncated: np.ndarray | None = None
+    """[E] bool: the episode ended by a time limit, not a terminal state (bootstrapped from `final`);
+    None: every ended episode terminated."""
+    final: BatchedObs | None = None
+    """Observations this step reached, before ended copies were reset (needed where `truncated`)."""
 
 
 class BatchedEnv:

@@ -4,7 +4,14 @@
 `player_0 .. player_{K-1}` (K defaults to the count used by the MAPPO GRF benchmarks). Each agent observes
 the `simple115v2` vector (115 floats, the whole pitch from its side plus which player it is) and has
 Discrete(19) actions; `state()` is the controlled players' observations side by side. Rewards are per
-player: `scoring` (+1 / -1 per goal) or `scoring,checkpoints` (plus GRF's shaped approach rewards).
+player: `scoring` (+1 / -1 per goal) or `scoring,checkpoints` (plus GRF's shaped approach rewards, paid
+to the player that carries the ball into each checkpoint zone). With `team_reward=True` every agent gets
+the sum of the controlled players' rewards, as the reference MAPPO code for GRF does (its `share_reward`):
+the team is credited for a checkpoint whoever reached it, and the env declares `shared_reward`.
+
+Time limit: an episode that runs out of GRF's `game_duration` (400 steps in the academy scenarios) ends
+as a truncation (`truncations[agent] = True`), not a termination: simple115v2 observations carry no
+clock, so the cut is not part of the state and the sampler bootstraps from the final observation.
 At the end of an episode `infos[agent]` carries `score` (goal difference, from GRF's `score_reward`)
 and `win` (score > 0): academy episodes end at the first goal, so there the win rate is the scoring
 rate; in 5_vs_5 (3000 steps, not ended by goals) a draw is not a win.
@@ -60,12 +67,12 @@ class FootballParallelEnv:
     metadata = {"name": "grf", "render_modes": []}
 
     def __init__(self, scenario: str, num_agents: int | None = None, rewards: str = "scoring,checkpoints",
-                 **create_kwargs: Any):
+                 team_reward: bool = False, **create_kwargs: Any):
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown GRF scenario {scenario!r}; valid scenarios: {', '.join(SCENARIOS)}")
         if rewards not in ("scoring", "scoring,checkpoints"):
             raise ValueError(f"GRF rewards {rewards!r}; allowed: 'scoring', 'scoring,checkpoints'")
-        self.scenario, self.rewards = scenario, rewards
+        self.scenario, self.rewards, self.shared_reward = scenario, rewards, bool(team_reward)
         self.num_controlled = int(num_agents or SCENARIOS[scenario])
         self.create_kwargs = create_kwargs
         self.possible_agents = [f"player_{i}" for i in range(self.num_controlled)]
@@ -121,16 +128,20 @@ class FootballParallelEnv:
         obs, reward, done, info = self._env.step(joint)
         self._obs = self._as_rows(obs)
         rewards = np.broadcast_to(np.asarray(reward, np.float32), (self.num_controlled,))
+        if self.shared_reward:
+            rewards = np.full(self.num_controlled, rewards.sum(), np.float32)
         self._score += float(info.get("score_reward", 0.0))
         agents = self.agents
         done = bool(done)
+        # Ran out of game time (GRF's own clock) without a goal on the last step: a truncation (module docstring).
+        timed_out = done and not info.get("score_reward") and self._env.unwrapped.observation()[0]["steps_left"] <= 0
         infos = {a: {} for a in agents}
         if done:
             infos = {a: {"score": self._score, "win": self._score > 0} for a in agents}
             self.agents = []
         observations = {a: self._obs[i] for i, a in enumerate(agents)}
         return (observations, {a: float(rewards[i]) for i, a in enumerate(agents)},
-                {a: done for a in agents}, {a: False for a in agents}, infos)
+                {a: done and not timed_out for a in agents}, {a: timed_out for a in agents}, infos)
 
     def state(self) -> np.ndarray:
         return self._obs.reshape(-1)

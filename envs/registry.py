@@ -10,7 +10,7 @@ import importlib
 from typing import Any, Callable
 
 from envs import grf, mpe, recsys, smacv2, smax
-from envs.wrappers import HeavyTailEpisodes
+from envs.wrappers import HeavyTailEpisodes, turn_based_reason
 
 EnvFactory = Callable[..., Any]
 
@@ -25,10 +25,23 @@ def heavy_tail(env: str, env_kwargs: dict | None = None, **wrapper_kwargs: Any) 
     return HeavyTailEpisodes(make_env(env, **(env_kwargs or {})), **wrapper_kwargs)
 
 
+def aec_to_parallel(env: str, env_kwargs: dict | None = None) -> Any:
+    """`wrappers/aec_to_parallel`: kwargs {env: an AEC env factory as 'module:callable' or a registered name,
+    env_kwargs: {...}}; PettingZoo's aec_to_parallel around it, for AEC envs whose agents act once per cycle."""
+    from pettingzoo.utils.conversions import aec_to_parallel as convert
+
+    aec_env = make_env(env, **(env_kwargs or {}))
+    reason = turn_based_reason(aec_env)
+    if reason is not None:
+        aec_env.close()
+        raise ValueError(f"{env!r} cannot run as a ParallelEnv: {reason}")
+    return convert(aec_env)
+
+
 # The one list to edit when adding an env family.
 ENV_REGISTRY: dict[str, EnvFactory] = {
     **mpe.FACTORIES, **smax.FACTORIES, **grf.FACTORIES, **smacv2.FACTORIES, **recsys.FACTORIES,
-    "wrappers/heavy_tail": heavy_tail,
+    "wrappers/heavy_tail": heavy_tail, "wrappers/aec_to_parallel": aec_to_parallel,
 }
 
 

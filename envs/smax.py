@@ -6,9 +6,10 @@ does. Reset, step, auto-reset, available actions, global state and the win flag 
 `jax.jit(jax.vmap(...))`; one Python call steps all copies.
 
 Conventions (SMAC's): every ally receives the same team reward (enemy health removed, normalised, plus
-1.0 for a won battle); an episode ends when one side is dead or after `max_steps` (100) steps, and the
-time limit counts as the end of the episode (terminal, as in SMAC's MAPPO setups); `won` is 1.0 when all
-enemies are dead and an ally is alive. Dead allies stay in the arrays with only the stop action available.
+1.0 for a won battle); an episode ends when one side is dead (terminal) or after `max_steps` (100)
+steps, a time limit reported as `truncated` (the sampler bootstraps it from the final observation, as
+MAPPO's SMAC code does with its `bad_masks`); `won` is 1.0 when all enemies are dead and an ally is
+alive. Dead allies stay in the arrays with only the stop action available.
 Randomness is a pure function of the reset seed, so a request is reproducible.
 """
 
@@ -59,13 +60,16 @@ class SMAXBatched(BatchedEnv):
             step_key, reset_key = jax.random.split(key)
             obs, next_state, rewards, dones, _ = env.step_env(step_key, state, {a: actions[i] for i, a in enumerate(agents)})
             alive = next_state.state.unit_alive
-            won = jnp.all(~alive[env.num_allies:]) & jnp.any(alive[: env.num_allies])
+            enemies_dead, allies_dead = jnp.all(~alive[env.num_allies:]), jnp.all(~alive[: env.num_allies])
+            won = enemies_dead & ~allies_dead
             done = dones["__all__"]
+            truncated = done & ~enemies_dead & ~allies_dead
             reset_obs, reset_state = env.reset(reset_key)
             pick = lambda fresh, cont: jax.lax.select(done, fresh, cont)  # noqa: E731
             state_out = jax.tree.map(pick, reset_state, next_state)
             obs_out = jax.tree.map(pick, reset_obs, obs)
-            return state_out, observe(obs_out, state_out), jnp.stack([rewards[a] for a in agents]), done, won
+            return (state_out, observe(obs_out, state_out), jnp.stack([rewards[a] for a in agents]), done, won,
+                    truncated, observe(obs, next_state))
 
         self._reset = jax.jit(jax.vmap(reset_one))
         self._step = jax.jit(jax.vmap(step_one))
@@ -102,10 +106,11 @@ class SMAXBatched(BatchedEnv):
                              f"expected (num_envs, agents) = {(self.num_envs, len(self.possible_agents))}")
         jax = self._jax
         self._key, step_key = jax.random.split(self._key)
-        self._state, observed, rewards, done, won = self._step(
+        self._state, observed, rewards, done, won, truncated, final = self._step(
             jax.random.split(step_key, self.num_envs), self._state, actions.astype(np.int32))
         return BatchedStep(next=_to_numpy(observed), rewards=np.asarray(rewards, np.float32),
-                           done=np.asarray(done, bool), won=np.asarray(won, np.float32))
+                           done=np.asarray(done, bool), won=np.asarray(won, np.float32),
+                           truncated=np.asarray(truncated, bool), final=_to_numpy(final))
 
 
 def _to_numpy(observed) -> BatchedObs:

@@ -6,7 +6,8 @@ Conventions of the contract:
   action masks wrap it as Dict {"observation": ..., "action_mask": Box/MultiBinary} (PettingZoo's convention);
 - an action space is Discrete, MultiDiscrete or Box;
 - `env.state()`, when the env implements it, is the global state for centralised critics;
-- `infos[agent]` may carry "win" (bool) or "score" (float) at the end of an episode.
+- `infos[agent]` may carry "win" (bool) or "score" (float) at the end of an episode;
+- `env.shared_reward = True` declares that every agent gets the same team reward at every step.
 """
 
 from __future__ import annotations
@@ -93,6 +94,12 @@ class EnvSpec:
     """Global state width, or None when the env has no `state()`."""
     state_image: ImageSpec | None = None
     """Set when `state()` returns an image."""
+    shared_reward: bool = False
+    """The env gives every agent the same (team) reward at every step (`env.shared_reward = True`): then
+    the team return is that reward, not the sum over agents, and one value function fits every agent."""
+    state_problem: str | None = None
+    """Why `state()` cannot serve as the global state (it raised, or returned no numeric array); None when it
+    works or the env has no state() at all. Either way `state_dim` is then None."""
 
 
 _SUPPORTED_OBS = "Box, Discrete, MultiDiscrete, MultiBinary, or Dict/Tuple of these"
@@ -181,7 +188,8 @@ def describe_env(env: Any, seed: int = 0) -> EnvSpec:
         for agent in agents:
             per_agent[agent] = _agent_spec(env.observation_space(agent), env.action_space(agent), agent,
                                            int(getattr(env, "candidate_dim", 0)))
-        return EnvSpec(agents=agents, per_agent=per_agent, state_dim=int(env.state_dim))
+        return EnvSpec(agents=agents, per_agent=per_agent, state_dim=int(env.state_dim),
+                       shared_reward=bool(env.shared_reward))
     out = env.reset(seed=seed)
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], dict)):
         raise EnvContractError(f"reset() returned {type(out).__name__} {_short(out)}, not (observations: dict, "
@@ -190,9 +198,27 @@ def describe_env(env: Any, seed: int = 0) -> EnvSpec:
     per_agent = {}
     for agent in agents:
         per_agent[agent] = _agent_spec(env.observation_space(agent), env.action_space(agent), agent)
-    try:
-        state = np.asarray(env.state())
-    except (NotImplementedError, AttributeError):
-        return EnvSpec(agents=agents, per_agent=per_agent, state_dim=None)
+    shared_reward = bool(getattr(env, "shared_reward", False))
+    state, problem = _probe_state(env)
+    if state is None:
+        return EnvSpec(agents=agents, per_agent=per_agent, state_dim=None, shared_reward=shared_reward,
+                       state_problem=problem)
     return EnvSpec(agents=agents, per_agent=per_agent, state_dim=int(state.size),
-                   state_image=image_spec(state.shape, state.dtype))
+                   state_image=image_spec(state.shape, state.dtype), shared_reward=shared_reward)
+
+
+def _probe_state(env: Any) -> tuple[np.ndarray | None, str | None]:
+    """(global state, None), (None, None) for an env without state(), or (None, why it cannot be used).
+
+    A broken state() is not fatal here: critics that read the agents' observations instead never call it
+    (PettingZoo's rock-paper-scissors keeps a dict in `self.state`, so its wrappers' state() raises)."""
+    try:
+        state = env.state()
+    except (NotImplementedError, AttributeError):
+        return None, None
+    except Exception as exc:
+        return None, f"state() raised {type(exc).__name__}: {exc}"
+    array = np.asarray(state)
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        return None, f"state() returned {_short(state)}, not a numeric array"
+    return array, None

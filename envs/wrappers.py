@@ -1,5 +1,9 @@
 """Env wrappers usable on any ParallelEnv (registered under `wrappers/...` by envs/registry.py).
 
+`wrappers/aec_to_parallel` runs a PettingZoo AEC env whose agents all act once per cycle (its metadata says
+`is_parallelizable`, e.g. rock-paper-scissors) as a ParallelEnv, through PettingZoo's own `aec_to_parallel`;
+turn-based games (chess, tic-tac-toe, poker) are refused with that reason.
+
 `wrappers/heavy_tail` gives any env heavy-tailed episode lengths: at every reset it draws a length
 L = min(max_length, ceil(min_length * (1 + Pareto(alpha)))) and truncates the episode after L steps
 (if the wrapped env has not ended it before). Smaller `alpha` means a heavier tail; with alpha = 1.2,
@@ -24,6 +28,7 @@ class ParallelEnvWrapper:
         self.env = env
         self.possible_agents = env.possible_agents
         self.metadata = getattr(env, "metadata", {})
+        self.shared_reward = bool(getattr(env, "shared_reward", False))
 
     @property
     def agents(self):
@@ -81,3 +86,11 @@ class HeavyTailEpisodes(ParallelEnvWrapper):
             truncs = {a: True for a in obs}
             self._cut = True
         return obs, rewards, terms, truncs, infos
+
+
+def turn_based_reason(aec_env: Any) -> str | None:
+    """Why an AEC env cannot run as a ParallelEnv (its agents act in turn), or None when it can."""
+    if getattr(aec_env, "metadata", {}).get("is_parallelizable", False):
+        return None
+    return ("its agents act in turn (metadata['is_parallelizable'] is not True): a turn-based game is not a "
+            "simultaneous-move ParallelEnv, and PettingZoo's aec_to_parallel refuses it too")

@@ -85,6 +85,12 @@ class ModelConfig:
 class AlgoConfig:
     name: Literal["mappo", "ippo"] = "mappo"
     """mappo: centralised critic on the global state; ippo: each agent's critic on its own observation."""
+    critic_agent_id: Any = "auto"
+    """Append a one-hot agent id (the agent's index in its group) to the critic's input, so a shared critic
+    predicts each agent's own value (as the reference MAPPO implementations do). auto: on for a
+    centralised critic (mappo) of a group of several agents, unless the env gives every agent the same
+    reward (`env.shared_reward`, e.g. SMAX, GRF with `team_reward`) or the critic reads images; there one
+    state maps to one return, so the id adds nothing. true / false force it."""
     advantage_estimator: str = "gae"
     """Registered advantage estimator (flexmarl.algorithms.ADVANTAGE_ESTIMATORS)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -222,9 +228,11 @@ class LLMConfig:
     workflow (which agent calls which) and the verifiable reward."""
     task_kwargs: dict = field(default_factory=dict)
     """Keyword arguments for the task."""
-    model_dir: str = "runs/llm-models/speaker_listener"
+    model_dir: str = ""
     """Folder with one local Hugging Face checkpoint per agent (`<model_dir>/<agent>`), as written by
-    `flexmarl llm build`; a real model works the same way (any local HF checkpoint directory)."""
+    `flexmarl llm build`; a real model works the same way (any local HF checkpoint directory). Empty:
+    the task's own folder, runs/llm-models/<task> ('module:Class' as module.Class), built on first use.
+    A relative path is resolved against the driver's working directory before any actor gets it."""
     models: dict = field(default_factory=dict)
     """Per-agent checkpoint directory overriding `<model_dir>/<agent>`, e.g. {listener: /models/qwen2.5-0.5b}."""
     groups: Any = "independent"
@@ -286,6 +294,10 @@ class LLMConfig:
     """vLLM on CUDA: share of the GPU's memory an engine may take."""
     max_engine_restarts: int = 3
     """How many times a dead inference engine is replaced (its requests re-sent) before the run fails."""
+    max_task_errors: int = 10
+    """Trajectories whose task code may fail (its `run` raises or returns no usable Outcome) before the
+    run stops with error.txt; each failure drops its query's GRPO group for every agent and counts in
+    `llm/task_errors/<task>`. Counted since the run (re)started; 0 stops at the first failure."""
     load_balancing: bool = True
     """Inter-agent load balancing between iterations: engine instances follow each model group's calls
     of the last iteration (flexmarl.llm.balance.plan_allocation); false keeps the initial allocation."""
@@ -432,6 +444,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(path, value, "one of " + ", ".join(sorted(registry)))
     if not cfg.model.hidden_sizes or not all(isinstance(h, int) and h > 0 for h in cfg.model.hidden_sizes):
         raise ConfigError("model.hidden_sizes", cfg.model.hidden_sizes, "a non-empty list of positive integers")
+    if cfg.algo.critic_agent_id not in ("auto", True, False):
+        raise ConfigError("algo.critic_agent_id", cfg.algo.critic_agent_id, "auto, true or false")
     if cfg.pipeline.max_staleness < 0:
         raise ConfigError("pipeline.max_staleness", cfg.pipeline.max_staleness, "an integer >= 0")
     if cfg.microbatch_env_steps > cfg.run.batch_env_steps:
@@ -499,7 +513,8 @@ def _validate_llm(llm: LLMConfig) -> None:
         _positive(path, value)
     for path, value in [("llm.temperature", llm.temperature), ("llm.kl_coef", llm.kl_coef),
                         ("llm.max_grad_norm", llm.max_grad_norm), ("llm.clip_eps", llm.clip_eps),
-                        ("llm.max_engine_restarts", llm.max_engine_restarts)]:
+                        ("llm.max_engine_restarts", llm.max_engine_restarts),
+                        ("llm.max_task_errors", llm.max_task_errors)]:
         _positive(path, value, allow_zero=True)
     if llm.group_size < 2:
         raise ConfigError("llm.group_size", llm.group_size, ">= 2 (group-normalised advantages need two outputs)")

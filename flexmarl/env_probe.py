@@ -8,12 +8,14 @@ the key path, like any other config error. The orchestrator uses the same probe.
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
 
 from envs import EnvSpec, UnknownEnvError, describe_env
 from envs.batched import is_batched
 from envs.registry import resolve_factory
 from envs.spec import EnvContractError, UnsupportedSpaceError
+from envs.wrappers import turn_based_reason
 from flexmarl.config import Config, ConfigError
 from flexmarl.groups import GroupLayout, build_groups
 
@@ -27,9 +29,9 @@ class EnvConfigError(ConfigError):
 
 
 _AEC_HINT = ("FlexMARL needs a PettingZoo ParallelEnv (all agents act at once: reset() -> (obs, infos), "
-             "step(actions) -> (obs, rewards, terminations, truncations, infos)). Wrap it in a factory of your own, "
-             "e.g. `def make(**kw): return pettingzoo.utils.conversions.aec_to_parallel(my_aec_env(**kw))` "
-             "(valid when every live agent acts once per cycle), and set env.name to 'my_module:make'")
+             "step(actions) -> (obs, rewards, terminations, truncations, infos)). An AEC env whose agents all act "
+             "once per cycle runs through PettingZoo's aec_to_parallel: env.name=wrappers/aec_to_parallel "
+             "env.kwargs.env=module:callable (and env.kwargs.env_kwargs for its arguments)")
 
 
 def _is_aec(env: Any) -> bool:
@@ -46,8 +48,13 @@ def _is_aec(env: Any) -> bool:
 def _check_parallel(env: Any, name: str) -> None:
     """Refuse an AEC env or another object before `describe_env` fails on it in a less helpful way."""
     if _is_aec(env):
-        raise EnvConfigError("env.name", name, f"{name!r} builds an AEC env ({type(env).__name__}: agents act in "
-                             f"turn), not a ParallelEnv. {_AEC_HINT}")
+        reason = turn_based_reason(env)
+        if reason is not None:
+            raise EnvConfigError("env.name", name, f"{name!r} builds an AEC env ({type(env).__name__}) that FlexMARL "
+                                 f"cannot train: {reason}")
+        raise EnvConfigError("env.name", name, f"{name!r} builds an AEC env ({type(env).__name__}), not a ParallelEnv; "
+                             f"its agents act once per cycle, so env.name=wrappers/aec_to_parallel "
+                             f"env.kwargs.env={name} runs it through PettingZoo's aec_to_parallel")
     missing = [attr for attr in ("possible_agents", "reset", "step", "observation_space", "action_space")
                if not hasattr(env, attr)]
     if missing:
@@ -91,6 +98,26 @@ def build_probe_env(cfg: Config) -> Any:
     return env
 
 
+def batch_bytes(cfg: Config, groups: list[GroupLayout]) -> int:
+    """Bytes of one iteration's observations and critic inputs as float32 (the bulk of its samples)."""
+    return 4 * cfg.run.batch_env_steps * sum(len(g.agents) * (g.obs_dim + g.critic_dim) for g in groups)
+
+
+def _check_batch_memory(cfg: Config, groups: list[GroupLayout]) -> None:
+    """Refuse a batch that cannot fit: it is held at least twice (the rollout worker's rows, then the trainer's
+    batch), so half this machine's memory is the most it may take. Many image agents with a centralised
+    critic get there fast: every agent's row carries all the agents' images."""
+    need, have = batch_bytes(cfg, groups), os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if 2 * need <= have:
+        return
+    widths = ", ".join(f"group {g.name!r}: {len(g.agents)} x ({g.obs_dim:,} + {g.critic_dim:,})" for g in groups)
+    raise EnvConfigError("run.batch_env_steps", cfg.run.batch_env_steps, f"one iteration of {cfg.env.name!r} "
+                         f"takes {need / 2**30:.1f} GiB as float32 (per env step, agents x (observation + critic "
+                         f"input) floats: {widths}), held at least twice; this machine has {have / 2**30:.1f} GiB. "
+                         "Use a smaller run.batch_env_steps, or algo.name=ippo (each critic reads its own "
+                         "observation, not every agent's)")
+
+
 def probe_env(cfg: Config) -> tuple[EnvSpec, list[GroupLayout]]:
     """Build the env once, describe it and resolve the agent groups; closes the env."""
     env = build_probe_env(cfg)
@@ -104,11 +131,13 @@ def probe_env(cfg: Config) -> tuple[EnvSpec, list[GroupLayout]]:
                                  f"API: {exc}. {_AEC_HINT}") from None
         except ConfigError:
             raise
-        except Exception as exc:  # reset() or state() raising on a fresh env: usually its arguments
+        except Exception as exc:  # reset() raising on a fresh env: usually its arguments
             path = "env.kwargs" if cfg.env.kwargs else "env.name"
             raise EnvConfigError(path, cfg.env.kwargs, f"{cfg.env.name!r} built, then raised in its first reset: "
                                  f"{type(exc).__name__}: {exc}") from None
-        return spec, build_groups(cfg, spec)
+        groups = build_groups(cfg, spec)
+        _check_batch_memory(cfg, groups)
+        return spec, groups
     finally:
         if hasattr(env, "close"):
             env.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from envs import ActionSpec, EnvSpec
@@ -24,15 +25,31 @@ class GroupLayout:
     """The actor reads its observation with a CNN (model.encoder); None: flat observation into the MLP."""
     critic_image: ImageSpec | None = None
     """The critic reads its input with a CNN; None: flat input into the MLP."""
+    critic_agent_id: bool = False
+    """The critic's input ends with a one-hot of the agent's index in the group (`algo.critic_agent_id`)."""
 
 
 def critic_uses_state(cfg: Config) -> bool:
     return cfg.algo.name == "mappo"
 
 
-def global_state_dim(spec: EnvSpec) -> int:
-    """`env.state()` width, or the concatenated observations when the env has no state()."""
-    return spec.state_dim if spec.state_dim is not None else sum(a.obs_dim for a in spec.per_agent.values())
+def critic_takes_agent_id(cfg: Config, spec: EnvSpec, group: str, size: int, critic_image: ImageSpec | None) -> bool:
+    """The rule behind `algo.critic_agent_id` (documented there)."""
+    choice = cfg.algo.critic_agent_id
+    if choice == "auto":
+        return critic_uses_state(cfg) and size > 1 and not spec.shared_reward and critic_image is None
+    if choice and critic_image is not None:
+        raise ConfigError("algo.critic_agent_id", True, f"false or auto: group {group!r}'s critic reads images "
+                          "(a CNN input cannot carry an agent id)")
+    return bool(choice)
+
+
+def global_state_dim(spec: EnvSpec, global_state: str) -> int:
+    """`env.state()` width, or the concatenated observations (`concat_obs`, or an env without state());
+    the same choice as `flexmarl.rollout.env_io.critic_input`."""
+    if global_state == "concat_obs" or spec.state_dim is None:
+        return sum(a.obs_dim for a in spec.per_agent.values())
+    return spec.state_dim
 
 
 def _images(cfg: Config, spec: EnvSpec, agent: AgentSpec, group: str) -> tuple[ImageSpec | None, ImageSpec | None]:
@@ -52,8 +69,35 @@ def _images(cfg: Config, spec: EnvSpec, agent: AgentSpec, group: str) -> tuple[I
     return agent.image, spec.state_image
 
 
+def _check_global_state(cfg: Config, spec: EnvSpec) -> None:
+    """A centralised critic asked to read `env.state()` of an env whose state() is broken."""
+    if critic_uses_state(cfg) and cfg.env.global_state == "env" and spec.state_problem:
+        raise ConfigError("env.global_state", "env", f"'concat_obs' for {cfg.env.name!r}: its {spec.state_problem}")
+
+
+def groups_by_spaces(spec: EnvSpec) -> dict[str, list[str]]:
+    """Agents with identical spaces in one group, named after its first agent without a trailing index
+    ('adversary_0' -> 'adversary'; the whole name where that is taken): what to suggest when `shared` fails."""
+    mapping: dict[str, list[str]] = {}
+    firsts: dict[str, AgentSpec] = {}
+    for agent in spec.agents:
+        group = next((g for g, first in firsts.items() if first == spec.per_agent[agent]), None)
+        if group is None:
+            group = re.sub(r"_\d+$", "", agent)
+            group = agent if group in mapping else group
+            firsts[group], mapping[group] = spec.per_agent[agent], []
+        mapping[group].append(agent)
+    return mapping
+
+
+def _groups_override(mapping: dict[str, list[str]]) -> str:
+    """A mapping as a command-line override: env.groups='{a: [a_0, a_1], b: [b_0]}'."""
+    return "env.groups='{" + ", ".join(f"{g}: [{', '.join(agents)}]" for g, agents in mapping.items()) + "}'"
+
+
 def build_groups(cfg: Config, spec: EnvSpec) -> list[GroupLayout]:
     """Resolve `env.groups` against the env's agents and check every group is homogeneous."""
+    _check_global_state(cfg, spec)
     groups = cfg.env.groups
     if groups == "shared":
         mapping = {"shared": list(spec.agents)}
@@ -80,13 +124,16 @@ def build_groups(cfg: Config, spec: EnvSpec) -> list[GroupLayout]:
             if spec.per_agent[agent] != first:
                 raise ConfigError(
                     f"env.groups.{name}", members,
-                    f"agents with identical observation/action spaces ({agent!r} differs from {members[0]!r})",
+                    f"agents with identical observation/action spaces ({agent!r} differs from {members[0]!r}); "
+                    f"for {cfg.env.name!r}: env.groups=independent or {_groups_override(groups_by_spaces(spec))}",
                 )
-        critic_dim = global_state_dim(spec) if critic_uses_state(cfg) else first.obs_dim
+        critic_dim = global_state_dim(spec, cfg.env.global_state) if critic_uses_state(cfg) else first.obs_dim
         if cfg.model.actor == "candidate_scorer" and not first.candidate_dim:
             raise ConfigError("model.actor", "candidate_scorer", "an env whose observations end with one feature "
                               f"block per action (env.candidate_dim); group {name!r} has none: use 'mlp'")
         obs_image, critic_image = _images(cfg, spec, first, name)
+        agent_id = critic_takes_agent_id(cfg, spec, name, len(members), critic_image)
+        critic_dim += len(members) if agent_id else 0
         layouts.append(GroupLayout(name, tuple(members), first.obs_dim, first.action, first.has_action_mask, critic_dim,
-                                   first.candidate_dim, obs_image, critic_image))
+                                   first.candidate_dim, obs_image, critic_image, agent_id))
     return layouts

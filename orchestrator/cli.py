@@ -58,7 +58,9 @@ def _print_llm_summary(cfg, run_dir: Path, last: dict) -> None:
 
     with (run_dir / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
-    build = Path(cfg.llm.model_dir) / "build.json"
+    from flexmarl.llm.groups import models_folder
+
+    build = Path(models_folder(cfg.llm)) / "build.json"
     if not cfg.llm.models and build.exists():
         print(f"warm-started team (build.json, sampled): success {json.loads(build.read_text())['warm_start_success']:.3f}")
     for key, what in (("charts/reward_mean", "mean reward"), ("charts/train_win_rate", "sampled success")):
@@ -75,21 +77,52 @@ def _print_llm_summary(cfg, run_dir: Path, last: dict) -> None:
     print(f"metrics: {run_dir / 'metrics.csv'}; checkpoints: {run_dir / 'checkpoints'}")
 
 
-def _cmd_llm(args) -> int:
-    from flexmarl.llm.build import build_task_models
+def _cmd_llm_export(args) -> int:
+    from orchestrator.llm_export import export_llm_checkpoint
 
-    paths = build_task_models(args.task, args.out, seed=args.seed)
+    for group, path in export_llm_checkpoint(Path(args.checkpoint), Path(args.out)).items():
+        print(f"{group}: {path}")
+    return 0
+
+
+def _cmd_llm_build(args) -> int:
+    import yaml
+
+    from flexmarl.llm.build import build_task_models
+    from flexmarl.llm.groups import default_model_dir
+    from flexmarl.llm.tasks import task_class
+
+    try:
+        task_class(args.task)
+    except ValueError as exc:
+        raise UsageError(f"flexmarl llm build --task: got {args.task!r}; allowed: a registered task or "
+                         f"'module:Class' naming a TextTask subclass; {exc}") from None
+    kwargs = yaml.safe_load(args.task_kwargs) if args.task_kwargs else {}
+    if not isinstance(kwargs, dict):
+        raise UsageError(f"flexmarl llm build --task-kwargs: got {args.task_kwargs!r}; allowed: a YAML mapping, "
+                         "e.g. '{num_distractors: 2}'")
+    out = args.out or default_model_dir(args.task)
+    try:
+        paths = build_task_models(args.task, out, seed=args.seed, task_kwargs=kwargs)
+    except TypeError as exc:  # the task's constructor refused the kwargs
+        raise UsageError(f"flexmarl llm build --task-kwargs: got {kwargs!r}; allowed: keyword arguments of "
+                         f"{args.task} ({exc})") from None
     for agent, path in paths.items():
         print(f"{agent}: {path}")
     return 0
 
 
 def _check_env(cfg) -> None:
-    """Build the env once before Ray starts or a run directory exists: its errors are config errors."""
+    """Build the env (MARL) or check the task and checkpoints (LLM) before Ray starts or a run directory
+    exists: their errors are config errors."""
     if cfg.run.workload == "marl":
         from flexmarl.env_probe import probe_env
 
         probe_env(cfg)
+    else:
+        from orchestrator.llm_setup import check_llm_run
+
+        check_llm_run(cfg)
 
 
 def _print_summary(cfg, run_dir: Path, last: dict) -> None:
@@ -189,12 +222,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "generative, llm); the others are kept from the existing summary.json")
     b.add_argument("--report-only", action="store_true", help="suite: rebuild the report from existing runs")
     b.set_defaults(fn=_cmd_bench)
-    m = sub.add_parser("llm", help="LLM agents: build a task's tiny warm-started models locally")
-    m.add_argument("action", choices=["build"])
-    m.add_argument("--task", default="speaker_listener", help="registered text task")
-    m.add_argument("--out", default="runs/llm-models/speaker_listener", help="one checkpoint per agent goes here")
-    m.add_argument("--seed", type=int, default=0)
-    m.set_defaults(fn=_cmd_llm)
+    m = sub.add_parser("llm", help="LLM agents: build a task's tiny models, export a run's trained models")
+    llm = m.add_subparsers(dest="action", required=True)
+    mb = llm.add_parser("build", help="build a task's tiny warm-started models locally")
+    mb.add_argument("--task", default="speaker_listener",
+                    help="a registered text task (speaker_listener, recsys_sessions, speaker_listener_skewed) or "
+                    "'module:Class' naming your TextTask subclass, as in llm.task")
+    mb.add_argument("--task-kwargs", metavar="YAML", help="the task's constructor arguments as a YAML mapping, as in "
+                    "llm.task_kwargs, e.g. '{num_distractors: 2}'")
+    mb.add_argument("--out", help="one checkpoint per agent goes here (default runs/llm-models/<task>, a "
+                    "'module:Class' task as module.Class: where llm.model_dir looks by default)")
+    mb.add_argument("--seed", type=int, default=0)
+    mb.set_defaults(fn=_cmd_llm_build)
+    me = llm.add_parser("export", help="a run checkpoint's trained models as Hugging Face directories")
+    me.add_argument("checkpoint", help="checkpoint directory of an LLM run (runs/<run>/checkpoints/iter_NNNNNN)")
+    me.add_argument("out", help="OUT/<model group>/ gets each group's config, weights, tokenizer, generation config")
+    me.set_defaults(fn=_cmd_llm_export)
     return parser
 
 

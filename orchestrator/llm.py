@@ -26,14 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from flexmarl.config import Config, ConfigError
+from flexmarl.config import Config
 from flexmarl.llm.balance import moves, plan_allocation
 from flexmarl.llm.cpus import engine_binding
 from flexmarl.llm.engine_registry import engine_class
-from flexmarl.llm.groups import LLMGroup, build_llm_groups
-from flexmarl.llm.tasks import make_task
+from flexmarl.llm.groups import LLMGroup
 from flexmarl.llm.workflow import EngineDiedError, WorkflowWorker
 from orchestrator.orchestrator import JointOrchestrator
+from orchestrator.llm_setup import check_context, check_llm_run, ensure_models
 from orchestrator.placement import llm_actors, plan_placement
 from orchestrator.runtime import Runtime
 from orchestrator.store import ExperienceStore
@@ -45,70 +45,24 @@ class EngineFailure(RuntimeError):
     """Inference engines died more often than `llm.max_engine_restarts` allows."""
 
 
+class TaskFailure(RuntimeError):
+    """The task's own code failed in more trajectories than `llm.max_task_errors` allows."""
+
+
 def _root_cause(exc: BaseException) -> BaseException:
     return getattr(exc, "cause", None) or exc  # Ray wraps remote exceptions; `cause` is the original
 
 
-def ensure_models(cfg: Config, groups: list[LLMGroup]) -> None:
-    """Build the task's tiny warm-started models when the config points at the default build folder and
-    it is empty; any other missing checkpoint is a config error."""
-    missing = [g for g in groups if not (Path(g.model_dir) / "config.json").exists()]
-    if not missing:
-        _warn_if_stale(cfg.llm.model_dir)
-        return
-    if cfg.llm.models:
-        g = missing[0]
-        raise ConfigError(f"llm.models.{g.name}", g.model_dir, "a local Hugging Face checkpoint directory (with config.json)")
-    from flexmarl.llm.build import build_task_models
-
-    log.info("no models in %s: building the task's tiny warm-started models there (once)", cfg.llm.model_dir)
-    build_task_models(cfg.llm.task, cfg.llm.model_dir, seed=cfg.run.seed, log=log.info, **_task_kwargs(cfg))
-
-
-def _warn_if_stale(model_dir: str) -> None:
-    """A build by an older build procedure (e.g. other warm-start data) is used as it is, with a warning."""
-    from flexmarl.llm.build import BUILD_FORMAT, read_build
-
-    try:
-        settings = read_build(model_dir)["settings"]
-        built, task = settings["format_version"], settings["task"]
-    except (OSError, ValueError, KeyError):
-        return  # not one of our builds (or none): nothing to compare
-    if built < BUILD_FORMAT:
-        log.warning("%s was built by an older build procedure (format %d, now %d): rebuild it with "
-                    "`flexmarl llm build --task %s --out %s` for the current warm start", model_dir, built, BUILD_FORMAT,
-                    task, model_dir)
-
-
-def check_context(cfg: Config, groups: list[LLMGroup]) -> None:
-    """Prompt + completion must fit every model's context, or the engines could not serve a call."""
-    import json
-
-    need = cfg.llm.max_prompt_tokens + cfg.llm.max_new_tokens
-    for g in groups:
-        context = json.loads((Path(g.model_dir) / "config.json").read_text()).get("max_position_embeddings")
-        if context is not None and need > context:
-            raise ConfigError("llm.max_prompt_tokens", cfg.llm.max_prompt_tokens,
-                              f"at most {context - cfg.llm.max_new_tokens}: with llm.max_new_tokens = "
-                              f"{cfg.llm.max_new_tokens} it must fit the {context}-token context of {g.model_dir}")
-
-
-def _task_kwargs(cfg: Config) -> dict:
-    return {"task_kwargs": cfg.llm.task_kwargs} if cfg.llm.task_kwargs else {}
-
-
 class LLMOrchestrator(JointOrchestrator):
     def __init__(self, cfg: Config, runtime: Runtime):
-        if cfg.pipeline.mode == "stale":
-            raise ConfigError("pipeline.mode", "stale", "sync or microbatch for run.workload: llm")
         self.cfg, self.runtime = cfg, runtime
-        self.task = make_task(cfg.llm.task, format_penalty=cfg.llm.format_penalty, **cfg.llm.task_kwargs)
-        self.groups: list[LLMGroup] = build_llm_groups(cfg.llm, tuple(self.task.agents))
+        self.task, self.groups = check_llm_run(cfg)  # config errors, before any actor starts
         ensure_models(cfg, self.groups)
         check_context(cfg, self.groups)
         self.store = ExperienceStore([g.name for g in self.groups])
         self._init_progress()
         self.engine_restarts = 0
+        self.task_errors = 0
         n = cfg.llm.engines_per_agent
         runtime.place(plan_placement(cfg, llm_actors([g.name for g in self.groups], n, cfg.rollout.num_workers,
                                                      cfg.resources.trainer_slots)))
@@ -192,6 +146,23 @@ class LLMOrchestrator(JointOrchestrator):
         incarnation = self.incarnations[dead.group][dead.index]
         self.runtime.get([self.runtime.call(w, "set_engine", dead.group, dead.index, engine, incarnation)
                           for w in self.workers])
+
+    def _publish(self, flight, result) -> None:
+        super()._publish(flight, result)
+        self._count_task_errors(result)
+
+    def _count_task_errors(self, result) -> None:
+        """One warning line per request in which task code failed; past the limit the run stops."""
+        failed = sum(v for k, v in result.counters.items() if k.startswith("llm/task_errors/"))
+        if not failed:
+            return
+        self.task_errors += failed
+        limit = self.cfg.llm.max_task_errors
+        if self.task_errors > limit:
+            raise TaskFailure(f"the task {self.cfg.llm.task!r} failed in {self.task_errors} trajectories, more than "
+                              f"llm.max_task_errors = {limit} allows; the last: {result.errors[-1]}")
+        log.warning("task %r failed, its group dropped (%d of llm.max_task_errors = %d used): %s", self.cfg.llm.task,
+                    self.task_errors, limit, "; ".join(result.errors))
 
     # -- metrics ----------------------------------------------------------------------------------
     def step(self) -> dict:

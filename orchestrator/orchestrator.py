@@ -11,6 +11,7 @@ Rollout workers and group trainers live on separate resource pools (see `runtime
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -164,10 +165,18 @@ class JointOrchestrator:
         except Exception as exc:
             if not self._repair(exc):
                 raise
+            self._retrieve_failed_rows(flight)
             self._resend([flight], pending)
             return None
         self._last_done[flight.worker] = time.time()
         return flight, result
+
+    def _retrieve_failed_rows(self, flight: _InFlight) -> None:
+        """Read a failed request's row references (they hold the error it reported): Ray prints a whole
+        traceback for every error reference dropped unread."""
+        for ref in flight.row_refs:
+            with contextlib.suppress(Exception):
+                self.runtime.get(ref)
 
     def _repair(self, exc: Exception) -> bool:
         """A request failed with `exc` while its worker lives: repair the cause and return True to send

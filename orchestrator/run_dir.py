@@ -3,6 +3,7 @@
     runs/<name>-<timestamp>/
         config.yaml          resolved config (what `--resume` reloads)
         metrics.csv          one row per iteration; flushed every row
+        eval_episodes.jsonl  each greedy evaluation's per-episode values (one line per evaluation)
         tb/                  TensorBoard events
         checkpoints/iter_000010/{state.pt, meta.json}
         error.txt            written when a run stops on an error (error.<time>.txt once a resume started)
@@ -137,6 +138,30 @@ class MetricsWriter:
 
     def close(self) -> None:
         self.tb.close()
+
+
+EVAL_EPISODES = "eval_episodes.jsonl"
+
+
+def record_eval_episodes(run_dir: Path, iteration: int, env_steps: int, evaluation: dict) -> dict:
+    """Append an evaluation's per-episode lists (`episodes/*`) to eval_episodes.jsonl; returns the scalars
+    that go to metrics.csv. A resumed run re-evaluates iterations after its checkpoint: readers keep the
+    last line of each iteration."""
+    scalars = {k: v for k, v in evaluation.items() if not isinstance(v, list)}
+    episodes = {k.split("/", 1)[1]: v for k, v in evaluation.items() if isinstance(v, list)}
+    if episodes:
+        with (Path(run_dir) / EVAL_EPISODES).open("a") as f:
+            f.write(json.dumps({"iteration": iteration, "env_steps": env_steps, **episodes}) + "\n")
+    return scalars
+
+
+def read_eval_episodes(run_dir: Path) -> dict[int, dict]:
+    """{iteration: {"env_steps": ..., "return": [...], "win": [...]}}, the last evaluation of each iteration."""
+    path = Path(run_dir) / EVAL_EPISODES
+    if not path.exists():
+        return {}
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {line.pop("iteration"): line for line in lines}
 
 
 def _signature(groups) -> dict:

@@ -15,14 +15,15 @@ from collections import deque
 from typing import Any
 
 from flexmarl.config import Config
+from flexmarl.errors import first_line
 from orchestrator.placement import ActorSpec, Node, PlacementPlan, check_plan
 
 
 class WorkerDiedError(RuntimeError):
-    """The process behind an actor is gone. `actor`: which one (kind, group, index), when the runtime knows."""
+    """The process behind an actor is gone; `actor` is the plan's actor (ActorSpec) when known."""
 
     def __init__(self, message: str, actor: ActorSpec | None = None):
-        super().__init__(f"{actor.describe()} ({actor.key}): {message}" if actor else message)
+        super().__init__(message)
         self.actor = actor
 
 
@@ -165,7 +166,7 @@ class RayRuntime(Runtime):
         self._owns_ray = False
         self._cluster_gpus = 0.0
         self._actors: dict[str, ActorSpec] = {}
-        """Ray actor id (hex) -> the plan's actor, to say which one died."""
+        """Actor id (hex) -> the plan's actor, so that a death names who died."""
 
     def _start(self, plan: PlacementPlan) -> None:
         ray = self.ray
@@ -237,7 +238,7 @@ class RayRuntime(Runtime):
         try:
             return self.ray.get(ref_or_refs)
         except self.ray.exceptions.RayActorError as exc:
-            raise WorkerDiedError(str(exc).splitlines()[0], self._actors.get(exc.actor_id or "")) from exc
+            raise WorkerDiedError(first_line(exc), self._actors.get(getattr(exc, "actor_id", None))) from exc
 
     def wait(self, refs, timeout=None):
         return self.ray.wait(list(refs), num_returns=1, timeout=timeout)

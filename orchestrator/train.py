@@ -11,15 +11,16 @@ from tqdm import tqdm
 
 from envs import describe_env
 from flexmarl.config import Config, config_from_dict
+from flexmarl.errors import plain_text
 from flexmarl.llm.engine import WeightSyncError
 from flexmarl.groups import build_groups, critic_uses_state
 from flexmarl.rollout import EnvOutputError, EnvStepError, RandomPolicyBackend, TorchPolicyBackend
 from flexmarl.rollout.evaluate import evaluate_policy
 from flexmarl.rollout.worker import make_eval_env
-from orchestrator.llm import EngineFailure, make_orchestrator
+from orchestrator.llm import EngineFailure, TaskFailure, make_orchestrator
 from orchestrator.orchestrator import WorkerFailure
-from orchestrator.run_dir import (MetricsWriter, latest_checkpoint, load_checkpoint, prepare_run_dir, resume_checkpoint,
-                                  resume_command, save_checkpoint)
+from orchestrator.run_dir import (MetricsWriter, latest_checkpoint, load_checkpoint, prepare_run_dir,
+                                  record_eval_episodes, resume_checkpoint, resume_command, save_checkpoint)
 from orchestrator.runtime import WorkerDiedError, make_runtime, ray_address
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,10 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, address: str | None 
             try:
                 metrics = orch.step()
                 if cfg.run.eval_every and orch.iteration % cfg.run.eval_every == 0:
-                    metrics.update(orch.evaluate(cfg.run.eval_episodes))
-            except (EnvStepError, EnvOutputError, WorkerFailure, WorkerDiedError, EngineFailure, WeightSyncError) as exc:
+                    evaluation = orch.evaluate(cfg.run.eval_episodes)
+                    metrics.update(record_eval_episodes(run_dir, orch.iteration, orch.env_steps, evaluation))
+            except (EnvStepError, EnvOutputError, WorkerFailure, WorkerDiedError, EngineFailure, WeightSyncError,
+                    TaskFailure) as exc:
                 raise _stop(run_dir, exc, address) from exc
             writer.write(metrics)
             last = metrics
@@ -92,26 +95,35 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, address: str | None 
             runtime.shutdown()
 
 
-def _stop(run_dir: Path, exc: BaseException, address: str | None) -> TrainingError:
-    """Write error.txt and say where the run can continue from (and on which cluster).
+def _stop(run_dir: Path, exc: BaseException, address: str | None = None) -> TrainingError:
+    """Write error.txt, naming what failed (a dead actor by kind, group and index), and say where the run
+    can continue from (and on which cluster).
 
     A dead trainer actor is not replaced mid-iteration: its optimizer and value-normaliser state since the
     last checkpoint is gone, so the run stops and `--resume` continues exactly from that checkpoint."""
     saved = latest_checkpoint(run_dir)
     cause = _root_cause(exc)
-    if isinstance(exc, WorkerDiedError) and exc.actor is not None and exc.actor.role == "trainer":
-        what = (f"a trainer actor died: {cause}; a trainer is not replaced mid-run, because its state since the "
-                "last checkpoint died with it")
-    elif isinstance(exc, WorkerDiedError):  # an actor whose death was not recovered (e.g. during evaluation)
-        what = f"an actor died: {cause}"
-    else:
-        what = f"{type(cause).__name__}: {cause}"
+    what = _actor_death(exc) if isinstance(exc, WorkerDiedError) else f"{type(cause).__name__}: {cause}"
     resume = (f"Continue from {saved.name} with: {resume_command(run_dir, address)}" if saved
               else "No checkpoint was written yet; start the run again.")
-    message = (f"{what}\nThe run directory {run_dir} keeps every metric row and checkpoint written before this "
+    message = plain_text(f"{what}\nThe run directory {run_dir} keeps every metric row and checkpoint written before this "
                f"error. {resume}")
     (Path(run_dir) / "error.txt").write_text(message + "\n")
     return TrainingError(message)
+
+
+def _actor_death(exc: WorkerDiedError) -> str:
+    """Who died and why the run cannot go on without it."""
+    actor = exc.actor
+    if actor is None:
+        return f"an actor died ({exc})"
+    if actor.role == "trainer":
+        return (f"a trainer actor died: the {actor.describe()} ({exc}); a trainer is not replaced mid-run, because its "
+                "state since the last checkpoint died with it")
+    if actor.role == "engine":
+        return (f"an engine actor died: the {actor.describe()} ({exc}); an engine is replaced when it dies serving "
+                "requests, not while it loads weights (a weight push, its own replacement, a move between groups)")
+    return f"a {actor.role} actor died: the {actor.describe()} ({exc})"
 
 
 def _eval_setup(cfg: Config, seed: int, episodes: int):

@@ -1,4 +1,4 @@
-"""Envs a user might bring (ParallelEnvs with non-Box spaces, an image env, an AEC env wrapped for us).
+"""Envs a user might bring (ParallelEnvs with non-Box spaces, an image env, an unreadable observation space).
 
 Real games, small enough for tests: each rewards the agent for reading its observation correctly, so a
 policy that cannot see the observation (a broken encoder) cannot score above chance.
@@ -131,10 +131,3 @@ def text_obs(**kwargs):
     env._obs_space = spaces.Text(8)
     return env
 
-
-def rps_parallel(**kwargs):
-    """PettingZoo's rock-paper-scissors AEC env wrapped as the refusal message says."""
-    from pettingzoo.classic import rps_v2
-    from pettingzoo.utils.conversions import aec_to_parallel
-
-    return aec_to_parallel(rps_v2.env(**kwargs))

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flexmarl.llm.groups import default_model_dir
 from flexmarl.llm.models import (build_tiny_model, build_tokenizer, load_causal_lm, load_tokenizer, sample_tokens,
                                   torch_threads)
 from flexmarl.llm.tasks import Completion, TextTask, make_task
@@ -71,15 +72,16 @@ class BuildSettings:
     """Build procedure version."""
 
 
-def build_task_models(task_name: str = "speaker_listener", out_dir="runs/llm-models/speaker_listener", seed: int = 0,
+def build_task_models(task_name: str = "speaker_listener", out_dir=None, seed: int = 0,
                       warm_start_steps: int = 1000, task_kwargs: dict | None = None, force: bool = False,
                       threads: int = 1, log=None, **settings) -> dict[str, Path]:
-    """Build (or reuse) the task's models; returns {agent: checkpoint directory}. Keyword `settings`
+    """Build (or reuse) the task's models into `out_dir` (default: the task's runs/llm-models/<task>);
+    returns {agent: checkpoint directory}. Keyword `settings`
     are BuildSettings fields (vocab_size, hidden, layers, warm_start_lr, eval_queries, ...); `log` is an
     optional print-like callable for progress lines; `threads`: torch CPU threads while building."""
     cfg = BuildSettings(task=task_name, task_kwargs=dict(task_kwargs or {}), seed=seed,
                         warm_start_steps=warm_start_steps, **settings)
-    out = Path(out_dir)
+    out = Path(out_dir or default_model_dir(task_name))
     task = make_task(cfg.task, **cfg.task_kwargs)
     paths = {agent: out / agent for agent in task.agents}
     record = out / "build.json"

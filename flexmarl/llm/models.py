@@ -99,8 +99,43 @@ def torch_threads(n: int):
         torch.set_num_threads(previous)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+"""A checkpoint has its tokenizer when at least one of these is there."""
+
+
+def checkpoint_problem(path) -> str | None:
+    """Why the folder is not a checkpoint the trainers and engines can load (None: it looks complete):
+    config.json, safetensors weights (what the weight pushes read) and a tokenizer must be there."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return f"{folder} is not a directory"
+    if not (folder / "config.json").exists():
+        return f"{folder} has no config.json"
+    if not any(folder.glob("*.safetensors")):
+        others = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+        hint = f" ({', '.join(others)} found: re-save it with save_pretrained(safe_serialization=True))" if others else ""
+        return f"{folder} has config.json but no *.safetensors weights{hint}"
+    if not any((folder / name).exists() for name in TOKENIZER_FILES):
+        return f"{folder} has no tokenizer ({', '.join(TOKENIZER_FILES)})"
+    return None
+
+
 def load_tokenizer(path) -> PreTrainedTokenizerFast:
     return AutoTokenizer.from_pretrained(str(path))
+
+
+def prompt_token_ids(tokenizer, prompt: str) -> list[int]:
+    """The token ids an agent's model gets for one user prompt. A checkpoint with a chat template
+    (every instruct checkpoint) gets the prompt as a user turn plus the assistant header; the template is
+    rendered to text and encoded without adding special tokens (the template writes bos itself), which
+    is what transformers does inside `apply_chat_template` and does not depend on that method's return
+    type (a list of ids before transformers 5, a BatchEncoding since). Without a template: the plain
+    encoding."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             tokenize=False)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer.encode(prompt))
 
 
 def load_causal_lm(path, device: str | torch.device = "cpu"):

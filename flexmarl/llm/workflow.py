@@ -8,6 +8,12 @@ many requests run at once on one worker (inter-query parallelism: the worker act
 `llm.concurrent_requests`). A request is complete only when every trajectory of every query is, so
 group statistics (advantages) are final when its micro-batches are released.
 
+Task code that fails (its `run` raises, or returns no usable Outcome) fails only its trajectory: the
+query's whole GRPO group is dropped for every agent (a group's advantages need all its members), the
+failures are counted (`llm/task_errors/<task>`, `llm/dropped_groups`) and described in the result's
+`errors`; the orchestrator stops the run past `llm.max_task_errors`. Each agent's mean reward goes out
+as `agent_returns` (`charts/return/<agent>` in metrics.csv).
+
 Determinism: every call is sampled with a seed derived from (request seed, query, trajectory, agent,
 k-th call of that agent in the trajectory), and on the weights of the request's policy version, so a
 request lost with a dead engine is regenerated with the same samples.
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -26,10 +33,11 @@ import torch
 
 from flexmarl.algorithms.group_losses import group_advantages
 from flexmarl.config import Config
+from flexmarl.errors import first_line
 from flexmarl.llm.balance import pick_instance
 from flexmarl.llm.groups import LLMGroup
 from flexmarl.llm.tasks import make_task
-from flexmarl.llm.tasks.base import Completion
+from flexmarl.llm.tasks.base import Completion, Outcome
 from flexmarl.rollout.worker import RolloutRequest, RolloutResult
 
 
@@ -53,6 +61,28 @@ def run_coroutine(coroutine):
         return asyncio.run(coroutine)
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
+
+
+def describe_task_error(exc: BaseException) -> str:
+    """`Type: message (file:line in function)` of an exception that task code raised, at its innermost frame."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" ({frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def outcome_problem(outcome, agents: tuple[str, ...]) -> str | None:
+    """What is wrong with what a task's `run` returned (None: a usable Outcome with a number per agent)."""
+    if not isinstance(outcome, Outcome):
+        return f"the task's run returned {type(outcome).__name__}, not an Outcome"
+    for agent in agents:
+        try:
+            if not np.isfinite(float(outcome.rewards[agent])):
+                return f"the task's run returned reward {outcome.rewards[agent]!r} for {agent!r}, not a finite number"
+        except KeyError:
+            return f"the task's run returned no reward for agent {agent!r} (Outcome.rewards: {outcome.rewards!r})"
+        except (TypeError, ValueError):
+            return f"the task's run returned reward {outcome.rewards[agent]!r} for {agent!r}, not a number"
+    return None
 
 
 def call_seed(request_seed: int, query: int, trajectory: int, agent: int, k: int) -> int:
@@ -79,6 +109,8 @@ class _Trajectory:
     """Calls issued per agent so far (the k of the call seed)."""
     turns: int = 0
     """Calls issued in the trajectory so far."""
+    engine_error: BaseException | None = None
+    """What a call of this trajectory raised (the engine's fault, not the task's)."""
 
 
 class EngineRouter:
@@ -145,7 +177,7 @@ class EngineRouter:
                 try:
                     outs = await engine.generate_many.remote(calls)
                 except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
-                    raise EngineDiedError(group, index, incarnation, str(exc).splitlines()[0]) from None
+                    raise EngineDiedError(group, index, incarnation, first_line(exc)) from None
             else:
                 outs = await asyncio.to_thread(engine.generate_many, calls)
         except BaseException as exc:
@@ -186,19 +218,15 @@ class WorkflowWorker:
         return {g: list(c) for g, c in self.router.calls.items()}
 
     # -- one agent call ---------------------------------------------------------------------------
-    def _encode(self, group: str, prompt: str) -> list[int]:
-        tokenizer = self.tokenizers[group]
-        if getattr(tokenizer, "chat_template", None):  # instruction-tuned checkpoints expect their template
-            return list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True))
-        return tokenizer.encode(prompt)
-
     async def _call(self, trajectory: _Trajectory, counters: dict, seeds: tuple, version, agent: str, prompt: str,
                     greedy: bool, limit: asyncio.Semaphore) -> Completion:
         group = self.group_of[agent]
         k = trajectory.counts.get(agent, 0)
         trajectory.counts[agent] = k + 1
         turn, trajectory.turns = trajectory.turns, trajectory.turns + 1
-        prompt_ids = self._encode(group, prompt)
+        from flexmarl.llm.models import prompt_token_ids  # transformers: imported where a tokenizer is needed
+
+        prompt_ids = prompt_token_ids(self.tokenizers[group], prompt)
         counters[f"llm/calls/{agent}"] = counters.get(f"llm/calls/{agent}", 0) + 1
         if len(prompt_ids) > self.llm.max_prompt_tokens:
             counters["llm/prompt_too_long"] = counters.get("llm/prompt_too_long", 0) + 1
@@ -217,16 +245,28 @@ class WorkflowWorker:
                           finish_reason=out.finish_reason)
 
     async def _trajectory(self, query: dict, seeds: tuple, version, greedy: bool, counters: dict,
-                          limit: asyncio.Semaphore):
+                          limit: asyncio.Semaphore) -> tuple[_Trajectory, Outcome | None, str | None]:
+        """(calls, outcome, None), or (calls, None, what went wrong) when the task's own code failed. A
+        failed engine call is not the task's fault: it is raised, and the request is sent again."""
         trajectory = _Trajectory()
 
         async def call(agent: str, prompt: str) -> Completion:
             if agent not in self.group_of:
                 raise ValueError(f"task {self.llm.task!r} called unknown agent {agent!r}; agents: {self.task.agents}")
-            return await self._call(trajectory, counters, seeds, version, agent, prompt, greedy, limit)
+            try:
+                return await self._call(trajectory, counters, seeds, version, agent, prompt, greedy, limit)
+            except BaseException as exc:
+                trajectory.engine_error = exc
+                raise
 
-        outcome = await self.task.run(query, call)
-        return trajectory, outcome
+        try:
+            outcome = await self.task.run(query, call)
+            problem = outcome_problem(outcome, self.task.agents)
+        except Exception as exc:  # noqa: BLE001 - user code: counted, its group dropped (sample_rows)
+            outcome, problem = None, describe_task_error(exc)
+        if trajectory.engine_error is not None:  # also when the task caught it: a call is missing
+            raise trajectory.engine_error
+        return trajectory, (None if problem else outcome), problem
 
     async def _run_queries(self, queries: list[dict], seed: int, version, greedy: bool, group_size: int):
         counters: dict = {}
@@ -251,12 +291,21 @@ class WorkflowWorker:
         per_query, counters = run_coroutine(self._run_queries(queries, request.seed, request.version, False, G))
         rows = {g.name: {"sample_ids": [], "prompt_ids": [], "completion_ids": [], "logp": [], "advantages": [],
                          "versions": []} for g in self.groups}
-        team_rewards, successes = [], []
+        team_rewards, successes, errors = [], [], []
+        agent_rewards: dict[str, list[float]] = {agent: [] for agent in self.task.agents}
         for q, trajectories in enumerate(per_query):
-            outcomes = [o for _, o in trajectories]
+            failed = [problem for _, _, problem in trajectories if problem is not None]
+            if failed:  # advantages need the whole group: the query's group goes, for every agent
+                label = f"llm/task_errors/{self.task.name or type(self.task).__name__}"
+                counters[label] = counters.get(label, 0) + len(failed)
+                counters["llm/dropped_groups"] = counters.get("llm/dropped_groups", 0) + 1
+                errors.append(f"{failed[0]} (request {request.request_id}, query {q}; "
+                              f"{len(failed)} of its {G} trajectories failed)")
+                continue
+            outcomes = [o for _, o, _ in trajectories]
             for agent in self.task.agents:  # group-normalised advantage of each agent's reward
                 advantages = group_advantages(torch.tensor([o.rewards[agent] for o in outcomes], dtype=torch.float64))
-                for j, ((trajectory, _), adv) in enumerate(zip(trajectories, advantages.tolist())):
+                for j, ((trajectory, _, _), adv) in enumerate(zip(trajectories, advantages.tolist())):
                     for record in trajectory.calls:
                         if record.agent == agent:
                             row = rows[self.group_of[agent]]
@@ -270,6 +319,8 @@ class WorkflowWorker:
             for o in outcomes:
                 team_rewards.append(float(np.mean(list(o.rewards.values()))))
                 successes.append(float(o.success))
+                for agent in self.task.agents:
+                    agent_rewards[agent].append(float(o.rewards[agent]))
                 for agent, n in o.format_errors.items():
                     counters[f"llm/format_errors/{agent}"] = counters.get(f"llm/format_errors/{agent}", 0) + n
         end = time.time()
@@ -281,6 +332,7 @@ class WorkflowWorker:
             episode_returns=team_rewards, episode_lengths=[1] * len(team_rewards), wins=successes,
             sample_s=end - start, started_at=start, finished_at=end, worker=self.worker_index,
             num_active={name: len(row["advantages"]) for name, row in rows.items()}, counters=counters,
+            agent_returns=agent_rewards, errors=errors,
         )
         return (result, *[rows[g.name] for g in self.groups])
 
@@ -289,7 +341,7 @@ class WorkflowWorker:
         rng = np.random.default_rng(seed)
         queries = [self.task.sample_query(rng) for _ in range(episodes)]
         per_query, _ = run_coroutine(self._run_queries(queries, seed, None, True, 1))
-        outcomes = [o for trajectories in per_query for _, o in trajectories]
+        outcomes = [o for trajectories in per_query for _, o, _ in trajectories if o is not None]
         return {"eval/return_mean": float(np.mean([np.mean(list(o.rewards.values())) for o in outcomes])),
                 "eval/win_rate": float(np.mean([o.success for o in outcomes]))}
 

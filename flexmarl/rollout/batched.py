@@ -15,6 +15,7 @@ import torch
 from envs.batched import BatchedEnv, BatchedObs
 from flexmarl.groups import GroupLayout
 from flexmarl.rollout.checks import EnvOutputError, EnvStepError
+from flexmarl.rollout.env_io import with_agent_id
 
 
 def group_columns(env: BatchedEnv, group: GroupLayout) -> np.ndarray:
@@ -45,7 +46,7 @@ class GroupInputs:
     """A group's current-step policy inputs, cut from the batched arrays."""
 
     def __init__(self, env: BatchedEnv, group: GroupLayout, use_state: bool, global_state: str):
-        self.cols, self.k = group_columns(env, group), len(group.agents)
+        self.group, self.cols, self.k = group, group_columns(env, group), len(group.agents)
         self.use_state, self.global_state = use_state, global_state
 
     def load(self, ob: BatchedObs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -58,6 +59,7 @@ class GroupInputs:
             critic = np.repeat(ob.obs.reshape(E, -1), self.k, axis=0)
         else:
             critic = np.repeat(ob.state, self.k, axis=0)
+        critic = with_agent_id(critic, self.group)
         mask = ob.action_mask[:, self.cols].reshape(E * self.k, -1)
         alive = ob.alive[:, self.cols].reshape(-1)
         return obs, critic, mask, alive
@@ -101,13 +103,19 @@ def sample_batched(sampler) -> None:
         sampler.episode_returns += env.team_reward(st.rewards)
         agent_returns += st.rewards
         sampler.episode_lengths += 1
+        truncated = np.zeros(E, bool) if st.truncated is None else st.truncated & st.done
         for g in w.groups:
             buf, gi = sampler.buffers[g.name], inputs[g.name]
             ended = np.repeat(st.done, gi.k).astype(np.float32)
             buf["rewards"][t] = st.rewards[:, gi.cols].reshape(-1)
             buf["episode_end"][t] = ended
-            buf["terminated"][t] = ended
+            buf["terminated"][t] = np.repeat(st.done & ~truncated, gi.k)
             buf["cur_start"] = ended.copy()
+            if truncated.any():  # time-limit cuts bootstrap from the final observation, as per-copy truncations
+                cols = np.flatnonzero(np.repeat(truncated, gi.k))
+                critic = gi.load(st.final)[1][cols]
+                buf["truncation_values"][t, cols] = w.backend.value(g.name, critic, buf["h_critic"][cols],
+                                                                    np.zeros(len(cols), np.float32))
         for e in np.flatnonzero(st.done):
             sampler.result.episode_returns.append(float(sampler.episode_returns[e]))
             sampler.result.episode_lengths.append(int(sampler.episode_lengths[e]))
@@ -153,7 +161,8 @@ def evaluate_batched(env: BatchedEnv, groups: list[GroupLayout], backend, use_st
         if finished.all():
             break
     out = {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std()),
-           "eval/episodes": float(finished.sum())}
+           "eval/episodes": float(finished.sum()), "episodes/return": returns[finished].tolist()}
     if env.reports_win:
         out["eval/win_rate"] = float(wins[finished].mean()) if finished.any() else 0.0
+        out["episodes/win"] = wins[finished].tolist()
     return out

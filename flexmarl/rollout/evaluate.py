@@ -11,11 +11,13 @@ from flexmarl.groups import GroupLayout
 from flexmarl.rollout.backend import InferenceBackend
 from flexmarl.rollout.batched import evaluate_batched
 from flexmarl.rollout.checks import check_observation, check_reward
-from flexmarl.rollout.env_io import critic_input, win_flag
+from flexmarl.rollout.env_io import critic_input, group_critic_rows, team_step_reward, win_flag
 
 
 def evaluate_policy(env, spec: EnvSpec, groups: list[GroupLayout], backend: InferenceBackend, use_state: bool,
                     global_state: str, episodes: int, seed: int) -> dict:
+    """Greedy episodes: `eval/*` means, and each episode's value under `episodes/return` (and `episodes/win`
+    where the env reports wins) for per-episode statistics (rliable, marl-eval)."""
     if is_batched(env):  # a batched env plays one episode per copy: build it with num_envs=episodes
         return evaluate_batched(env, groups, backend, use_state, global_state, seed)
     returns, wins = [], []
@@ -39,7 +41,7 @@ def evaluate_policy(env, spec: EnvSpec, groups: list[GroupLayout], backend: Infe
                 masks = None
                 if g.has_action_mask:
                     masks = np.stack([flat[a][1] if a in flat else np.ones(g.action.dim, bool) for a in g.agents])
-                critic_in = np.repeat(state[None], len(g.agents), 0) if state is not None else obs
+                critic_in = group_critic_rows(g, state, obs)
                 out = backend.act(g.name, obs, critic_in, masks, *h[g.name], np.repeat(start, len(g.agents)),
                                   deterministic=True, generator=generator)
                 h[g.name] = (out.h_actor, out.h_critic)
@@ -51,7 +53,8 @@ def evaluate_policy(env, spec: EnvSpec, groups: list[GroupLayout], backend: Infe
                         actions[agent] = action
             start = np.zeros(1, np.float32)
             raw, rewards, terms, truncs, infos = env.step(actions)
-            total += sum(check_reward(r, a, step, 0, f"eval-{episode}") for a, r in rewards.items())
+            total += team_step_reward([check_reward(r, a, step, 0, f"eval-{episode}") for a, r in rewards.items()],
+                                      spec.shared_reward)
             flag = win_flag(infos)
             won = won if flag is None else flag
             raw = {a: o for a, o in raw.items() if not (terms.get(a) or truncs.get(a))}
@@ -59,7 +62,9 @@ def evaluate_policy(env, spec: EnvSpec, groups: list[GroupLayout], backend: Infe
         returns.append(total)
         if won is not None:
             wins.append(float(won))
-    out = {"eval/return_mean": float(np.mean(returns)), "eval/return_std": float(np.std(returns))}
+    out = {"eval/return_mean": float(np.mean(returns)), "eval/return_std": float(np.std(returns)),
+           "episodes/return": [float(r) for r in returns]}
     if wins:
         out["eval/win_rate"] = float(np.mean(wins))
+        out["episodes/win"] = [float(w) for w in wins]
     return out

@@ -23,7 +23,7 @@ from flexmarl.groups import GroupLayout, build_groups, critic_uses_state
 from flexmarl.rollout.backend import ActOutput, make_backend
 from flexmarl.rollout.batched import sample_batched
 from flexmarl.rollout.checks import EnvStepError, check_actions, check_observation, check_reward
-from flexmarl.rollout.env_io import critic_input, win_flag
+from flexmarl.rollout.env_io import critic_input, group_critic_rows, team_step_reward, win_flag
 from flexmarl.rollout.evaluate import evaluate_policy
 
 
@@ -64,6 +64,9 @@ class RolloutResult:
     discarded_steps: int = 0
     counters: dict[str, float] = field(default_factory=dict)
     """Workload-specific counts (e.g. `llm/generated_tokens`), summed over an iteration's requests."""
+    errors: list[str] = field(default_factory=list)
+    """User-code failures the request survived, one description each (a text task's `run` that raised:
+    its GRPO group was dropped); the orchestrator stops the run past `llm.max_task_errors`."""
 
 
 class RolloutWorker:
@@ -242,7 +245,7 @@ class _Sampler:
         for g in self.w.groups:
             buf, k = self.buffers[g.name], len(g.agents)
             cols = slice(e * k, (e + 1) * k)
-            buf["cur_critic"][cols] = state_row if state_row is not None else buf["cur_obs"][cols]
+            buf["cur_critic"][cols] = group_critic_rows(g, state_row, buf["cur_obs"][cols])
 
     def _reset(self, e: int, step: int) -> None:
         env = self.w.envs[e]
@@ -342,6 +345,7 @@ class _Sampler:
             self._restart_env(e, t)
             return
         self.episode_lengths[e] += 1
+        step_rewards: list[float] = []
         trunc_rows: dict[str, list[int]] = {}
         for g in self.w.groups:
             buf, k = self.buffers[g.name], len(g.agents)
@@ -352,7 +356,7 @@ class _Sampler:
                     continue
                 reward = check_reward(rewards.get(agent, 0.0), agent, t, e, self.req.request_id)
                 buf["rewards"][t, col] = reward
-                self.episode_returns[e] += reward
+                step_rewards.append(reward)
                 self.agent_returns[e][agent] = self.agent_returns[e].get(agent, 0.0) + reward
                 term, trunc = bool(terms.get(agent, False)), bool(truncs.get(agent, False))
                 if term or trunc:
@@ -360,6 +364,7 @@ class _Sampler:
                     buf["terminated"][t, col] = float(term)
                     if trunc and not term:
                         trunc_rows.setdefault(g.name, []).append(j)
+        self.episode_returns[e] += team_step_reward(step_rewards, self.w.spec.shared_reward)
         live_obs = {a: o for a, o in raw_obs.items() if not (terms.get(a, False) or truncs.get(a, False))}
         if trunc_rows:
             self._truncation_values(e, t, raw_obs, trunc_rows)
@@ -417,10 +422,8 @@ class _Sampler:
                 continue
             buf, k = self.buffers[g.name], len(g.agents)
             cols = [e * k + j for j in trunc_rows[g.name]]
-            if state_row is not None:
-                critic_in = np.repeat(state_row[None], len(cols), axis=0)
-            else:
-                critic_in = np.stack([final.get(g.agents[j], np.zeros(g.obs_dim, np.float32)) for j in trunc_rows[g.name]])
+            own_obs = np.stack([final.get(a, np.zeros(g.obs_dim, np.float32)) for a in g.agents])
+            critic_in = group_critic_rows(g, state_row, own_obs)[trunc_rows[g.name]]
             values = self.w.backend.value(g.name, critic_in, buf["h_critic"][cols], np.zeros(len(cols), np.float32))
             buf["truncation_values"][t, cols] = values
 

@@ -5,7 +5,8 @@ import json
 import pytest
 import yaml
 
-from benchmarks.suite import SuiteError, load_suite, run_suite
+from benchmarks.suite import SuiteError, load_suite
+from benchmarks.suite_run import run_suite
 from orchestrator.cli import main
 
 
@@ -23,7 +24,7 @@ def _suite_file(tmp_path, **changes):
              "algorithms": {"mappo": {"algo.name": "mappo"}, "ippo": {"algo.name": "ippo"}},
              "pass_criteria": "anything", **changes}
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(suite))
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))  # algorithm order matters (analysis)
     return path
 
 
@@ -55,7 +56,11 @@ def test_suite_writes_table_curves_and_summary(uninterrupted):
     assert header.startswith("iteration,env_steps,eval/return_mean,episode_return_mean,perf/train_s")
     assert len((out / "runs/spread/ippo/seed1.csv").read_text().splitlines()) == 3  # header + 2 iterations
     settings = json.loads((out / "suite.json").read_text())
-    assert settings["pass_criteria"] == "anything" and settings["budget_env_steps"] == 400
+    assert settings["pass_criteria"] == "anything" and settings["budget_env_steps"] == {"spread": 400}
+    marl_eval = json.loads((out / "marl_eval.json").read_text())  # env -> task -> algorithm -> run -> step
+    run = marl_eval["mpe"]["spread"]["mappo"]["seed_1"]
+    assert [run[f"step_{i}"]["step_count"] for i in range(2)] == [200, 400]
+    assert len(run["step_1"]["return"]) == 2  # the evaluation's two episodes, one value each
     assert (runs / "spread/ippo/seed1/checkpoints/iter_000002").exists()
 
 
@@ -72,7 +77,7 @@ def test_interrupted_suite_resumes_and_skips_finished_runs(tmp_path, capsys, uni
     log = capsys.readouterr().out
     assert "spread / mappo / seed 0: done already, skipped" in log
     assert "spread / ippo / seed 0: resuming from iter_000001" in log and log.count("starting") == 2
-    assert log.count("done (") == 3
+    assert log.count("trained in") == 3
     assert (runs / "spread/mappo/seed0/metrics.csv").read_text() == first
     expected = uninterrupted[3]
     for algorithm in ("mappo", "ippo"):  # same training results as the suite run in one go
@@ -104,7 +109,7 @@ def test_bad_override_names_the_task_and_algorithm(tmp_path):
 
 def test_unknown_suite_lists_the_built_in_ones(capsys):
     assert main(["bench", "suite", "nope"]) == 2
-    assert "unknown suite 'nope'; built-in suites: grf, mpe, recsys, smax" in capsys.readouterr().err
+    assert "unknown suite 'nope'; built-in suites: grasp, grasp_pilot, grf, mpe, recsys, smax" in capsys.readouterr().err
 
 
 def test_missing_base_config_is_named(tmp_path):
@@ -161,3 +166,37 @@ def test_recsys_suite_reports_methods_with_baselines_and_offline_metrics(tmp_pat
         run_recsys_suite(suite, tmp_path / "runs", tmp_path / "out", rows=["mappo"])
     with pytest.raises(SuiteError, match="does not exist to keep the others"):
         run_recsys_suite(suite, tmp_path / "runs", tmp_path / "elsewhere", rows=["llm"])
+
+
+def test_final_evaluation_random_row_and_per_task_budget_and_seeds(tmp_path):
+    path = _suite_file(tmp_path, final_eval_episodes=3, random_baseline=True, algorithms={"mappo": {}},
+                       tasks={"spread": {"env.name": "mpe/simple_spread", "budget_env_steps": 200, "seeds": [1]}})
+    suite = load_suite(str(path))
+    assert suite.budget("spread") == 200 and suite.seeds_of("spread") == [1] and suite.tasks["spread"] == {
+        "env.name": "mpe/simple_spread"}
+    summary = run_suite(suite, tmp_path / "runs", tmp_path / "out")
+    entry = summary["spread"]["mappo"]
+    assert entry["seeds"] == [1] and entry["env_steps"] == 200 and entry["final_eval_episodes"] == 3
+    final = json.loads((tmp_path / "runs/spread/mappo/seed1/final_eval.json").read_text())
+    random = json.loads((tmp_path / "runs/spread/random/final_eval.json").read_text())
+    assert final["episodes"] == random["episodes"] == 3 and len(final["episodes/return"]) == 3
+    assert entry["final_return_mean"] == final["eval/return_mean"]  # the final value is the final evaluation
+    assert summary["spread"]["random"]["final_return_mean"] == random["eval/return_mean"]
+    assert "| spread | uniform random |" in (tmp_path / "out/table.md").read_text()
+    marl_eval = json.loads((tmp_path / "out/marl_eval.json").read_text())
+    assert marl_eval["mpe"]["spread"]["mappo"]["seed_1"]["absolute_metrics"]["return"] == final["episodes/return"]
+
+
+def test_paired_comparison_of_two_arms(tmp_path):
+    analysis = {"primary": "auc"}
+    path = _suite_file(tmp_path, analysis=analysis, seeds=[0, 1],
+                       algorithms={"mappo": {"algo.name": "mappo"}, "ippo": {"algo.name": "ippo"}})
+    run_suite(load_suite(str(path)), tmp_path / "runs", tmp_path / "out")
+    comparison = json.loads((tmp_path / "out/comparison.json").read_text())
+    assert comparison["treatment"] == "ippo" and comparison["control"] == "mappo" and comparison["tasks"] == ["spread"]
+    diff = comparison["auc"]["difference"]
+    assert diff["aggregate"]["low"] <= diff["aggregate"]["point"] <= diff["aggregate"]["high"]
+    assert diff["verdict"] in ("win", "loss", "no difference detected")
+    assert "## Paired comparison" in (tmp_path / "out/table.md").read_text()
+    with pytest.raises(SuiteError, match="two algorithms"):
+        load_suite(str(_suite_file(tmp_path, analysis=analysis, algorithms={"a": {}, "b": {}, "c": {}})))

@@ -27,7 +27,7 @@ def test_random_episode_ends_with_score_and_win_flags(env):
         assert set(rewards) == {"player_0", "player_1", "player_2"} and np.isfinite(list(rewards.values())).all()
         if not env.agents:
             break
-    assert all(terms.values()) and not env.agents
+    assert all(term or truncs[a] for a, term in terms.items()) and not env.agents
     info = infos["player_0"]
     assert info["win"] == (info["score"] > 0) and isinstance(info["win"], bool)
 
@@ -55,6 +55,34 @@ def test_an_episode_is_a_function_of_seed_and_actions():
     np.testing.assert_array_equal(first, again)
     np.testing.assert_array_equal(first, in_fresh_copy)
     assert first.shape != other.shape or not np.array_equal(first, other)
+
+
+def test_team_reward_gives_every_player_the_sum_of_the_players_rewards():
+    own = make_env("grf/academy_3_vs_1_with_keeper", rewards="scoring,checkpoints")
+    team = make_env("grf/academy_3_vs_1_with_keeper", rewards="scoring,checkpoints", team_reward=True)
+    assert describe_env(team, seed=0).shared_reward and not describe_env(own, seed=0).shared_reward
+    own.reset(seed=5), team.reset(seed=5)
+    paid = 0.0
+    for t in range(200):  # 12 = short pass, 5 = move right, 16 = sprint: the attackers run for the goal
+        actions = {a: (5, 16, 12)[(t + i) % 3] for i, a in enumerate(own.possible_agents)}
+        own_rewards, team_rewards = own.step(actions)[1], team.step(actions)[1]
+        total = sum(own_rewards.values())
+        assert team_rewards == pytest.approx({a: total for a in own_rewards})
+        paid += abs(total)
+        if not own.agents:
+            break
+    own.close(), team.close()
+    assert paid > 0  # a checkpoint or a goal was paid, so the sums were tested on non-zero rewards
+
+
+def test_running_out_of_game_time_is_a_truncation():
+    env = make_env("grf/academy_3_vs_1_with_keeper")
+    env.reset(seed=0)
+    env._env.unwrapped._env._env.config.game_duration = 10  # the engine's clock (the scenario sets 400)
+    for _ in range(11):  # GRF ends the episode on the step after the clock reaches game_duration
+        _, _, terms, truncs, _ = env.step({a: 0 for a in env.agents})  # idle: nothing else ends the episode
+    env.close()
+    assert not env.agents and all(truncs.values()) and not any(terms.values())
 
 
 def test_unknown_scenario_lists_valid_ones():

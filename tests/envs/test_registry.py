@@ -57,3 +57,16 @@ def test_heavy_tail_wrapper_gives_long_tailed_episode_lengths():
 def test_heavy_tail_rejects_bad_parameters():
     with pytest.raises(ValueError, match="min_length <= max_length"):
         make_env("wrappers/heavy_tail", env="mpe/simple_spread", min_length=50, max_length=10)
+
+
+def test_aec_env_acting_once_per_cycle_runs_through_the_aec_to_parallel_wrapper():
+    env = make_env("wrappers/aec_to_parallel", env="pettingzoo.classic.rps_v2:env", env_kwargs={"num_actions": 5})
+    spec = describe_env(env)
+    assert spec.agents == ("player_0", "player_1") and spec.per_agent["player_0"].action.n == 5
+    _, rewards, _, _, _ = env.step({"player_0": 0, "player_1": 1})
+    assert set(rewards) == {"player_0", "player_1"}
+
+
+def test_aec_to_parallel_wrapper_refuses_a_turn_based_game():
+    with pytest.raises(ValueError, match=r"tictactoe_v3:env' cannot run as a ParallelEnv: its agents act in turn"):
+        make_env("wrappers/aec_to_parallel", env="pettingzoo.classic.tictactoe_v3:env")

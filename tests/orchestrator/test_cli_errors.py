@@ -22,6 +22,13 @@ DEMO = str(ROOT / "configs/demo.yaml")
         (["env.name=tests.user_envs:text_obs"], ["config key 'env.name'", "observation space Text", "not supported"]),
         (["env.name=pettingzoo.classic.rps_v2:env"], ["config key 'env.name'", "AEC env", "aec_to_parallel"]),
         (["env.name=pettingzoo.classic.rps_v2:raw_env"], ["config key 'env.name'", "AEC env", "aec_to_parallel"]),
+        (["env.name=pettingzoo.classic.tictactoe_v3:env"], ["config key 'env.name'", "AEC env", "act in turn"]),
+        (["env.name=wrappers/aec_to_parallel", "env.kwargs.env=pettingzoo.classic.connect_four_v3:env"],
+         ["config key 'env.kwargs'", "connect_four_v3:env' cannot run as a ParallelEnv", "act in turn"]),
+        (["env.name=pettingzoo.classic.rps_v2:parallel_env", "env.global_state=env"],
+         ["config key 'env.global_state'", "'concat_obs' for", "state() raised TypeError"]),
+        (["env.name=mpe2.simple_tag_v3:parallel_env"],
+         ["config key 'env.groups.shared'", "env.groups='{adversary: [adversary_0, adversary_1, adversary_2], agent: [agent_0]}'"]),
         (["env.name=recsys/movielens", "env.kwargs={scenarios: [home_feed, home_fed]}"],
          ["config key 'env.kwargs'", "unknown scenario 'home_fed'", "home_feed, genre_channel, more_like_this"]),
         (["env.name=recsys/movielens", "env.kwargs={scenarios: [{type: genre_channel, genr: Drama}]}"],
@@ -40,6 +47,21 @@ def test_env_errors_are_config_errors_before_ray_or_a_run_directory(tmp_path, ca
         assert fragment in err[0], err[0]
     assert not any(tmp_path.iterdir())
     assert ray.is_initialized() == ray_was_up
+
+
+def test_a_batch_larger_than_the_machine_is_refused_with_its_size(tmp_path, capsys):
+    # cooperative_pong: 2 agents see 280x480x3 frames; a MAPPO critic reads both, so an env step is 2 x 3 frames
+    import os
+
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    step_bytes = 4 * 2 * 3 * 280 * 480 * 3
+    batch = 400 * (memory // (2 * step_bytes * 400) + 1)  # a multiple of demo.yaml's 16 x 25 micro-batch
+    assert main(["train", DEMO, f"run.output_dir={tmp_path}", "env.name=pettingzoo.butterfly.cooperative_pong_v6:parallel_env",
+                 f"run.batch_env_steps={batch}"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]  # not the env's warnings
+    assert len(err) == 1 and err[0].startswith("error: config key 'run.batch_env_steps': one iteration of "), err
+    assert "group 'shared': 2 x (403,200 + 806,400)" in err[0] and "algo.name=ippo" in err[0], err
+    assert not any(tmp_path.iterdir())
 
 
 def test_resume_with_a_broken_env_override_fails_before_starting(tmp_path, capsys):

@@ -1,19 +1,25 @@
 """LLM agents through the joint orchestrator (tiny local models): microbatch equals sync, rows are
 complete GRPO groups, bad input, engine faults, and the real thing on Ray with vLLM engines."""
 
+import gc
 import time
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from flexmarl.config import ConfigError, config_from_dict
+from flexmarl.errors import first_line
 from flexmarl.llm.engine import HFEngine, WeightSyncError
 from flexmarl.llm.engine_registry import ENGINES
+from orchestrator.cli import main
 from orchestrator.llm import LLMOrchestrator, logprob_agreement
 from orchestrator.runtime import SerialRuntime
 from orchestrator.train import TrainingError, train
-from tests.flexmarl.llm.conftest import learning_task_models, tiny_task_models  # noqa: F401  (shared session fixtures)
+from tests.flexmarl.llm.conftest import chat_checkpoints, learning_task_models, tiny_task_models  # noqa: F401  (shared session fixtures)
 
 
 def llm_config(models: dict, **sections):
@@ -80,6 +86,22 @@ def test_rows_are_complete_groups_of_every_agent(tiny_task_models):
     assert metrics["perf/policy_lag_max"] == 0
 
 
+def test_instruct_checkpoints_run_through_their_chat_templates(chat_checkpoints):
+    """Checkpoints with a chat template (a Llama-3-style speaker with tied embeddings and no pad token, a
+    ChatML Qwen2 listener) train through the whole loop; each agent's prompts are its template's."""
+    from flexmarl.llm.models import load_tokenizer
+
+    models = {"speaker": chat_checkpoints["llama3"], "listener": chat_checkpoints["chatml"]}
+    orch = LLMOrchestrator(llm_config(models, pipeline={"mode": "sync"}), SerialRuntime())
+    results = orch.collect(orch.dispatch())
+    assert sum(r.counters.get("llm/generated_tokens", 0) for r in results) > 0
+    assert not any(r.counters.get("llm/prompt_too_long") for r in results)
+    for group, starts in (("speaker", "<|begin_of_text|><|start_header_id|>user"), ("listener", "<|im_start|>system")):
+        payload = orch.runtime.get(orch.store.ready_rows(group, policy_version=0)[0].fields["payload"])
+        assert load_tokenizer(models[group]).decode(payload["prompt_ids"][0]).startswith(starts)
+    assert orch.train()["perf/policy_lag_max"] == 0
+
+
 def test_a_prompt_longer_than_the_limit_is_not_sent_and_is_counted(tiny_task_models):
     cfg = llm_config(tiny_task_models, llm={"max_prompt_tokens": 8})
     orch = LLMOrchestrator(cfg, SerialRuntime())
@@ -105,6 +127,214 @@ def test_llm_config_errors_name_the_key(tiny_task_models):
     assert info.value.path == "llm.groups"
 
 
+SPEAKER_LISTENER = str(Path(__file__).resolve().parents[2] / "configs/llm/speaker_listener.yaml")
+
+
+@pytest.mark.parametrize("overrides, fragments", [
+    (["llm.task=no_such_module:Task"],
+     ["config key 'llm.task'", "module 'no_such_module' does not import (ModuleNotFoundError: No module named"]),
+    (["llm.task=tests.user_tasks:NoSuchTask"], ["config key 'llm.task'", "module 'tests.user_tasks' has no 'NoSuchTask'"]),
+    (["llm.task=tests.user_tasks:COLOURS"], ["config key 'llm.task'", "is not a TextTask subclass"]),
+    (["llm.task=no_such_task"], ["config key 'llm.task'", "registered: recsys_sessions, speaker_listener"]),
+    (["llm.task=tests.user_tasks:ColourRelay", "llm.task_kwargs={fail_evry: 2}"],
+     ["config key 'llm.task_kwargs'", "keyword arguments of ColourRelay (fail_every)"]),
+    (["llm.models={speaker: WEIGHTLESS}"],
+     ["config key 'llm.models.speaker'", "/weightless has config.json but no *.safetensors weights"]),
+    (["llm.models={speaker: SPEAKER}", "llm.model_dir=UNBUILT"],
+     ["config key 'llm.model_dir'", "checkpoint for agent 'listener', since llm.models names none for it",
+      "set llm.models.listener", "flexmarl llm build --task speaker_listener --out UNBUILT"]),
+    (["llm.models={speaker: SPEAKER, listener: SPEAKER}", "llm.max_prompt_tokens=300"],
+     ["config key 'llm.max_prompt_tokens'", "256-token context"]),
+    (["pipeline.mode=stale"], ["config key 'pipeline.mode'"]),
+])
+def test_llm_setup_errors_are_config_errors_before_ray_or_a_run_directory(tiny_task_models, tmp_path, capsys,
+                                                                           overrides, fragments):
+    import ray
+
+    weightless = tmp_path / "models" / "weightless"
+    weightless.mkdir(parents=True)
+    (weightless / "config.json").write_text((tiny_task_models["speaker"] / "config.json").read_text())
+    paths = {"WEIGHTLESS": str(weightless), "SPEAKER": str(tiny_task_models["speaker"]),
+             "UNBUILT": str(tmp_path / "models" / "unbuilt")}
+    for name, path in paths.items():
+        overrides = [o.replace(name, path) for o in overrides]
+        fragments = [f.replace(name, path) for f in fragments]
+    runs = tmp_path / "runs"
+    ray_was_up = ray.is_initialized()
+    assert main(["train", SPEAKER_LISTENER, f"run.output_dir={runs}", *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in err[0], err[0]
+    assert not runs.exists() and ray.is_initialized() == ray_was_up
+
+
+def test_model_paths_reach_actors_absolute_and_a_custom_task_has_its_own_model_folder(tmp_path, monkeypatch):
+    from flexmarl.llm.groups import build_llm_groups
+
+    monkeypatch.chdir(tmp_path)
+    task = "tests.user_tasks:ColourRelay"
+    cfg = config_from_dict({"run": {"workload": "llm"}, "llm": {"task": task, "models": {"listener": "mine/listener"}}})
+    speaker, listener = build_llm_groups(cfg.llm, ("speaker", "listener"))
+    assert speaker.model_dir == str(tmp_path / "runs/llm-models/tests.user_tasks.ColourRelay/speaker")
+    assert (speaker.model_key, listener.model_key) == ("llm.model_dir", "llm.models.listener")
+    assert listener.model_dir == str(tmp_path / "mine/listener")
+
+
+def test_llm_build_takes_a_module_class_task_and_its_kwargs(tmp_path, monkeypatch, capsys):
+    from flexmarl.llm.build import build_task_models, read_build
+
+    monkeypatch.chdir(tmp_path)
+    task = "tests.user_tasks:ColourRelay"
+    paths = build_task_models(task, task_kwargs={"fail_every": 997}, warm_start_steps=2, sft_examples=16, eval_queries=2,
+                              hidden=32, layers=1, heads=2, head_dim=16, max_positions=64)
+    folder = tmp_path / "runs/llm-models/tests.user_tasks.ColourRelay"
+    assert {a: p.resolve() for a, p in paths.items()} == {a: folder / a for a in ("speaker", "listener")}
+    assert read_build(folder)["settings"]["task_kwargs"] == {"fail_every": 997}
+    assert main(["llm", "build", "--task", task, "--task-kwargs", "{fail_evry: 3}"]) == 2
+    assert main(["llm", "build", "--task", "tests.user_tasks:Nothing"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-2].startswith("error: flexmarl llm build --task-kwargs: got {'fail_evry': 3}; allowed: keyword arguments")
+    assert err[-1].startswith("error: flexmarl llm build --task: got 'tests.user_tasks:Nothing'")
+
+
+def test_error_text_carries_no_terminal_colour_codes(tmp_path):
+    from flexmarl.llm.workflow import EngineDiedError
+    from orchestrator.llm import EngineFailure
+    from orchestrator.train import _stop
+
+    coloured = RuntimeError("\x1b[36mray::VLLMEngine.generate_many()\x1b[39m (pid=1) died\nTraceback ...")
+    died = EngineDiedError("listener", 0, 2, first_line(coloured))
+    assert str(died).endswith("died: ray::VLLMEngine.generate_many() (pid=1) died")
+    _stop(tmp_path, EngineFailure(f"{died}; \x1b[31m3 engine restarts\x1b[0m already used"))
+    assert "\x1b" not in (tmp_path / "error.txt").read_text() and "3 engine restarts already used" in (
+        tmp_path / "error.txt").read_text()
+
+
+@pytest.mark.parametrize("key, role, group, message", [
+    ("trainer/listener", "trainer", "listener", "a trainer actor died: the trainer of group 'listener' (gone); a trainer"),
+    ("engine/speaker/1", "engine", "speaker", "an engine actor died: the inference engine 1 of group 'speaker' (gone); "),
+    ("worker/0", "worker", None, "a worker actor died: the rollout worker 0 (gone)"),
+    (None, None, None, "an actor died (gone)"),
+])
+def test_the_stop_message_names_the_actor_that_died(tmp_path, key, role, group, message):
+    from orchestrator.placement import ActorSpec
+    from orchestrator.runtime import WorkerDiedError
+    from orchestrator.train import _stop
+
+    actor = ActorSpec(key, role, group) if key else None
+    assert _stop(tmp_path, WorkerDiedError("gone", actor)).args[0].startswith(message)
+
+
+FLAKY_TASK = {"task": "tests.user_tasks:ColourRelay", "task_kwargs": {"fail_every": 2}, "queries_per_request": 2,
+              "queries_per_iteration": 8, "num_minibatches": 2}
+"""A user's task whose `run` raises in some trajectories of every other query (tests/user_tasks.py)."""
+
+
+def kept_queries(payload: dict) -> Counter:
+    """Query index -> samples of it in a micro-batch (sample ids end in -q{query}_t{turn}_j{trajectory})."""
+    return Counter(int(sid.rsplit("-q", 1)[1].split("_")[0]) for sid in payload["sample_ids"])
+
+
+def test_a_task_that_raises_loses_its_group_for_every_agent_and_the_run_goes_on(tiny_task_models):
+    cfg = llm_config(tiny_task_models, pipeline={"mode": "sync"}, llm={**FLAKY_TASK, "max_task_errors": 1000})
+    orch = LLMOrchestrator(cfg, SerialRuntime())
+    results = {r.request_id: r for r in orch.collect(orch.dispatch())}
+    G, per_request = cfg.llm.group_size, cfg.llm.queries_per_request
+    for row in orch.store.ready_rows("speaker", policy_version=0):
+        request = row.sample_id.rsplit("-", 1)[0]
+        speaker = kept_queries(orch.runtime.get(row.fields["payload"]))
+        listener_row = orch.store.tables["listener"].visible[f"{request}-listener"]
+        assert kept_queries(orch.runtime.get(listener_row.fields["payload"])) == speaker  # same groups for both
+        assert all(n == G for n in speaker.values())  # only complete groups
+        result = results[request]
+        assert len(result.errors) == result.counters.get("llm/dropped_groups", 0) == per_request - len(speaker)
+    errors = [e for r in results.values() for e in r.errors]
+    failed = sum(r.counters.get("llm/task_errors/ColourRelay", 0) for r in results.values())
+    assert 0 < len(errors) <= failed < len(errors) * G  # some groups failed only in part, and went whole
+    assert "KeyError: \"no colour parsed from" in errors[0] and "user_tasks.py:" in errors[0] and "in run)" in errors[0]
+    assert orch.train()["perf/policy_lag_max"] == 0 and orch.task_errors == failed
+
+
+def test_past_max_task_errors_the_run_stops_with_error_txt_and_the_resume_command(tiny_task_models, tmp_path, capsys):
+    cfg = llm_config(tiny_task_models, llm={**FLAKY_TASK, "max_task_errors": 1000})
+    metrics = LLMOrchestrator(cfg, SerialRuntime()).step()
+    first_iteration = metrics["llm/task_errors/ColourRelay"]
+    assert first_iteration > 0 and {"charts/return/speaker", "charts/return/listener"} <= set(metrics)
+    config = cfg.to_dict()
+    config["run"].update(iterations=4, output_dir=str(tmp_path))
+    config["llm"]["max_task_errors"] = first_iteration  # the first iteration stays within the limit
+    (tmp_path / "flaky.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(tmp_path / "flaky.yaml")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    err = err[next(i for i, line in enumerate(err) if line.startswith("error:")):]  # after the loading bars
+    run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+    assert err[0].startswith("error: TaskFailure: the task 'tests.user_tasks:ColourRelay' failed in ")
+    assert f"llm.max_task_errors = {first_iteration} allows; the last: KeyError" in err[0]
+    assert err[-1].endswith(f"flexmarl train --resume {run_dir}")
+    assert (run_dir / "error.txt").read_text().startswith("TaskFailure: ")
+    assert (run_dir / "checkpoints" / "iter_000001").exists()
+
+
+@pytest.fixture(scope="module")
+def exported_run(chat_checkpoints, tmp_path_factory) -> tuple[dict, Path, Path]:
+    """A one-iteration run on a tied Llama-3-style speaker and an untied ChatML listener, its checkpoint
+    exported with `flexmarl llm export`: (start models, checkpoint, export folder)."""
+    root = tmp_path_factory.mktemp("export")
+    models = {"speaker": chat_checkpoints["llama3"], "listener": chat_checkpoints["chatml"]}
+    (root / "run").mkdir()
+    task = {"task": "tests.user_tasks:ColourRelay", "lr": 1e-2}  # its rewards differ even between random models' answers
+    train(llm_config(models, run={"iterations": 1}, llm=task), root / "run")
+    checkpoint = root / "run" / "checkpoints" / "iter_000001"
+    assert main(["llm", "export", str(checkpoint), str(root / "out")]) == 0
+    return models, checkpoint, root / "out"
+
+
+def test_export_writes_hugging_face_models_with_the_trained_logprobs(exported_run, capsys):
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from flexmarl.llm.models import load_causal_lm, load_tokenizer, prompt_token_ids
+    from flexmarl.llm.trainer import completion_logprobs, pack_tokens
+    from orchestrator.run_dir import load_checkpoint
+
+    models, checkpoint, out = exported_run
+    state = load_checkpoint(checkpoint)["state"]["trainers"]
+    for group, start in models.items():
+        exported = load_causal_lm(out / group)  # from_pretrained
+        trained = load_causal_lm(start)
+        trained.load_state_dict(state[group]["model"])  # the checkpoint's weights, as its trainer held them
+        tokenizer = load_tokenizer(out / group)
+        prompts = [prompt_token_ids(tokenizer, f"speaker: target {c} circle. message:") for c in ("red", "blue")]
+        batch = pack_tokens(prompts, [[5, 6, 7], [8, 9]], "cpu")
+        with torch.no_grad():
+            logp = completion_logprobs(exported, batch)
+            assert torch.equal(logp, completion_logprobs(trained, batch))
+            assert not torch.allclose(logp, completion_logprobs(load_causal_lm(start), batch), atol=1e-4)  # trained
+        assert exported.config.tie_word_embeddings == trained.config.tie_word_embeddings
+        original = AutoTokenizer.from_pretrained(start)
+        assert tokenizer.chat_template == original.chat_template and len(tokenizer) == len(original)
+        assert GenerationConfig.from_pretrained(out / group).eos_token_id == GenerationConfig.from_pretrained(start).eos_token_id
+    assert main(["llm", "export", str(out), str(out / "again")]) == 2  # not a checkpoint: one error line
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {out} is not a checkpoint")
+
+
+@pytest.mark.slow
+def test_vllm_serves_an_exported_model(exported_run):
+    from flexmarl.llm.vllm_engine import VLLMEngine
+    from flexmarl.llm.models import load_causal_lm, load_tokenizer, prompt_token_ids
+    from tests.flexmarl.llm.test_engine import max_logprob_diff
+
+    _, _, out = exported_run
+    model_dir = str(out / "speaker")
+    prompt = prompt_token_ids(load_tokenizer(model_dir), "speaker: target red circle. message:")
+    engine = VLLMEngine(model_dir, 0, 0, 256, "nobind", 0.25, "cpu", 0.3, "vllm-export")
+    try:
+        outs = [engine.generate(prompt, max_tokens=6, temperature=1.0, seed=seed) for seed in range(3)]
+    finally:
+        engine.close()
+    assert max_logprob_diff(load_causal_lm(model_dir), [prompt] * 3, outs) < 1e-4
+
+
 class PushFailsAfterFirstSync(HFEngine):
     """A real HF engine whose weight push breaks from version 2 on (a lost device, a bad transfer)."""
 
@@ -128,10 +358,12 @@ def test_a_failed_weight_push_stops_the_run_with_a_clear_error_and_keeps_checkpo
 
 
 @pytest.mark.slow
-def test_vllm_engines_on_ray_zero_lag_pushed_weights_and_a_killed_engine(tiny_task_models, ray_cluster):
+def test_vllm_engines_on_ray_zero_lag_pushed_weights_and_a_killed_engine(tiny_task_models, ray_cluster, capfd,
+                                                                       caplog, tmp_path):
     import ray
 
-    from orchestrator.runtime import RayRuntime
+    from orchestrator.runtime import RayRuntime, WorkerDiedError
+    from orchestrator.train import _stop
 
     cfg = llm_config(tiny_task_models, run={"mode": "ray"}, llm={"backend": "vllm", "queries_per_iteration": 8})
     orch = LLMOrchestrator(cfg, RayRuntime(cfg))
@@ -157,6 +389,24 @@ def test_vllm_engines_on_ray_zero_lag_pushed_weights_and_a_killed_engine(tiny_ta
         assert finished["perf/policy_lag_max"] == 0
         assert sorted(r.request_id for r in results) == [f"it000001-req{r:04d}" for r in range(cfg.requests_per_iteration)]
         assert rt.get(rt.call(orch.engines["listener"][0], "version")) == 1  # the replacement got version 1
+
+        # The recovered failure said so in one warning line, and Ray printed no traceback per failed request
+        # (it prints one for every error reference dropped unread).
+        orch.iteration += 1
+        orch.sync_weights()
+        orch.step()
+        gc.collect()
+        replaced = [r for r in caplog.records if "starting a replacement" in r.getMessage()]
+        assert len(replaced) == 1 and replaced[0].levelname == "WARNING"
+        assert "Unhandled error" not in capfd.readouterr().err
+
+        # An engine that dies outside a request (here: before a weight push) stops the run, named as itself.
+        ray.kill(orch.engines["speaker"][0], no_restart=True)
+        with pytest.raises(WorkerDiedError) as info:
+            orch.sync_weights()
+        assert info.value.actor.key == "engine/speaker/0"
+        message = _stop(tmp_path, info.value).args[0]
+        assert message.startswith("an engine actor died: the inference engine 0 of group 'speaker' (")
     finally:
         orch.shutdown()
 

@@ -27,11 +27,16 @@ def test_serial_iteration_consumes_the_whole_batch_at_version_k(make_cfg):
 
 
 def test_run_directory_has_config_metrics_tensorboard_and_checkpoints(make_cfg, tmp_path):
-    cfg = make_cfg(run={"output_dir": str(tmp_path), "iterations": 3, "checkpoint_every": 2})
+    cfg = make_cfg(run={"output_dir": str(tmp_path), "iterations": 3, "checkpoint_every": 2, "eval_every": 2,
+                        "eval_episodes": 3})
     run_dir = new_run_dir(cfg)
     train(cfg, run_dir)
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3]
+    # each evaluation's episodes are kept beside its mean (per-episode statistics, marl-eval's layout)
+    (episodes,) = [json.loads(line) for line in (run_dir / "eval_episodes.jsonl").read_text().splitlines()]
+    assert episodes["iteration"] == 2 and episodes["env_steps"] == 400 and len(episodes["return"]) == 3
+    assert np.isclose(np.mean(episodes["return"]), float(rows[1]["eval/return_mean"]))
     for column in ("env_steps", "episode_return_mean", "env_steps_per_s", "losses/shared/policy", "perf/policy_lag_max"):
         assert column in rows[0]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["iter_000002", "iter_000003"]

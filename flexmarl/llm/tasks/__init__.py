@@ -24,13 +24,19 @@ def task_class(name: str) -> type[TextTask]:
     """The class of a registered task name or of 'module:Class'."""
     if name in TASKS:
         return TASKS[name]
-    if ":" in name:
-        module_name, class_name = name.split(":", 1)
-        cls = getattr(importlib.import_module(module_name), class_name)
-        if not (isinstance(cls, type) and issubclass(cls, TextTask)):
-            raise ValueError(f"task {name!r} is not a TextTask subclass")
-        return cls
-    raise ValueError(f"unknown task {name!r}; registered: {sorted(TASKS)} (or 'module:Class')")
+    if ":" not in name:
+        raise ValueError(f"unknown task {name!r}; registered: {', '.join(sorted(TASKS))} (or 'module:Class')")
+    module_name, class_name = name.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - user code: whatever its import raises
+        raise ValueError(f"module {module_name!r} does not import ({type(exc).__name__}: {exc})") from exc
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ValueError(f"module {module_name!r} has no {class_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, TextTask)):
+        raise ValueError(f"{name!r} is not a TextTask subclass")
+    return cls
 
 
 def make_task(name: str, format_penalty: float = -1.0, **kwargs) -> TextTask:

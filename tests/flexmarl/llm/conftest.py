@@ -54,3 +54,12 @@ def tiny_task_models(tmp_path_factory) -> dict[str, Path]:
 def learning_task_models(tmp_path_factory) -> dict[str, Path]:
     """The speaker-listener models of the learning test (LEARNING_BUILD)."""
     return cached_speaker_listener_models(tmp_path_factory, LEARNING_BUILD)
+
+
+@pytest.fixture(scope="session")
+def chat_checkpoints(tmp_path_factory) -> dict[str, str]:
+    """{family: checkpoint dir} of tiny random checkpoints shaped like instruct ones (chat_checkpoints.py)."""
+    from tests.flexmarl.llm.chat_checkpoints import FAMILIES, build_chat_checkpoint
+
+    root = tmp_path_factory.mktemp("chat-checkpoints")
+    return {family: str(build_chat_checkpoint(root / family, family)) for family in FAMILIES}

@@ -18,14 +18,15 @@ def test_rows_pack_active_samples_for_feed_forward_policies(make_cfg):
     worker = _worker(make_cfg())
     result = worker.sample(RolloutRequest("r0", 0, seed=1, num_steps=25))
     row = result.rows["shared"]
-    assert row["obs"].shape == (1, 300, 18) and row["critic_in"].shape == (1, 300, 54)
+    # MPE's agents get different rewards, so the shared critic reads the state and a one-hot agent id
+    assert row["obs"].shape == (1, 300, 18) and row["critic_in"].shape == (1, 300, 54 + 3)
     assert row["actions"].shape == (1, 300) and row["advantages"].shape == (1, 300)
     assert row["h0_actor"].shape == (300, 0) and row["active"].all()
     assert result.env_steps == 100 and len(result.episode_returns) == 4
     assert result.num_active["shared"] == 25 * 12
     assert np.all(np.isfinite(row["returns"]))
     # concat_obs global state is the agents' observations side by side (columns env-major, 12 per step)
-    assert np.allclose(row["critic_in"][0, 36], np.concatenate(row["obs"][0, 36:39]))
+    assert np.allclose(row["critic_in"][0, 36, :54], np.concatenate(row["obs"][0, 36:39]))
 
 
 def test_a_request_is_a_pure_function_of_weights_and_seed(make_cfg):

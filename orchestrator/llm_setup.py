@@ -1,0 +1,110 @@
+"""Before an LLM run starts: the task, the model groups and every checkpoint are checked, so that bad
+input is one `ConfigError` naming the key (`flexmarl train` runs `check_llm_run` before Ray starts and
+before a run directory exists), and the task's default models are built on first use (`ensure_models`)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from pathlib import Path
+
+from flexmarl.config import Config, ConfigError
+from flexmarl.llm.groups import LLMGroup, build_llm_groups, models_folder
+from flexmarl.llm.models import checkpoint_problem
+from flexmarl.llm.tasks import TextTask, task_class
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "a local Hugging Face checkpoint directory (config.json, *.safetensors weights, tokenizer files)"
+
+
+def configured_task(cfg: Config) -> TextTask:
+    """The task `llm.task` names, built with `llm.task_kwargs`; a task that cannot be had is a ConfigError."""
+    llm = cfg.llm
+    try:
+        cls = task_class(llm.task)
+    except ValueError as exc:
+        raise ConfigError("llm.task", llm.task, f"a registered task or 'module:Class' naming a TextTask subclass; "
+                                                f"{exc}") from None
+    try:
+        return cls(format_penalty=llm.format_penalty, **llm.task_kwargs)
+    except TypeError as exc:
+        accepted = ", ".join(p for p in inspect.signature(cls).parameters if p != "format_penalty")
+        raise ConfigError("llm.task_kwargs", llm.task_kwargs,
+                          f"keyword arguments of {cls.__name__} ({accepted or 'none'}); {exc}") from None
+
+
+def check_llm_run(cfg: Config) -> tuple[TextTask, list[LLMGroup]]:
+    """Everything about an LLM config that can be checked without starting anything: the pipeline, the
+    task, the model groups, and each existing checkpoint (complete, and large enough for the prompts).
+    Missing default models are fine: `ensure_models` builds them."""
+    if cfg.pipeline.mode == "stale":
+        raise ConfigError("pipeline.mode", "stale", "sync or microbatch for run.workload: llm")
+    task = configured_task(cfg)
+    groups = build_llm_groups(cfg.llm, tuple(task.agents))
+    if not default_models_to_build(cfg, groups):
+        check_context(cfg, groups)
+    return task, groups
+
+
+def default_models_to_build(cfg: Config, groups: list[LLMGroup]) -> bool:
+    """True when the task's default models are missing and will be built; a checkpoint named in
+    `llm.models` that is not complete, or default models missing beside `llm.models`, is a ConfigError."""
+    problems = [(g, checkpoint_problem(g.model_dir)) for g in groups]
+    problems = [(g, problem) for g, problem in problems if problem]
+    named = [(g, problem) for g, problem in problems if g.model_key != "llm.model_dir"]
+    if named:
+        g, problem = named[0]
+        raise ConfigError(g.model_key, cfg.llm.models[g.model_key.split(".", 2)[2]], f"{CHECKPOINT}; {problem}")
+    if not problems:
+        return False
+    g, problem = problems[0]
+    folder = models_folder(cfg.llm)
+    build = f"flexmarl llm build --task {cfg.llm.task} --out {folder}"
+    if cfg.llm.models:  # only the default folder is built, and only when no model is named
+        raise ConfigError("llm.model_dir", folder,
+                          f"a folder with a checkpoint for agent {g.agents[0]!r}, since llm.models names none for it "
+                          f"({problem}); set llm.models.{g.agents[0]}, or build the task's models with `{build}`")
+    if not (Path(g.model_dir) / "config.json").exists():
+        return True
+    raise ConfigError("llm.model_dir", folder, f"a folder of checkpoints; {problem} (rebuild it with `{build}`)")
+
+
+def ensure_models(cfg: Config, groups: list[LLMGroup]) -> None:
+    """Build the task's tiny warm-started models into its default folder when they are missing."""
+    folder = models_folder(cfg.llm)
+    if not default_models_to_build(cfg, groups):
+        if not cfg.llm.models:
+            _warn_if_stale(folder)
+        return
+    from flexmarl.llm.build import build_task_models
+
+    log.info("no models in %s: building the task's tiny warm-started models there (once)", folder)
+    build_task_models(cfg.llm.task, folder, seed=cfg.run.seed, log=log.info, task_kwargs=cfg.llm.task_kwargs)
+
+
+def _warn_if_stale(model_dir: str) -> None:
+    """A build by an older build procedure (e.g. other warm-start data) is used as it is, with a warning."""
+    from flexmarl.llm.build import BUILD_FORMAT, read_build
+
+    try:
+        settings = read_build(model_dir)["settings"]
+        built, task = settings["format_version"], settings["task"]
+    except (OSError, ValueError, KeyError):
+        return  # not one of our builds (or none): nothing to compare
+    if built < BUILD_FORMAT:
+        log.warning("%s was built by an older build procedure (format %d, now %d): rebuild it with "
+                    "`flexmarl llm build --task %s --out %s` for the current warm start", model_dir, built, BUILD_FORMAT,
+                    task, model_dir)
+
+
+def check_context(cfg: Config, groups: list[LLMGroup]) -> None:
+    """Prompt + completion must fit every model's context, or the engines could not serve a call."""
+    need = cfg.llm.max_prompt_tokens + cfg.llm.max_new_tokens
+    for g in groups:
+        context = json.loads((Path(g.model_dir) / "config.json").read_text()).get("max_position_embeddings")
+        if context is not None and need > context:
+            raise ConfigError("llm.max_prompt_tokens", cfg.llm.max_prompt_tokens,
+                              f"at most {context - cfg.llm.max_new_tokens}: with llm.max_new_tokens = "
+                              f"{cfg.llm.max_new_tokens} it must fit the {context}-token context of {g.model_dir}")
