@@ -31,7 +31,8 @@ _BASE = {
     "run": {"mode": "ray", "batch_env_steps": 3200, "progress": False, "seed": 0},
     "env": {"name": "mpe/simple_spread", "kwargs": {"N": 3, "max_cycles": 25}, "global_state": "concat_obs"},
     "model": {"hidden_sizes": [1024, 1024]},
-    "algo": {"name": "mappo", "epochs": 1, "num_minibatches": 1},
+    "algo": {"name": "mappo"},
+    "trainer": {"epochs": 1, "num_minibatches": 1},
     "rollout": {"num_workers": 1, "envs_per_worker": 16, "fragment_length": 25},
     "resources": {"rollout_cpus": 1, "trainer_cpus": 1},
 }
@@ -56,7 +57,7 @@ WORKLOADS = {
                   "env": _LONG_TAIL_ENV},
     "long_tail_4_epochs": {**_merge(_BASE, {"run": {"batch_env_steps": 16 * 400 * 8},
                                             "rollout": {"request_unit": "episodes", "fragment_length": 400},
-                                            "algo": {"epochs": 4}}),
+                                            "trainer": {"epochs": 4}}),
                            "env": _LONG_TAIL_ENV},
 }
 MODES = {"sync": {"mode": "sync"}, "microbatch": {"mode": "microbatch"}, "stale1": {"mode": "stale", "max_staleness": 1}}

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from envs import describe_env
-from flexmarl.config import config_from_dict
+from flexmarl.config import config_from_saved
 from flexmarl.groups import build_groups
 from flexmarl.models import GroupPolicy
 
@@ -43,7 +43,7 @@ def random_scores(env, seed: int = 0) -> Scores:
 
 def trained_policy(config: dict, trainer_states: dict, env) -> Scores:
     """Actor logits of trained groups (a checkpoint's config and `state["trainers"]`), per scenario."""
-    cfg = config_from_dict(config)
+    cfg = config_from_saved(config)
     groups = build_groups(cfg, describe_env(env))
     actors = {}
     for g in groups:

@@ -42,7 +42,7 @@ class GroupTrainer(StreamingTrainer):
     def __init__(self, cfg: Config, group: GroupLayout, seed: int, device: str = "cpu"):
         """device: where the model and its micro-batches live ("cuda" when the trainer's placement
         bundle asks for one: `JointOrchestrator._trainer_device`); weights and checkpoints leave it as CPU tensors."""
-        super().__init__(group.name, seed, cfg.algo.epochs, cfg.algo.num_minibatches)
+        super().__init__(group.name, seed, cfg.trainer.epochs, cfg.trainer.num_minibatches)
         self.cfg, self.group = cfg, group
         self.device = resolve_device(device)
         torch.manual_seed(seed)  # initial weights drawn on the CPU: the same on every device
@@ -111,12 +111,13 @@ class GroupTrainer(StreamingTrainer):
         with torch.no_grad():
             log_ratio = logp - old_logp
             ratio = log_ratio.exp()
+            clipped = ((ratio - 1).abs() > self.cfg.trainer.clip_eps).float()
             for name, value in [
                 ("losses/policy", (policy_loss * actor_active).sum() / n_active),
                 ("losses/value", (value_loss * active).sum() / n_active),
                 ("losses/entropy", (entropy * actor_active).sum() / n_active),
                 ("losses/approx_kl", (((ratio - 1) - log_ratio) * actor_active).sum() / n_active),
-                ("losses/clip_frac", (((ratio - 1).abs() > a.clip_eps).float() * actor_active).sum() / n_active),
+                ("losses/clip_frac", (clipped * actor_active).sum() / n_active),
             ]:
                 self.record_stat(name, float(value))
         return float(active.sum())
@@ -125,7 +126,7 @@ class GroupTrainer(StreamingTrainer):
         """(log-prob, entropy, per-sample policy loss) of the current actor on a (sub-)micro-batch."""
         dist, _ = self.policy.actor.distribution(mb["obs"], mb["h0_actor"], mb["episode_start"], mb.get("action_mask"))
         logp = dist.log_prob(mb["actions"])
-        return logp, dist.entropy(), self.policy_loss(logp, mb["logp"], advantages, self.cfg.algo.clip_eps)
+        return logp, dist.entropy(), self.policy_loss(logp, mb["logp"], advantages, self.cfg.trainer.clip_eps)
 
     def _per_agent_backward(self, mb: dict, advantages: torch.Tensor):
         """Each agent's own surrogate on its own samples, one backward per agent.
@@ -150,7 +151,7 @@ class GroupTrainer(StreamingTrainer):
 
     def step(self, denominator: float) -> None:
         """Average the accumulated gradient over `denominator` samples, clip, and apply it."""
-        max_norm = self.cfg.algo.max_grad_norm
+        max_norm = self.cfg.trainer.max_grad_norm
         scale = 1.0 / max(denominator, 1.0)
         if self.per_agent is not None:  # the actor's gradient is the aggregate of per-agent means
             for name, value in self.per_agent.apply().items():

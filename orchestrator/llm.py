@@ -86,7 +86,7 @@ class LLMOrchestrator(JointOrchestrator):
                         max_model_len=llm.max_prompt_tokens + llm.max_new_tokens,
                         omp_threads_bind=engine_binding(cfg, self._engines_started - 1),
                         kv_cache_gib=llm.engine_kv_cache_gib,
-                        device=self.runtime.device_for(f"engine/{group.name}/{index}", llm.device),
+                        device=self.runtime.device_for(f"engine/{group.name}/{index}", llm.engine_device),
                         gpu_memory_utilization=llm.gpu_memory_utilization, engine_name=f"{group.name}/{index}",
                         max_batch=llm.engine_max_batch)
         # Concurrency: the calls of every in-flight request batch together inside the engine.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flexmarl.config import config_from_dict
+from flexmarl.config import config_from_saved
 from flexmarl.llm import weights as weight_io
 from flexmarl.llm.models import checkpoint_problem
 from orchestrator.run_dir import CheckpointError, load_checkpoint
@@ -22,7 +22,7 @@ from orchestrator.run_dir import CheckpointError, load_checkpoint
 def export_llm_checkpoint(checkpoint, out) -> dict[str, Path]:
     """Write every model group's trained model under `out`; returns {group: directory}."""
     data = load_checkpoint(checkpoint)
-    workload = config_from_dict(data["config"]).run.workload
+    workload = config_from_saved(data["config"]).run.workload
     if workload != "llm":
         raise CheckpointError(f"{checkpoint} is a checkpoint of a {workload} run; llm export takes an LLM run's")
     exported = {}

@@ -83,10 +83,10 @@ class JointOrchestrator:
         self._stale_requests = 0
 
     def _trainer_device(self, group: str) -> str:
-        """`algo.device`; auto = cuda when the trainer's bundle asks for a GPU, else cpu: the same answer
+        """`trainer.device`; auto = cuda when the trainer's bundle asks for a GPU, else cpu: the same answer
         serial and on Ray (small MLP policies are not moved to a GPU nobody asked for)."""
-        if self.cfg.algo.device != "auto":
-            return self.cfg.algo.device
+        if self.cfg.trainer.device != "auto":
+            return self.cfg.trainer.device
         return "cuda" if self.runtime.plan.locate(f"trainer/{group}")[2].gpus > 0 else "cpu"
 
     def _make_worker(self, index: int):

@@ -116,7 +116,7 @@ def plan_placement(cfg: Config, actors: list[ActorSpec]) -> PlacementPlan:
     `resources.per_group.<group>.<role>`; CPUs left at 0 take an equal share of the pool's CPUs."""
     res = cfg.resources
     groups = {a.group for a in actors if a.group is not None}
-    for group, roles in res.per_group.items():
+    for group, roles in res.model_dump()["per_group"].items():  # as given: the keys each override sets
         if group not in groups:
             raise ConfigError(f"resources.per_group.{group}", roles, "a group of this run: " + ", ".join(sorted(groups)))
         if "engine" in roles and not any(a.role == "engine" for a in actors):
@@ -136,11 +136,12 @@ def plan_placement(cfg: Config, actors: list[ActorSpec]) -> PlacementPlan:
 
 def _demand(res, actor: ActorSpec) -> tuple[ActorDemand, str]:
     base_key = _DEFAULT_KEY[actor.role]
-    values = vars(getattr(res, base_key)).copy()
+    values = getattr(res, base_key).model_dump()
     source = f"resources.{base_key}"
-    override = res.per_group.get(actor.group, {}).get(actor.role, {}) if actor.group else {}
-    if override:
-        values.update(override)
+    override = res.per_group.get(actor.group, {}).get(actor.role) if actor.group else None
+    given = override.model_dump(exclude_unset=True) if override is not None else {}
+    if given:
+        values.update(given)
         source = f"resources.per_group.{actor.group}.{actor.role}"
     return ActorDemand(**values), source
 

@@ -25,7 +25,7 @@ from typing import Mapping
 import torch
 import yaml
 
-from flexmarl.config import Config, ConfigError, config_from_dict
+from flexmarl.config import Config, ConfigError, config_from_saved
 
 CHECKPOINT_FORMAT = "flexmarl-checkpoint/1"
 
@@ -93,7 +93,7 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise CheckpointError(f"{run_dir} is not a run directory: no config.yaml")
-    return config_from_dict(yaml.safe_load(path.read_text()), overrides)
+    return config_from_saved(yaml.safe_load(path.read_text()), overrides)
 
 
 class MetricsWriter:

@@ -10,7 +10,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from envs import describe_env
-from flexmarl.config import Config, config_from_dict
+from flexmarl.config import Config, config_from_saved
 from flexmarl.errors import plain_text
 from flexmarl.llm.engine import WeightSyncError
 from flexmarl.groups import build_groups, critic_uses_state
@@ -135,7 +135,7 @@ def _eval_setup(cfg: Config, seed: int, episodes: int):
 def evaluate_checkpoint(path: Path, episodes: int, seed: int = 12345) -> dict:
     """Greedy evaluation of a checkpoint, in this process (no Ray needed)."""
     data = load_checkpoint(path)
-    cfg = config_from_dict(data["config"])
+    cfg = config_from_saved(data["config"])
     env, spec, groups = _eval_setup(cfg, seed, episodes)
     load_checkpoint(path, groups)  # refuses a checkpoint whose groups no longer match the env
     backend = TorchPolicyBackend(cfg, groups)

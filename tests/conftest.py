@@ -16,7 +16,7 @@ def small_config(**sections) -> "Config":  # noqa: F821
                 "checkpoint_every": 1, "progress": False},
         "env": {"name": "mpe/simple_spread", "kwargs": {"N": 3, "max_cycles": 25}, "global_state": "concat_obs"},
         "model": {"hidden_sizes": [32]},
-        "algo": {"epochs": 2},
+        "trainer": {"epochs": 2},
         "rollout": {"num_workers": 1, "envs_per_worker": 4, "fragment_length": 25},
         "resources": {"rollout_cpus": 1, "trainer_cpus": 1},
     }

@@ -17,7 +17,7 @@ def _config(mode):
         run={"mode": mode, "batch_env_steps": 1600, "seed": 0},
         rollout={"envs_per_worker": 16},
         model={"hidden_sizes": [64, 64]},
-        algo={"epochs": 10, "num_minibatches": 2, "lr_actor": 2e-3, "lr_critic": 2e-3},
+        algo={"lr_actor": 2e-3, "lr_critic": 2e-3}, trainer={"epochs": 10, "num_minibatches": 2},
     )
 
 

@@ -1,10 +1,10 @@
 """Small pure functions in name-keyed registries: advantage estimators, policy and value losses, gradient
 aggregators.
 
-Register a new one with the decorators in `registry.py`; a config then selects it by name.
+Register a new one with the decorators in `registry.py`; a config then selects it by name. Importing this
+package imports no torch: the built-ins load on first use.
 """
 
-from flexmarl.algorithms import advantages, aggregators, losses  # noqa: F401  (registers the built-ins)
 from flexmarl.algorithms.registry import (
     ADVANTAGE_ESTIMATORS,
     GRADIENT_AGGREGATORS,

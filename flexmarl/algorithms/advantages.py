@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flexmarl.algorithms.registry import register_advantage_estimator
 
-
-@register_advantage_estimator("gae")
 def gae(
     rewards: np.ndarray,
     values: np.ndarray,

@@ -15,7 +15,6 @@ import math
 import numpy as np
 import torch
 
-from flexmarl.algorithms.registry import register_gradient_aggregator
 
 CAGRAD_C = 0.5
 """CAGrad's conflict-aversion radius c (Liu et al. 2021 use 0.5 for most tasks)."""
@@ -42,7 +41,6 @@ def _mix(coefficients: np.ndarray, grads: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(coefficients).to(grads) @ grads
 
 
-@register_gradient_aggregator("mean")
 def mean(grads: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     """The ordinary gradient of the summed loss (MAPPO/IPPO with parameter sharing)."""
     return weights.to(grads) @ grads, {}
@@ -154,7 +152,6 @@ def _cosine_min(m: np.ndarray) -> float:
     return float(cos[~np.eye(len(cos), dtype=bool)].min())
 
 
-@register_gradient_aggregator("grasp")
 def grasp(grads: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     """GRASP consensus gradient (arXiv:2604.00717, "Gradient Realignment via Active Shared Perception").
 
@@ -188,7 +185,6 @@ def grasp(grads: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, dic
     return direction.to(grads.dtype), info
 
 
-@register_gradient_aggregator("pcgrad")
 def pcgrad(grads: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     """PCGrad (Yu et al. 2020, arXiv:2001.06782) in a fixed projection order j = 0..N-1 (reproducible).
 
@@ -209,7 +205,6 @@ def pcgrad(grads: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, di
     return _mix(_numpy(weights) @ coef, grads), {"pcgrad/conflicts": conflicts}
 
 
-@register_gradient_aggregator("cagrad")
 def cagrad(grads: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     """CAGrad (Liu et al. 2021, arXiv:2110.14048) with c = CAGRAD_C, solved on the Gram matrix.
 

@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from flexmarl.algorithms.registry import _register
-
-GROUP_LOSSES: dict = {}
-register_group_loss = _register(GROUP_LOSSES, "group loss")
+from flexmarl.algorithms.registry import GROUP_LOSSES, register_group_loss  # noqa: F401  (re-exported)
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -72,7 +69,6 @@ def aggregate_token_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str)
     raise ValueError(f"loss aggregation {mode!r}; one of {', '.join(LOSS_AGGREGATIONS)}")
 
 
-@register_group_loss("grpo")
 def grpo(logp, old_logp, mask, advantages, clip_eps: float = 0.2, **_) -> torch.Tensor:
     ratio = torch.exp(logp - old_logp)
     a = advantages[:, None]
@@ -84,14 +80,12 @@ def soft_gate(ratio: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
     return 4.0 / tau * torch.sigmoid(tau * (ratio - 1.0))
 
 
-@register_group_loss("sa_gcpo")
 def sa_gcpo(logp, old_logp, mask, advantages, tau_pos: float = 1.0, tau_neg: float = 1.05, **_) -> torch.Tensor:
     ratio = torch.exp(logp - old_logp)
     tau = torch.where(advantages > 0, torch.as_tensor(tau_pos), torch.as_tensor(tau_neg))[:, None]
     return -advantages[:, None] * soft_gate(ratio, tau)
 
 
-@register_group_loss("gbpo")
 def gbpo(logp, old_logp, mask, advantages, **_) -> torch.Tensor:
     prob, old_prob = logp.exp(), old_logp.exp()
     detached = prob.detach()

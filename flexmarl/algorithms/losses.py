@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from flexmarl.algorithms.registry import register_policy_loss, register_value_loss
 
-
-@register_policy_loss("ppo_clip")
 def ppo_clip(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip_eps: float) -> torch.Tensor:
     """PPO clipped surrogate (negated, so lower is better): -min(r A, clip(r, 1-eps, 1+eps) A)."""
     ratio = torch.exp(logp - old_logp)
@@ -20,7 +17,6 @@ def huber(error: torch.Tensor, delta: float) -> torch.Tensor:
     return torch.where(abs_err <= delta, 0.5 * error**2, delta * (abs_err - 0.5 * delta))
 
 
-@register_value_loss("clipped_huber")
 def clipped_huber(
     values: torch.Tensor, old_values: torch.Tensor, targets: torch.Tensor, clip_eps: float, huber_delta: float
 ) -> torch.Tensor:
@@ -29,7 +25,6 @@ def clipped_huber(
     return torch.max(huber(targets - values, huber_delta), huber(targets - clipped, huber_delta))
 
 
-@register_value_loss("clipped_mse")
 def clipped_mse(
     values: torch.Tensor, old_values: torch.Tensor, targets: torch.Tensor, clip_eps: float, huber_delta: float
 ) -> torch.Tensor:

@@ -1,29 +1,22 @@
-"""Name-keyed registries (verl style)."""
+"""Name-keyed registries (verl style). The built-ins are named here and imported on first use, so a config
+can check a name without importing torch; `register_*` adds one from user code."""
 
 from __future__ import annotations
 
-from typing import Callable
+from flexmarl.registry import Registry
 
-ADVANTAGE_ESTIMATORS: dict[str, Callable] = {}
-POLICY_LOSSES: dict[str, Callable] = {}
-VALUE_LOSSES: dict[str, Callable] = {}
-GRADIENT_AGGREGATORS: dict[str, Callable] = {}
+ADVANTAGE_ESTIMATORS = Registry("advantage estimator", {"gae": "flexmarl.algorithms.advantages:gae"})
+POLICY_LOSSES = Registry("policy loss", {"ppo_clip": "flexmarl.algorithms.losses:ppo_clip"})
+VALUE_LOSSES = Registry("value loss", {"clipped_huber": "flexmarl.algorithms.losses:clipped_huber",
+                                       "clipped_mse": "flexmarl.algorithms.losses:clipped_mse"})
+GRADIENT_AGGREGATORS = Registry("gradient aggregator", {
+    name: f"flexmarl.algorithms.aggregators:{name}" for name in ("mean", "grasp", "pcgrad", "cagrad")})
+GROUP_LOSSES = Registry("group loss", {
+    name: f"flexmarl.algorithms.group_losses:{name}" for name in ("grpo", "sa_gcpo", "gbpo")})
+"""Token losses of group-based optimisation (flexmarl/algorithms/group_losses.py has the contract)."""
 
-
-def _register(table: dict[str, Callable], kind: str):
-    def decorator_factory(name: str):
-        def decorator(fn: Callable) -> Callable:
-            if name in table:
-                raise ValueError(f"{kind} {name!r} is already registered")
-            table[name] = fn
-            return fn
-
-        return decorator
-
-    return decorator_factory
-
-
-register_advantage_estimator = _register(ADVANTAGE_ESTIMATORS, "advantage estimator")
-register_policy_loss = _register(POLICY_LOSSES, "policy loss")
-register_value_loss = _register(VALUE_LOSSES, "value loss")
-register_gradient_aggregator = _register(GRADIENT_AGGREGATORS, "gradient aggregator")
+register_advantage_estimator = ADVANTAGE_ESTIMATORS.register
+register_policy_loss = POLICY_LOSSES.register
+register_value_loss = VALUE_LOSSES.register
+register_gradient_aggregator = GRADIENT_AGGREGATORS.register
+register_group_loss = GROUP_LOSSES.register

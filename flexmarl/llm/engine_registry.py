@@ -1,18 +1,23 @@
 """`llm.backend` -> inference engine class. Above both engines (flexmarl/llm/engine.py holds the contract
 and the HF engine, flexmarl/llm/vllm_engine.py the vLLM one), so neither engine module imports the other's.
-Importing vllm_engine is cheap: vLLM itself is imported only when a VLLMEngine is built."""
+The engines are named as import paths, loaded on first use: a config checks `llm.backend` without
+importing torch, transformers or vLLM."""
 
 from __future__ import annotations
 
-from flexmarl.llm.engine import HFEngine, InferenceEngine
-from flexmarl.llm.vllm_engine import VLLMEngine
+from typing import TYPE_CHECKING
 
-ENGINES: dict[str, type[InferenceEngine]] = {"hf": HFEngine, "vllm": VLLMEngine}
+from flexmarl.registry import Registry
+
+if TYPE_CHECKING:
+    from flexmarl.llm.engine import InferenceEngine
+
+ENGINES = Registry("inference engine", {"hf": "flexmarl.llm.engine:HFEngine",
+                                        "vllm": "flexmarl.llm.vllm_engine:VLLMEngine"})
 """Every engine takes the same constructor arguments (see HFEngine / VLLMEngine)."""
 
 
 def engine_class(backend: str) -> type[InferenceEngine]:
-    entry = ENGINES.get(backend)
-    if entry is None:
+    if backend not in ENGINES:
         raise ValueError(f"unknown inference backend {backend!r}; known: {', '.join(sorted(ENGINES))}")
-    return entry
+    return ENGINES[backend]

@@ -96,17 +96,17 @@ def completion_logprobs(model, batch: TokenBatch) -> torch.Tensor:
 class LLMGroupTrainer(StreamingTrainer):
     def __init__(self, cfg: Config, group: str, model_dir: str, seed: int):
         llm = cfg.llm
-        super().__init__(group, seed, llm.epochs, llm.num_minibatches)
+        super().__init__(group, seed, cfg.trainer.epochs, cfg.trainer.num_minibatches)
         self.cfg, self.group, self.model_dir = cfg, group, str(model_dir)
         bind_process(trainer_binding(cfg))  # off the engines' cores (flexmarl/llm/cpus.py)
-        self.device = resolve_device(llm.device)
+        self.device = resolve_device(cfg.trainer.device)
         # Eval mode throughout: no dropout, so the trainer's log-probs are the engines' (the ratio is 1
         # on-policy) and an update is a deterministic function of its inputs.
         self.model = load_causal_lm(self.model_dir, self.device).requires_grad_(True)
         self.reference = copy.deepcopy(self.model).requires_grad_(False) if llm.kl_coef > 0 else None
         self.opt = torch.optim.Adam(self.model.parameters(), lr=llm.lr)
         self.loss = GROUP_LOSSES[llm.loss]
-        self.hparams = {"clip_eps": llm.clip_eps, "tau_pos": llm.tau_pos, "tau_neg": llm.tau_neg}
+        self.hparams = {"clip_eps": cfg.trainer.clip_eps, "tau_pos": llm.tau_pos, "tau_neg": llm.tau_neg}
         self._tied = weight_io.ties_embeddings(self.model_dir)
         self._tokens_trained = 0
 
@@ -175,7 +175,7 @@ class LLMGroupTrainer(StreamingTrainer):
         with torch.no_grad():
             share = max(denominator, 1.0)
             tokens = mb.mask.sum().clamp(min=1.0)
-            clipped = ((torch.exp(logp - mb.old_logp) - 1).abs() > llm.clip_eps).float()
+            clipped = ((torch.exp(logp - mb.old_logp) - 1).abs() > self.cfg.trainer.clip_eps).float()
             self.record_stat("losses/policy", float(policy.detach()) / share)
             if kl is not None:
                 self.record_stat("losses/kl", float(kl.detach()) / share)
@@ -191,7 +191,7 @@ class LLMGroupTrainer(StreamingTrainer):
         scale = 1.0 / max(denominator, 1.0)
         for p in params:
             p.grad.mul_(scale)
-        max_norm = self.cfg.llm.max_grad_norm if self.cfg.llm.max_grad_norm > 0 else math.inf
+        max_norm = self.cfg.trainer.max_grad_norm if self.cfg.trainer.max_grad_norm > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         self.record_stat("losses/grad_norm", float(norm))
         self.opt.step()

@@ -16,7 +16,7 @@ def _suite_file(tmp_path, **changes):
         "run": {"batch_env_steps": 200, "mode": "serial", "checkpoint_every": 1, "progress": False,
                 "eval_every": 1, "eval_episodes": 2},
         "env": {"name": "mpe/simple_spread", "kwargs": {"N": 3, "max_cycles": 25}, "global_state": "concat_obs"},
-        "model": {"hidden_sizes": [16]}, "algo": {"epochs": 1},
+        "model": {"hidden_sizes": [16]}, "trainer": {"epochs": 1},
         "rollout": {"num_workers": 1, "envs_per_worker": 4, "fragment_length": 25},
     }))
     suite = {"suite": "tiny", "base": str(base), "metric": "return", "target": -1000.0, "budget_env_steps": 400,
@@ -102,8 +102,8 @@ def test_report_only_rebuilds_the_report_from_the_run_dirs(tmp_path, capsys, uni
 
 
 def test_bad_override_names_the_task_and_algorithm(tmp_path):
-    path = _suite_file(tmp_path, algorithms={"broken": {"algo.epochs": 0}})
-    with pytest.raises(SuiteError, match=r"task 'spread' x algorithm 'broken'.*algo.epochs"):
+    path = _suite_file(tmp_path, algorithms={"broken": {"trainer.epochs": 0}})
+    with pytest.raises(SuiteError, match=r"task 'spread' x algorithm 'broken'.*trainer.epochs"):
         run_suite(load_suite(str(path)), tmp_path / "runs", tmp_path / "out")
 
 
@@ -128,7 +128,7 @@ def test_recsys_suite_reports_methods_with_baselines_and_offline_metrics(tmp_pat
         "run": {"batch_env_steps": 160, "mode": "serial", "checkpoint_every": 1, "progress": False,
                 "eval_every": 1, "eval_episodes": 4},
         "env": {"name": "recsys/movielens", "kwargs": {"session_length": 10}, "global_state": "env"},
-        "model": {"hidden_sizes": [16]}, "algo": {"epochs": 1},
+        "model": {"hidden_sizes": [16]}, "trainer": {"epochs": 1},
         "rollout": {"num_workers": 1, "envs_per_worker": 16, "fragment_length": 10},
     }))
     path = tmp_path / "suite.yaml"

@@ -32,7 +32,7 @@ PACKAGES = ("pettingzoo", "mpe2")
 VERSIONED = re.compile(r"_v\d+$")
 # One short iteration: 2 copies x 50 steps, one epoch on one minibatch, no evaluation, one checkpoint at the end.
 SHORT_RUN = ["run.mode=serial", "run.iterations=1", "run.batch_env_steps=100", "rollout.envs_per_worker=2",
-             "rollout.fragment_length=50", "algo.epochs=1", "algo.num_minibatches=1", "run.eval_every=0",
+             "rollout.fragment_length=50", "trainer.epochs=1", "trainer.num_minibatches=1", "run.eval_every=0",
              "run.checkpoint_every=0", "run.progress=false"]
 
 

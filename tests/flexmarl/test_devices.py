@@ -32,7 +32,7 @@ def test_cuda_without_a_gpu_names_the_problem():
 
 @no_gpu
 def test_marl_trainer_asking_for_a_gpu_goes_to_cuda(make_cfg):
-    """algo.device auto follows the trainer's demand (serial as on Ray): a GPU demand means cuda, which this
+    """trainer.device auto follows the trainer's demand (serial as on Ray): a GPU demand means cuda, which this
     machine refuses clearly; without the demand the trainer stays on the CPU."""
     assert JointOrchestrator(make_cfg(), SerialRuntime()).trainers["shared"].device.type == "cpu"
     with pytest.raises(RuntimeError, match="no CUDA GPU is visible"):

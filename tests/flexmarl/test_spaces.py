@@ -86,7 +86,7 @@ def _learn(make_cfg, tmp_path, name, kwargs, iterations, **sections):
     cfg = make_cfg(run={"output_dir": str(tmp_path), "iterations": iterations, "batch_env_steps": 320,
                         "checkpoint_every": 0},
                    env={"name": name, "kwargs": kwargs, "groups": "shared"},
-                   algo={"name": "ippo", "epochs": 4, "lr_actor": 3e-3, "lr_critic": 3e-3},
+                   algo={"name": "ippo", "lr_actor": 3e-3, "lr_critic": 3e-3}, trainer={"epochs": 4},
                    rollout={"envs_per_worker": 8, "fragment_length": 20}, **sections)
     run_dir = new_run_dir(cfg)
     train(cfg, run_dir)

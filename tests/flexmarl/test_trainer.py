@@ -63,7 +63,7 @@ def test_recurrent_and_masked_batches_train(make_cfg):
 
 
 def test_streamed_arrival_order_does_not_change_later_epochs(make_cfg):
-    cfg = make_cfg(algo={"epochs": 3, "advantage_norm": False})
+    cfg = make_cfg(algo={"advantage_norm": False}, trainer={"epochs": 3})
     worker, trainer, rows = _rows(cfg, 4)
     twin = GroupTrainer(cfg, worker.groups[0], seed=3)
     trainer.update(["a", "b", "c", "d"], [0] * 4, *rows)
@@ -86,7 +86,7 @@ def test_incomplete_batch_is_refused(make_cfg):
 def _smax_rows(make_cfg, aggregator, **model):
     cfg = make_cfg(env={"name": "smax/3m", "kwargs": {}, "global_state": "env"},
                    rollout={"envs_per_worker": 4, "fragment_length": 30}, run={"batch_env_steps": 240},
-                   algo={"gradient_aggregator": aggregator, "epochs": 2, "num_minibatches": 2}, model=model)
+                   algo={"gradient_aggregator": aggregator}, trainer={"epochs": 2, "num_minibatches": 2}, model=model)
     worker = RolloutWorker(cfg)
     trainer = GroupTrainer(cfg, worker.groups[0], seed=3)
     worker.set_weights({g.name: trainer.get_weights() for g in worker.groups}, 0)
@@ -133,7 +133,7 @@ def test_unknown_aggregator_is_a_config_error(make_cfg):
 def test_candidate_scorer_trains_a_shared_recsys_policy_with_grasp(make_cfg):
     cfg = make_cfg(env={"name": "recsys/movielens", "kwargs": {"session_length": 10}, "global_state": "env"},
                    rollout={"envs_per_worker": 16, "fragment_length": 10}, run={"batch_env_steps": 320},
-                   algo={"gradient_aggregator": "grasp", "epochs": 1}, model={"actor": "candidate_scorer"})
+                   algo={"gradient_aggregator": "grasp"}, trainer={"epochs": 1}, model={"actor": "candidate_scorer"})
     worker = RolloutWorker(cfg)
     trainer = GroupTrainer(cfg, worker.groups[0], seed=3)
     worker.set_weights({g.name: trainer.get_weights() for g in worker.groups}, 0)

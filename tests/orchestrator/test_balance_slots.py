@@ -67,7 +67,7 @@ def test_balancing_off_keeps_the_allocation(tiny_task_models):
 def test_training_on_one_shared_slot_equals_dedicated_trainers(tiny_task_models):
     final = {}
     for slots in (0, 1):
-        cfg = llm_config(tiny_task_models, resources={"trainer_slots": slots}, llm={"num_minibatches": 2})
+        cfg = llm_config(tiny_task_models, resources={"trainer_slots": slots}, trainer={"num_minibatches": 2})
         orch = LLMOrchestrator(cfg, SerialRuntime())
         metrics = [orch.step() for _ in range(2)]
         final[slots] = trainer_weights(orch)

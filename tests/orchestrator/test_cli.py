@@ -14,7 +14,7 @@ from orchestrator.cli import main, parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["run.mode=serial", "run.iterations=2", "run.batch_env_steps=200", "rollout.envs_per_worker=8",
-        "run.checkpoint_every=1", "run.eval_episodes=2", "run.progress=false", "algo.num_minibatches=1"]
+        "run.checkpoint_every=1", "run.eval_episodes=2", "run.progress=false", "trainer.num_minibatches=1"]
 
 
 def test_train_then_resume_then_eval(tmp_path, capsys):
@@ -66,8 +66,8 @@ def test_a_stopped_cluster_run_names_its_address_and_a_resume_archives_its_error
 
 
 def test_invalid_config_fails_before_anything_starts(tmp_path, capsys):
-    assert main(["train", str(ROOT / "configs/demo.yaml"), f"run.output_dir={tmp_path}", "algo.epochs=0"]) == 2
-    assert "config key 'algo.epochs': got 0; allowed: > 0" in capsys.readouterr().err
+    assert main(["train", str(ROOT / "configs/demo.yaml"), f"run.output_dir={tmp_path}", "trainer.epochs=0"]) == 2
+    assert "config key 'trainer.epochs': got 0; allowed: > 0" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 

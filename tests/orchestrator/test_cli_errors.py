@@ -49,6 +49,12 @@ def test_env_errors_are_config_errors_before_ray_or_a_run_directory(tmp_path, ca
     assert ray.is_initialized() == ray_was_up
 
 
+def test_a_key_of_an_older_version_names_its_new_place(tmp_path, capsys):
+    assert main(["train", DEMO, f"run.output_dir={tmp_path}", "algo.epochs=3"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: config key 'algo.epochs' moved to 'trainer.epochs'"]
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_batch_larger_than_the_machine_is_refused_with_its_size(tmp_path, capsys):
     # cooperative_pong: 2 agents see 280x480x3 frames; a MAPPO critic reads both, so an env step is 2 x 3 frames
     import os
@@ -102,7 +108,7 @@ def test_placement_errors_leave_no_run_directory(tmp_path, capsys, mode, overrid
 
 def test_a_resume_with_a_placement_error_leaves_the_run_directory_as_it_was(tmp_path, capsys):
     tiny = ["run.mode=serial", "run.iterations=1", "run.batch_env_steps=200", "rollout.envs_per_worker=8",
-            "run.progress=false", "algo.num_minibatches=1"]
+            "run.progress=false", "trainer.num_minibatches=1"]
     assert main(["train", DEMO, f"run.output_dir={tmp_path}", *tiny]) == 0
     (run_dir,) = tmp_path.iterdir()
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}

@@ -27,11 +27,12 @@ def llm_config(models: dict, **sections):
         "run": {"name": "test-llm", "workload": "llm", "mode": "serial", "seed": 0, "iterations": 2,
                 "progress": False, "checkpoint_every": 1},
         "llm": {"task": "speaker_listener", "models": {k: str(v) for k, v in models.items()}, "backend": "hf",
-                "group_size": 4, "queries_per_request": 1, "queries_per_iteration": 4, "num_minibatches": 2,
+                "group_size": 4, "queries_per_request": 1, "queries_per_iteration": 4,
                 "max_new_tokens": 4, "lr": 1e-3, "concurrent_requests": 2,
                 # one call at a time per engine: rollouts bit-reproducible, so the two pipelines see
                 # identical rows (a batching engine's padding changes logprobs in the last bits)
                 "engine_max_batch": 1},
+        "trainer": {"num_minibatches": 2},
         "pipeline": {"mode": "microbatch"},
     }
     for name, values in sections.items():
@@ -227,8 +228,9 @@ def test_the_stop_message_names_the_actor_that_died(tmp_path, key, role, group, 
 
 
 FLAKY_TASK = {"task": "tests.user_tasks:ColourRelay", "task_kwargs": {"fail_every": 2}, "queries_per_request": 2,
-              "queries_per_iteration": 8, "num_minibatches": 2}
-"""A user's task whose `run` raises in some trajectories of every other query (tests/user_tasks.py)."""
+              "queries_per_iteration": 8}
+"""A user's task whose `run` raises in some trajectories of every other query (tests/user_tasks.py); with
+llm_config's trainer.num_minibatches: 2."""
 
 
 def kept_queries(payload: dict) -> Counter:
@@ -416,8 +418,9 @@ def test_the_speaker_listener_team_learns(learning_task_models):
     iterations of 16 queries x 16 trajectories raise the mean reward (0.35 -> 0.46 when written; the
     demo's longer warm start and 60 iterations: 0.45 -> 0.66, docs/llm.md)."""
     cfg = llm_config(learning_task_models, pipeline={"mode": "sync"},
-                     llm={"group_size": 16, "queries_per_request": 1, "queries_per_iteration": 16, "num_minibatches": 1,
-                          "max_new_tokens": 6, "lr": 3e-4, "concurrent_requests": 1, "engine_max_batch": 64})
+                     llm={"group_size": 16, "queries_per_request": 1, "queries_per_iteration": 16,
+                          "max_new_tokens": 6, "lr": 3e-4, "concurrent_requests": 1, "engine_max_batch": 64},
+                     trainer={"num_minibatches": 1})
     orch = LLMOrchestrator(cfg, SerialRuntime())
     rewards = [orch.step()["charts/reward_mean"] for _ in range(30)]
     first, last = np.mean(rewards[:5]), np.mean(rewards[-10:])

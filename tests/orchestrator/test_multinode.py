@@ -25,7 +25,7 @@ FLEXMARL = str(Path(sys.executable).parent / "flexmarl")
 # Rollout workers (0.5 CPU each, SPREAD: one per node); the trainer (1.5 CPUs) fits only on the head
 # (3 CPUs), which keeps 1 CPU spare so that a lost worker bundle can be placed again there.
 JOB = ["run.mode=ray", "run.batch_env_steps=200", "rollout.envs_per_worker=4", "rollout.num_workers=2",
-       "run.checkpoint_every=1", "run.progress=false", "run.eval_every=0", "run.eval_episodes=2", "algo.num_minibatches=1", "algo.epochs=2",
+       "run.checkpoint_every=1", "run.progress=false", "run.eval_every=0", "run.eval_episodes=2", "trainer.num_minibatches=1", "trainer.epochs=2",
        "model.hidden_sizes=[32]", "resources.strategy=SPREAD", "resources.rollout_cpus=1", "resources.trainer_cpus=1.5"]
 
 

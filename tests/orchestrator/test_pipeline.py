@@ -17,7 +17,7 @@ def _close(a, b, atol=1e-5):
 def _cfg(make_cfg, mode, **extra):
     return make_cfg(run={"mode": extra.pop("run_mode", "serial"), "batch_env_steps": 400},
                     pipeline={"mode": mode, **extra.pop("pipeline", {})},
-                    algo={"epochs": 3, "num_minibatches": 2}, rollout={"num_workers": 2}, **extra)
+                    trainer={"epochs": 3, "num_minibatches": 2}, rollout={"num_workers": 2}, **extra)
 
 
 def test_microbatch_equals_sync_in_serial_mode_exactly(make_cfg):
@@ -120,8 +120,8 @@ def test_microbatch_equals_sync_when_requests_complete_out_of_order(make_cfg, va
     # minibatch is complete and must be held back; streaming must still give sync's parameters.
     def cfg(mode):
         sections = {k: dict(v) for k, v in variant.items()}
-        algo = {"epochs": 3, "num_minibatches": 2, **sections.pop("algo", {})}
-        return make_cfg(run={"batch_env_steps": 400}, pipeline={"mode": mode}, algo=algo,
+        trainer = {"epochs": 3, "num_minibatches": 2, **sections.pop("trainer", {})}
+        return make_cfg(run={"batch_env_steps": 400}, pipeline={"mode": mode}, trainer=trainer,
                         rollout={"num_workers": 2}, **sections)
 
     reference = JointOrchestrator(cfg("sync"), SerialRuntime())

@@ -20,7 +20,7 @@ from orchestrator.train import TrainingError, train
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["run.mode=serial", "run.batch_env_steps=200", "rollout.envs_per_worker=8", "run.checkpoint_every=1",
-        "run.eval_episodes=2", "run.progress=false", "algo.num_minibatches=1"]
+        "run.eval_episodes=2", "run.progress=false", "trainer.num_minibatches=1"]
 
 
 def _params(checkpoint: Path) -> dict:

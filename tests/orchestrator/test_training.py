@@ -109,7 +109,7 @@ def test_grasp_on_smax_trains_end_to_end_and_evaluates_win_rate(make_cfg, tmp_pa
     cfg = make_cfg(env={"name": "smax/3m", "kwargs": {}, "global_state": "env"},
                    rollout={"envs_per_worker": 8, "fragment_length": 40},
                    run={"batch_env_steps": 640, "output_dir": str(tmp_path), "eval_every": 2, "eval_episodes": 4},
-                   algo={"gradient_aggregator": "grasp", "num_minibatches": 2})
+                   algo={"gradient_aggregator": "grasp"}, trainer={"num_minibatches": 2})
     run_dir = new_run_dir(cfg)
     last = train(cfg, run_dir)
     assert last["iteration"] == 2 and 0.0 <= last["eval/win_rate"] <= 1.0 and last["eval/episodes"] == 4

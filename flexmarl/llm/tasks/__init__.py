@@ -9,15 +9,15 @@ from __future__ import annotations
 import importlib
 
 from flexmarl.llm.tasks.base import Call, Completion, Outcome, TextTask
-from flexmarl.llm.tasks.recsys import RecsysSessions
-from flexmarl.llm.tasks.skewed import SkewedSpeakerListener
-from flexmarl.llm.tasks.speaker_listener import SpeakerListener
+from flexmarl.registry import Registry
 
-TASKS: dict[str, type[TextTask]] = {
-    SpeakerListener.name: SpeakerListener,
-    RecsysSessions.name: RecsysSessions,
-    SkewedSpeakerListener.name: SkewedSpeakerListener,
-}
+TASKS = Registry("text task", {
+    "speaker_listener": "flexmarl.llm.tasks.speaker_listener:SpeakerListener",
+    "recsys_sessions": "flexmarl.llm.tasks.recsys:RecsysSessions",
+    "speaker_listener_skewed": "flexmarl.llm.tasks.skewed:SkewedSpeakerListener",
+})
+"""`llm.task` -> TextTask subclass (each class's `name` is its key here), loaded on first use: a config
+checks `llm.task` without importing the tasks (or torch)."""
 
 
 def task_class(name: str) -> type[TextTask]:

@@ -33,10 +33,12 @@ def untied_model_dir(tmp_path_factory):
     return _save_tiny_qwen2(tmp_path_factory.mktemp("tiny-qwen2-untied"), tied=False)
 
 
-def _cfg(make_cfg, **llm):
+def _cfg(make_cfg, trainer=None, **llm):
     # Adam's first steps are about lr * sign(gradient), so fp32 rounding in a gradient entry near Adam's
     # eps can move a parameter by a sizeable fraction of lr: parameter comparisons use small rates.
-    return make_cfg(llm={"device": "cpu", "lr": 1e-4, **llm})
+    # The trainer knobs are the LLM workload's defaults (make_cfg is a MARL config).
+    return make_cfg(llm={"lr": 1e-4, **llm},
+                    trainer={"device": "cpu", "epochs": 1, "max_grad_norm": 1.0, **(trainer or {})})
 
 
 def _micro_batches(trainer, n, seed=0, samples=None, noise=0.3):
@@ -79,7 +81,7 @@ def _batch_loss(trainer, mb, mode):
 @pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean_token_mean"])
 def test_streamed_out_of_order_equals_sync(make_cfg, model_dir, loss_agg):
     """Micro-batches of a later minibatch arrive first and wait; within a minibatch order may differ."""
-    cfg = _cfg(make_cfg, loss_agg=loss_agg, num_minibatches=2, epochs=2)
+    cfg = _cfg(make_cfg, loss_agg=loss_agg, trainer={"num_minibatches": 2, "epochs": 2})
     sync = LLMGroupTrainer(cfg, "speaker", model_dir, seed=1)
     streamed = LLMGroupTrainer(cfg, "speaker", model_dir, seed=1)
     mbs = _micro_batches(sync, 4)
@@ -115,7 +117,7 @@ def test_cutting_a_minibatch_into_micro_batches_does_not_change_the_update(make_
     assert (mean_of_means - whole).abs().max() > 1e-4
     # and end to end: two epochs of Adam steps (lr 1e-5: Adam's near-eps amplification of fp32 rounding
     # stays far below the 1e-6 checked, a normalisation error of order lr does not)
-    cfg = _cfg(make_cfg, loss_agg=loss_agg, epochs=2, lr=1e-5)
+    cfg = _cfg(make_cfg, loss_agg=loss_agg, lr=1e-5, trainer={"epochs": 2})
     split, merged = LLMGroupTrainer(cfg, "speaker", model_dir, seed=1), LLMGroupTrainer(cfg, "speaker", model_dir, seed=1)
     split.update(["a", "b"], [0, 0], *mbs)
     merged.update(["a"], [0], _merged(mbs))
@@ -156,7 +158,7 @@ def test_token_logprobs_equal_a_direct_forward(make_cfg, model_dir):
 
 
 def test_state_round_trip_continues_exactly(make_cfg, model_dir):
-    cfg = _cfg(make_cfg, num_minibatches=2, epochs=2)
+    cfg = _cfg(make_cfg, trainer={"num_minibatches": 2, "epochs": 2})
     trainer = LLMGroupTrainer(cfg, "speaker", model_dir, seed=1)
     mbs = _micro_batches(trainer, 2)
     trainer.update(["a", "b"], [0, 0], *mbs)

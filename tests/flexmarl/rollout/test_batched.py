@@ -8,7 +8,7 @@ from flexmarl.trainer import GroupTrainer
 def _smax_cfg(make_cfg, **algo):
     return make_cfg(env={"name": "smax/3m", "kwargs": {}, "global_state": "env"},
                     rollout={"envs_per_worker": 8, "fragment_length": 40}, run={"batch_env_steps": 320},
-                    algo={"epochs": 2, **algo})
+                    algo=algo, trainer={"epochs": 2})
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import copy
 
 import yaml
 
-from flexmarl.config_error import ConfigError
+from flexmarl.config.errors import ConfigError
 
 
 def _parse(item: str) -> tuple[list[str], object]:
