@@ -63,7 +63,10 @@ def read_run(suite: Suite, run_dir: Path, cfg) -> RunRecord | None:
     steps, values = np.array([p[0] for p in points]), np.array([p[1] for p in points])
     final_path = run_dir / FINAL_EVAL
     final_eval = json.loads(final_path.read_text()) if final_path.exists() else None
-    final = final_eval[column] if final_eval else (float(values[-1]) if len(values) else None)
+    if suite.final_eval_episodes:  # the final evaluation or nothing yet (pending), never a smaller one
+        final = final_eval[column] if final_eval else None
+    else:
+        final = float(values[-1]) if len(values) else None
     return RunRecord(rows, steps, values, final, final_eval, is_complete(run_dir, cfg), read_eval_episodes(run_dir))
 
 
