@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from flexmarl.config import ConfigError, load_config
-from orchestrator.run_dir import CheckpointError, load_run_config, new_run_dir, save_run_config
+from orchestrator.run_dir import CheckpointError, check_output_dir, choose_run_dir, load_run_config, resume_command
 
 
 class UsageError(ValueError):
@@ -17,29 +18,32 @@ class UsageError(ValueError):
 
 
 def _cmd_train(args) -> int:
-    from orchestrator.train import TrainingError, train
+    from orchestrator.train import TrainingError, cluster_address, train
 
     if args.resume:
         run_dir = Path(args.resume)
         overrides = ([args.config] if args.config else []) + args.overrides  # no CONFIG with --resume
         cfg = load_run_config(run_dir, overrides)
         _check_env(cfg)
-        save_run_config(run_dir, cfg)
     else:
         if not args.config:
             raise SystemExit("flexmarl train: give a CONFIG file or --resume RUN_DIR")
         cfg = load_config(args.config, args.overrides)
+        check_output_dir(cfg, os.environ)
         _check_env(cfg)
-        run_dir = new_run_dir(cfg)
-    print(f"run directory: {run_dir}")
+        run_dir = choose_run_dir(cfg)  # created by train once the actors are placed
     try:
-        metrics = train(cfg, run_dir, resume=bool(args.resume), address=args.address)
+        metrics = train(cfg, run_dir, resume=bool(args.resume), address=args.address,
+                        on_start=lambda path: print(f"run directory: {path}", flush=True))
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C: no traceback, just where the run is and how to continue it
-        print(f"\ninterrupted: run directory {run_dir}; continue from its latest checkpoint with: "
-              f"flexmarl train --resume {run_dir}", file=sys.stderr)
+        if not run_dir.exists():
+            print("\ninterrupted before the run started; nothing was written", file=sys.stderr)
+        else:
+            print(f"\ninterrupted: run directory {run_dir}; continue from its latest checkpoint with: "
+                  f"{resume_command(run_dir, cluster_address(cfg, args.address))}", file=sys.stderr)
         return 130
     if cfg.run.workload == "llm":
         _print_llm_summary(cfg, run_dir, metrics)
@@ -237,9 +241,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """argparse, except that `train` overrides may also follow its options (`train CONFIG --address X key=val`):
+    argparse takes positionals in one run, so the ones after an option come back unrecognised."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":
+        args.overrides += [item for item in extra if not item.startswith("-")]
+        extra = [item for item in extra if item.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return args.fn(args)
     except (ConfigError, CheckpointError, UsageError) as exc:

@@ -6,7 +6,9 @@
         eval_episodes.jsonl  each greedy evaluation's per-episode values (one line per evaluation)
         tb/                  TensorBoard events
         checkpoints/iter_000010/{state.pt, meta.json}
-        error.txt            written when a run stops on an error
+        error.txt            written when a run stops on an error (error.<time>.txt once a resume started)
+
+It is created only once the run's actors are placed, so a config or placement error leaves none behind.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Mapping
 
 import torch
 import yaml
 
-from flexmarl.config import Config, config_from_saved
+from flexmarl.config import Config, ConfigError, config_from_saved
 
 CHECKPOINT_FORMAT = "flexmarl-checkpoint/1"
 
@@ -31,19 +34,59 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt, or does not match the run it is loaded into."""
 
 
-def new_run_dir(cfg: Config) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(cfg.run.output_dir) / f"{cfg.run.name}-{stamp}"
+def choose_run_dir(cfg: Config) -> Path:
+    """`<run.output_dir>/<run.name>-<timestamp>` (then -1, -2, ... if taken), not created yet."""
+    base = Path(cfg.run.output_dir) / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, n = base, 1
     while path.exists():
         path, n = Path(f"{base}-{n}"), n + 1
-    path.mkdir(parents=True)
-    save_run_config(path, cfg)
     return path
+
+
+def new_run_dir(cfg: Config) -> Path:
+    """A fresh run directory, created now with its config.yaml."""
+    path = choose_run_dir(cfg)
+    prepare_run_dir(path, cfg)
+    return path
+
+
+def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool = False) -> None:
+    """Create the run directory if needed and write the resolved config.yaml. On resume, an error.txt of
+    the stopped run is kept as error.<when it was written>.txt: the directory no longer claims a failure."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_run_config(run_dir, cfg)
+    error = run_dir / "error.txt"
+    if resume and error.exists():
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(error.stat().st_mtime))
+        archived, n = run_dir / f"error.{stamp}.txt", 1
+        while archived.exists():
+            archived, n = run_dir / f"error.{stamp}-{n}.txt", n + 1
+        error.rename(archived)
+
+
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+"""Set by Ray's job supervisor in a job's entrypoint process (`ray job submit -- flexmarl train ...`)."""
+
+
+def check_output_dir(cfg: Config, environ: Mapping[str, str]) -> None:
+    """In a Ray job the working directory is Ray's temporary copy of `--working-dir`, deleted with the job's
+    Ray session: a relative `run.output_dir` would put the run there (printed as runs/..., then lost), so
+    a job must name an absolute one."""
+    if RAY_JOB_ENV in environ and not Path(cfg.run.output_dir).is_absolute():
+        raise ConfigError("run.output_dir", cfg.run.output_dir,
+                          "an absolute path when running as a Ray job (ray job submit), on storage that outlives "
+                          "the job (its working directory is Ray's temporary copy of --working-dir), e.g. "
+                          "run.output_dir=/shared/runs")
 
 
 def save_run_config(run_dir: Path, cfg: Config) -> None:
     (Path(run_dir) / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def resume_command(run_dir: Path, address: str | None = None) -> str:
+    """The command that continues a run, on the same cluster when it ran on one."""
+    return f"flexmarl train --resume {run_dir}" + (f" --address {address}" if address else "")
 
 
 def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
@@ -165,7 +208,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def resume_checkpoint(run_dir: Path) -> Path | None:
+def resume_checkpoint(run_dir: Path, address: str | None = None) -> Path | None:
     """The latest checkpoint if it is intact; if not, a CheckpointError naming the newest intact one and
     the command that makes `--resume` continue from it (moving the unusable ones aside, not deleting them)."""
     found = sorted((Path(run_dir) / "checkpoints").glob("iter_*"))
@@ -186,7 +229,7 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
         raise CheckpointError(
             f"cannot resume {run_dir}: the latest checkpoint {found[-1].name} is unusable ({problem}). The newest "
             f"intact checkpoint is {found[i].name}; to continue from it, move the later ones aside and resume again: "
-            f"{moves}; flexmarl train --resume {run_dir}")
+            f"{moves}; {resume_command(run_dir, address)}")
     raise CheckpointError(f"cannot resume {run_dir}: the latest checkpoint {found[-1].name} is unusable ({problem}) "
                           "and no earlier checkpoint is intact; start a new run")
 

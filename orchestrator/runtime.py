@@ -27,6 +27,11 @@ class WorkerDiedError(RuntimeError):
         self.actor = actor
 
 
+def ray_address(address: str | None) -> str | None:
+    """The cluster to join: `address` (`flexmarl train --address`), else RAY_ADDRESS; None: a local instance."""
+    return address or os.environ.get("RAY_ADDRESS")
+
+
 class SerialRef:
     def __init__(self, value: Any = None, error: BaseException | None = None):
         self.value, self.error = value, error
@@ -155,7 +160,7 @@ class RayRuntime(Runtime):
         import ray
 
         self.ray = ray
-        self.address = address or os.environ.get("RAY_ADDRESS")
+        self.address = ray_address(address)
         self._actor_classes: dict[type, Any] = {}
         self.pools: dict[str, Any] = {}
         self._owns_ray = False
@@ -220,7 +225,7 @@ class RayRuntime(Runtime):
             # Ray leaves CUDA_VISIBLE_DEVICES alone for an actor without GPUs: it would see every GPU of its node
             options["runtime_env"] = {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}}
         handle = actor_cls.options(**options).remote(*args, **kwargs)
-        self._actors[handle._actor_id.hex()] = bundle.actor
+        self._actors[handle._actor_id.hex()] = bundle.actor  # RayActorError names only the actor id
         return handle
 
     def call(self, handle, method, *args, num_returns=1):

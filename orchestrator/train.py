@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -18,9 +19,9 @@ from flexmarl.rollout.evaluate import evaluate_policy
 from flexmarl.rollout.worker import make_eval_env
 from orchestrator.llm import EngineFailure, TaskFailure, make_orchestrator
 from orchestrator.orchestrator import WorkerFailure
-from orchestrator.run_dir import (MetricsWriter, latest_checkpoint, load_checkpoint, record_eval_episodes,
-                                  resume_checkpoint, save_checkpoint)
-from orchestrator.runtime import WorkerDiedError, make_runtime
+from orchestrator.run_dir import (MetricsWriter, latest_checkpoint, load_checkpoint, prepare_run_dir,
+                                  record_eval_episodes, resume_checkpoint, resume_command, save_checkpoint)
+from orchestrator.runtime import WorkerDiedError, make_runtime, ray_address
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,27 @@ def _root_cause(exc: BaseException) -> BaseException:
     return getattr(exc, "cause", None) or exc  # Ray wraps remote exceptions; `cause` is the original
 
 
-def train(cfg: Config, run_dir: Path, resume: bool = False, address: str | None = None) -> dict:
-    """Train until `run.iterations`; returns the last iteration's metrics."""
-    checkpoint = resume_checkpoint(run_dir) if resume else None  # a corrupt one is refused before Ray starts
+def cluster_address(cfg: Config, address: str | None) -> str | None:
+    """The Ray cluster a run joins (`--address`, else RAY_ADDRESS), None for a local or serial run."""
+    return ray_address(address) if cfg.run.mode == "ray" else None
+
+
+def train(cfg: Config, run_dir: Path, resume: bool = False, address: str | None = None,
+          on_start: Callable[[Path], None] | None = None) -> dict:
+    """Train until `run.iterations`; returns the last iteration's metrics. The run directory and its
+    config.yaml are written once the orchestrator's actors are placed (then `on_start(run_dir)` is called):
+    a config or placement error leaves no new run directory and a resumed one as it was."""
+    address = cluster_address(cfg, address)
+    checkpoint = resume_checkpoint(run_dir, address) if resume else None  # a corrupt one: refused before Ray
     runtime = make_runtime(cfg, address)
     orch = None
     writer = None
     last: dict = {}
     try:
         orch = make_orchestrator(cfg, runtime)
+        prepare_run_dir(run_dir, cfg, resume)
+        if on_start is not None:
+            on_start(run_dir)
         if resume and checkpoint is None:
             log.warning("%s has no checkpoint; starting from iteration 0", run_dir)
         if checkpoint is not None:
@@ -61,7 +74,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, address: str | None 
                     metrics.update(record_eval_episodes(run_dir, orch.iteration, orch.env_steps, evaluation))
             except (EnvStepError, EnvOutputError, WorkerFailure, WorkerDiedError, EngineFailure, WeightSyncError,
                     TaskFailure) as exc:
-                raise _stop(run_dir, exc) from exc
+                raise _stop(run_dir, exc, address) from exc
             writer.write(metrics)
             last = metrics
             bar.update(metrics["env_steps"] - bar.n)
@@ -82,16 +95,16 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, address: str | None 
             runtime.shutdown()
 
 
-def _stop(run_dir: Path, exc: BaseException) -> TrainingError:
+def _stop(run_dir: Path, exc: BaseException, address: str | None = None) -> TrainingError:
     """Write error.txt, naming what failed (a dead actor by kind, group and index), and say where the run
-    can continue from.
+    can continue from (and on which cluster).
 
     A dead trainer actor is not replaced mid-iteration: its optimizer and value-normaliser state since the
     last checkpoint is gone, so the run stops and `--resume` continues exactly from that checkpoint."""
     saved = latest_checkpoint(run_dir)
     cause = _root_cause(exc)
     what = _actor_death(exc) if isinstance(exc, WorkerDiedError) else f"{type(cause).__name__}: {cause}"
-    resume = (f"Continue from {saved.name} with: flexmarl train --resume {run_dir}" if saved
+    resume = (f"Continue from {saved.name} with: {resume_command(run_dir, address)}" if saved
               else "No checkpoint was written yet; start the run again.")
     message = plain_text(f"{what}\nThe run directory {run_dir} keeps every metric row and checkpoint written before this "
                f"error. {resume}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
+from orchestrator.cli import main, parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["run.mode=serial", "run.iterations=2", "run.batch_env_steps=200", "rollout.envs_per_worker=8",
@@ -27,6 +27,42 @@ def test_train_then_resume_then_eval(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(run_dir / "checkpoints" / "iter_000003"), "--episodes", "2"]) == 0
     assert "checkpoint iteration 3: mean return" in capsys.readouterr().out
+
+
+def test_overrides_may_follow_options_in_any_order(tmp_path, capsys):
+    args = parse_args(["train", "cfg.yaml", "--address", "10.0.0.1:6379", "a.b=1", "c=2"])
+    assert (args.config, args.address, args.overrides) == ("cfg.yaml", "10.0.0.1:6379", ["a.b=1", "c=2"])
+    args = parse_args(["train", "cfg.yaml", "a.b=1", "--address", "10.0.0.1:6379", "c=2"])
+    assert args.overrides == ["a.b=1", "c=2"]  # in the order given: later overrides win
+    with pytest.raises(SystemExit):
+        parse_args(["train", "cfg.yaml", "--adress", "10.0.0.1:6379"])
+    with pytest.raises(SystemExit):
+        parse_args(["eval", "ckpt", "extra"])
+    capsys.readouterr()
+    # a serial run ignores the address: the command line is what is checked here
+    assert main(["train", str(ROOT / "configs/demo.yaml"), "--address", "10.0.0.1:6379", f"run.output_dir={tmp_path}",
+                 *TINY]) == 0
+    (run_dir,) = tmp_path.iterdir()
+    assert "iterations: 2" in (run_dir / "config.yaml").read_text()
+
+
+def test_a_stopped_cluster_run_names_its_address_and_a_resume_archives_its_error(tmp_path, capsys, ray_cluster):
+    import ray
+
+    address = ray.get_runtime_context().gcs_address  # joined, as `--address` joins a cluster
+    faulty = ["env.name=tests.faulty_envs:make", "env.kwargs={fault: nan_reward, at_step: 60, N: 3}"]
+    assert main(["train", str(ROOT / "configs/demo.yaml"), "--address", address, f"run.output_dir={tmp_path}",
+                 *TINY, "run.mode=ray", "run.iterations=4", *faulty]) == 1
+    (run_dir,) = tmp_path.iterdir()
+    err = capsys.readouterr().err
+    assert f"flexmarl train --resume {run_dir} --address {address}" in err
+    error = (run_dir / "error.txt").read_text()
+    assert "EnvOutputError" in error and f"--address {address}" in error
+    assert main(["train", "--resume", str(run_dir), "--address", address, "env.kwargs.fault=none"]) == 0
+    assert not (run_dir / "error.txt").exists()
+    (archived,) = run_dir.glob("error.*.txt")
+    assert archived.read_text() == error
+    assert (run_dir / "checkpoints" / "iter_000004").exists()
 
 
 def test_invalid_config_fails_before_anything_starts(tmp_path, capsys):
@@ -75,6 +111,11 @@ def test_ray_job_submit_on_a_local_head(tmp_path):
         assert "succeeded" in done.stdout
         (run_dir,) = tmp_path.iterdir()
         assert (run_dir / "checkpoints" / "iter_000002").exists()
+        # the default relative output_dir would land in Ray's temporary copy of the working dir: refused
+        relative = [a for a in submit if not a.startswith("run.output_dir=")]
+        refused = subprocess.run(relative, env=job_env, capture_output=True, text=True, timeout=300)
+        assert refused.returncode != 0 and "error: config key 'run.output_dir': got 'runs'" in refused.stdout, \
+            refused.stdout[-3000:] + refused.stderr[-3000:]
     finally:
         subprocess.run(["pkill", "-9", "-f", temp_dir], capture_output=True, timeout=60)
         time.sleep(1)

@@ -84,3 +84,50 @@ def test_eval_refuses_a_non_positive_episode_count(tmp_path, capsys, episodes):
     assert main(["eval", str(tmp_path), "--episodes", episodes]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: flexmarl eval --episodes: got {episodes}; allowed: an integer > 0"]
+
+
+@pytest.mark.parametrize("mode, overrides, fragments", [
+    ("serial", ["resources.per_group={nobody: {trainer: {cpus: 1}}}"],
+     ["config key 'resources.per_group.nobody'", "a group of this run: shared"]),
+    ("ray", ["resources.trainer.gpus=1"], ["placement (resources.trainer)", "trainer of group 'shared' asks for",
+                                           "1 GPU", "no node of this cluster has that much"]),
+    ("ray", ["resources.per_group={shared: {trainer: {memory_gib: 100000}}}"],
+     ["placement (resources.per_group.shared.trainer)", "1e+05 GiB memory", "no node of this cluster has that much"]),
+])
+def test_placement_errors_leave_no_run_directory(tmp_path, capsys, mode, overrides, fragments):
+    """Found when the orchestrator places its actors (on Ray: against the cluster's nodes), before the run
+    directory is created."""
+    assert main(["train", DEMO, f"run.output_dir={tmp_path}", f"run.mode={mode}", "run.progress=false",
+                 *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in err[0], err[0]
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_resume_with_a_placement_error_leaves_the_run_directory_as_it_was(tmp_path, capsys):
+    tiny = ["run.mode=serial", "run.iterations=1", "run.batch_env_steps=200", "rollout.envs_per_worker=8",
+            "run.progress=false", "trainer.num_minibatches=1"]
+    assert main(["train", DEMO, f"run.output_dir={tmp_path}", *tiny]) == 0
+    (run_dir,) = tmp_path.iterdir()
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir), "run.iterations=2",
+                 "resources.per_group={nobody: {trainer: {cpus: 1}}}"]) == 2
+    assert "config key 'resources.per_group.nobody'" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+
+def test_a_ray_job_must_name_an_absolute_output_dir(tmp_path, capsys, monkeypatch):
+    """Under `ray job submit` the working directory is Ray's temporary copy of --working-dir (the job
+    supervisor marks the entrypoint with RAY_JOB_CONFIG_JSON_ENV_VAR): a relative run.output_dir is refused."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    assert main(["train", DEMO, "run.mode=serial"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: config key 'run.output_dir': got 'runs'; allowed: an absolute path when running as a "
+                   "Ray job (ray job submit), on storage that outlives the job (its working directory is Ray's "
+                   "temporary copy of --working-dir), e.g. run.output_dir=/shared/runs"]
+    assert not any(tmp_path.iterdir())
+

@@ -1,11 +1,13 @@
 """The same pipeline on real Ray actors: parity with serial mode, dead workers, pools."""
 
+import time
+
 import numpy as np
 import pytest
 import ray
 
 from orchestrator.orchestrator import JointOrchestrator, WorkerFailure
-from orchestrator.runtime import RayRuntime, SerialRuntime
+from orchestrator.runtime import RayRuntime, SerialRuntime, WorkerDiedError
 from tests.conftest import policy_params
 
 
@@ -42,6 +44,24 @@ def test_workers_and_trainers_run_on_separate_pools(make_cfg):
         assert table[pools["rollout"].id.hex()]["bundles"][0] == {"CPU": 1.0}
         worker_pid = ray.get(orch.workers[0].health.remote())["pid"]
         assert worker_pid != __import__("os").getpid()
+    finally:
+        orch.shutdown()
+
+
+def test_a_dead_actor_is_named_by_kind_group_and_index(make_cfg):
+    cfg = make_cfg(run={"mode": "ray"}, rollout={"num_workers": 2})
+    orch = JointOrchestrator(cfg, RayRuntime(cfg))
+    rt = orch.runtime
+    try:
+        for handle, method, key, named in ((orch.trainers["shared"], "get_weights", "trainer/shared", "trainer of group 'shared'"),
+                                           (orch.workers[1], "health", "worker/1", "rollout worker 1")):
+            ray.kill(handle, no_restart=True)
+            deadline = time.monotonic() + 30
+            with pytest.raises(WorkerDiedError) as info:
+                while time.monotonic() < deadline:  # ray.kill is asynchronous: a call may still be served first
+                    rt.get(rt.call(handle, method))
+                    time.sleep(0.1)
+            assert info.value.actor.key == key and info.value.actor.describe() == named, str(info.value)
     finally:
         orch.shutdown()
 

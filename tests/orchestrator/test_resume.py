@@ -128,6 +128,7 @@ def test_dead_trainer_stops_with_error_txt_and_resume_continues_exactly(make_cfg
     assert killed
     assert f"flexmarl train --resume {run_dir}" in str(info.value)
     assert "trainer actor died" in (run_dir / "error.txt").read_text()
+    assert "a trainer actor died: the trainer of group 'shared' (" in str(info.value)  # which one
     stopped_at = latest_checkpoint(run_dir)
     n = int(stopped_at.name.split("_")[1])
     train(make_cfg(run={"mode": "ray", "output_dir": str(tmp_path / "a"), "iterations": n + 1}), run_dir, resume=True)
