@@ -49,26 +49,26 @@ def run_suite(suite: Suite, runs_dir: Path, output: Path, mode: str | None = Non
 
 def final_evaluation(suite: Suite, run_dir: Path, cfg: Config) -> dict | None:
     """The final checkpoint on the suite's final episodes (cached in the run directory), once it is complete."""
-    path = run_dir / FINAL_EVAL
     if not suite.final_eval_episodes or not is_complete(run_dir, cfg):
         return None
-    cached = json.loads(path.read_text()) if path.exists() else None
-    if cached and cached.get("episodes") == suite.final_eval_episodes and cached.get("seed") == FINAL_EVAL_SEED:
-        return cached
-    result = evaluate_checkpoint(latest_checkpoint(run_dir), suite.final_eval_episodes, FINAL_EVAL_SEED)
-    result.update(episodes=suite.final_eval_episodes, seed=FINAL_EVAL_SEED)
-    path.write_text(json.dumps(result) + "\n")
-    return result
+    return _cached_evaluation(run_dir / FINAL_EVAL, suite.final_eval_episodes,
+                              lambda: evaluate_checkpoint(latest_checkpoint(run_dir), suite.final_eval_episodes,
+                                                          FINAL_EVAL_SEED))
 
 
 def random_baseline(suite: Suite, runs_dir: Path, task: str, cfg: Config) -> dict:
     """A uniform random policy on the same final episodes as the trained runs (cached per task)."""
-    path = runs_dir / task / "random" / FINAL_EVAL
     episodes = suite.final_eval_episodes or cfg.run.eval_episodes
+    return _cached_evaluation(runs_dir / task / "random" / FINAL_EVAL, episodes,
+                              lambda: random_policy_baseline(cfg, episodes, FINAL_EVAL_SEED))
+
+
+def _cached_evaluation(path: Path, episodes: int, evaluate) -> dict:
+    """`evaluate()` on the final episodes, kept in `path`; a cached result of other episodes is redone."""
     cached = json.loads(path.read_text()) if path.exists() else None
     if cached and cached.get("episodes") == episodes and cached.get("seed") == FINAL_EVAL_SEED:
         return cached
-    result = random_policy_baseline(cfg, episodes, FINAL_EVAL_SEED)
+    result = evaluate()
     result.update(episodes=episodes, seed=FINAL_EVAL_SEED)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result) + "\n")
