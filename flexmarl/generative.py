@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from flexmarl.algorithms.group_losses import (GROUP_LOSSES, aggregate_token_loss, group_advantages, group_clip,
-                                              kl_penalty)
+from flexmarl.algorithms import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
+from flexmarl.algorithms.advantages import group_clip
+from flexmarl.algorithms.losses import aggregate_token_loss, kl_penalty
 from flexmarl.semantic_ids import SemanticIds, build_semantic_ids
 
 
@@ -71,8 +72,8 @@ class GenerativeConfig:
 
 
 def _check_loss(loss: str) -> None:
-    if loss not in GROUP_LOSSES:
-        raise ValueError(f"generative loss {loss!r}; registered: {', '.join(sorted(GROUP_LOSSES))}")
+    if loss not in POLICY_LOSSES:
+        raise ValueError(f"generative loss {loss!r}; registered: {', '.join(sorted(POLICY_LOSSES))}")
 
 
 class SemanticIdPolicy(nn.Module):
@@ -190,7 +191,7 @@ class GenerativeRecommender:
         codes = self.policy.sample(u, s, self.generator)
         reward, valid = self.rewards(users, scenarios, codes.view(B, G, -1).numpy())
         r = torch.as_tensor(reward, dtype=torch.float32)
-        advantages = group_advantages(r)
+        advantages = ADVANTAGE_ESTIMATORS["group_norm"](r)
         if cfg.loss == "sa_gcpo":
             target = torch.as_tensor(self.engaged_reward(users, scenarios), dtype=torch.float32)
             advantages = group_clip(advantages, r, target)
@@ -202,7 +203,7 @@ class GenerativeRecommender:
         hparams = {"clip_eps": cfg.clip_eps, "tau_pos": cfg.tau_pos, "tau_neg": cfg.tau_neg}
         for _ in range(cfg.epochs):
             logp = self.policy.token_logp(u, s, codes)
-            per_token = GROUP_LOSSES[cfg.loss](logp, old_logp, mask, advantages, **hparams)
+            per_token = POLICY_LOSSES[cfg.loss](logp, old_logp, advantages[:, None], **hparams)
             summed, outputs = aggregate_token_loss(per_token, mask, "seq_mean_token_mean")  # the GRPO paper's mean
             loss = summed / outputs
             kl = kl_penalty(logp, ref_logp).mean() if ref_logp is not None else torch.zeros(())

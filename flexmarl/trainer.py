@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from flexmarl.algorithms import POLICY_LOSSES, VALUE_LOSSES, ValueNorm
+from flexmarl.algorithms import POLICY_LOSSES, VALUE_LOSSES, ValueNorm, loss_hparams
 from flexmarl.config import Config
 from flexmarl.devices import resolve_device, state_to_cpu
 from flexmarl.groups import GroupLayout
@@ -52,6 +52,7 @@ class GroupTrainer(StreamingTrainer):
         self.critic_opt = torch.optim.Adam(self.policy.critic.parameters(), lr=a.lr_critic, eps=a.adam_eps)
         self.value_norm = ValueNorm(enabled=a.value_norm)
         self.policy_loss = POLICY_LOSSES[a.policy_loss]
+        self.loss_hparams = loss_hparams(cfg.trainer)
         self.value_loss = VALUE_LOSSES[a.value_loss]
         # A shared actor with a non-mean aggregator needs each agent's own gradient (GRASP and ablations).
         self.per_agent = None
@@ -96,7 +97,7 @@ class GroupTrainer(StreamingTrainer):
             advantages = (advantages - mean) / (std + 1e-8)
         targets = value_norm.normalize(mb["returns"])
         values, _ = self.policy.critic(mb["critic_in"], mb["h0_critic"], mb["episode_start"])
-        value_loss = self.value_loss(values, mb["values_norm"], targets, a.value_clip_eps, a.huber_delta)
+        value_loss = self.value_loss(values, mb["values_norm"], targets, clip_eps=a.value_clip_eps, huber_delta=a.huber_delta)
         critic_loss = a.value_coef * (value_loss * active).sum()
 
         if self.per_agent is None:
@@ -126,7 +127,7 @@ class GroupTrainer(StreamingTrainer):
         """(log-prob, entropy, per-sample policy loss) of the current actor on a (sub-)micro-batch."""
         dist, _ = self.policy.actor.distribution(mb["obs"], mb["h0_actor"], mb["episode_start"], mb.get("action_mask"))
         logp = dist.log_prob(mb["actions"])
-        return logp, dist.entropy(), self.policy_loss(logp, mb["logp"], advantages, self.cfg.trainer.clip_eps)
+        return logp, dist.entropy(), self.policy_loss(logp, mb["logp"], advantages, **self.loss_hparams)
 
     def _per_agent_backward(self, mb: dict, advantages: torch.Tensor):
         """Each agent's own surrogate on its own samples, one backward per agent.

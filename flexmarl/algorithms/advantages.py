@@ -1,8 +1,14 @@
-"""Advantage estimators over time-major arrays [T, C] (C = independent trajectory columns)."""
+"""Advantage estimators, one registry (`registry.ADVANTAGE_ESTIMATORS`), keyword hyper-parameters.
+
+- gae: temporal, for policies with a critic; time-major arrays [T, C] (C = independent trajectory columns).
+- group_norm: group-relative, for generated outputs without a critic (GRPO, SA-GCPO, GBPO): each request's
+  G outputs are compared with one another.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def gae(
@@ -11,6 +17,7 @@ def gae(
     next_values: np.ndarray,
     terminated: np.ndarray,
     episode_end: np.ndarray,
+    *,
     gamma: float,
     lam: float,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -29,3 +36,16 @@ def gae(
         last = delta + gamma * lam * (1.0 - episode_end[t]) * last
         advantages[t] = last
     return advantages, advantages + values
+
+
+def group_norm(rewards: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
+    """[..., G] rewards -> advantages normalised within each group: (R - mean) / (std + eps)."""
+    mean = rewards.mean(-1, keepdim=True)
+    std = rewards.std(-1, unbiased=False, keepdim=True)
+    return (rewards - mean) / (std + eps)
+
+
+def group_clip(advantages: torch.Tensor, rewards: torch.Tensor, target_reward: torch.Tensor) -> torch.Tensor:
+    """SA-GCPO's group clip: a positive advantage is zeroed when the output's reward is below the reward
+    of the item the user actually engaged with (`target_reward`, one per group)."""
+    return torch.where((advantages > 0) & (rewards < target_reward[..., None]), torch.zeros_like(advantages), advantages)

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from flexmarl.algorithms.registry import GROUP_LOSSES
+from flexmarl.algorithms.registry import POLICY_LOSSES
 from flexmarl.config.fields import (SECTION, AgentGroups, Device, NonNegativeInt, NonNegativeNumber, Number,
                                     PositiveInt, PositiveNumber, registered)
 from flexmarl.llm.engine_registry import ENGINES
@@ -59,17 +59,13 @@ class LLMConfig(BaseModel):
     is counted (`llm/prompt_too_long`)."""
     temperature: NonNegativeNumber = 1.0
     """Sampling temperature of rollouts (logprobs are the raw model's)."""
-    loss: Annotated[str, registered(GROUP_LOSSES)] = "grpo"
-    """Registered group loss (flexmarl.algorithms.group_losses.GROUP_LOSSES): grpo, sa_gcpo, gbpo."""
+    loss: Annotated[str, registered(POLICY_LOSSES)] = "grpo"
+    """Registered policy loss applied per token (flexmarl.algorithms.POLICY_LOSSES): grpo, sa_gcpo, gbpo, ..."""
     loss_agg: Literal["token_mean", "seq_mean_token_mean"] = "token_mean"
     """token_mean: sum of token losses / tokens in the minibatch (DAPO); seq_mean_token_mean: each
     sequence's token mean, averaged over sequences (GRPO paper). Both are final only when the minibatch is."""
     lr: PositiveNumber = 1.0e-4
     """Adam learning rate."""
-    tau_pos: PositiveNumber = 1.0
-    """SA-GCPO gate temperature for positive advantages."""
-    tau_neg: PositiveNumber = 1.05
-    """SA-GCPO gate temperature for negative advantages."""
     kl_coef: NonNegativeNumber = 0.0
     """Weight of the per-token k3 KL to the initial (warm-started) model; 0 skips the reference model."""
     format_penalty: Number = -1.0

@@ -41,22 +41,22 @@ def config_from_saved(data: dict, overrides: list[str] | None = None) -> Config:
 
 
 def upgrade_saved_config(data: dict) -> dict:
-    """A resolved config from before the `trainer` section: the workload's own copies of the shared knobs
+    """A resolved config written before a knob moved to the `trainer` section (the section itself, or
+    later the loss hyper-parameters tau_pos / tau_neg): the workload's own copies of the shared knobs
     (`algo.*` for marl, `llm.*` for llm) move to `trainer`, the other workload's unused copies are dropped,
     and LLM engines keep the device they had (`llm.device` set both engines and trainers)."""
-    if not isinstance(data, dict) or "trainer" in data:
+    if not isinstance(data, dict):
+        return data
+    moved = [(s, k) for s in ("algo", "llm") for k in TrainerConfig.model_fields if k in (data.get(s) or {})]
+    if "trainer" in data and not moved:
         return data
     out = copy.deepcopy(data)
     own = "llm" if (out.get("run") or {}).get("workload") == "llm" else "algo"
-    trainer = {}
-    for section in ("algo", "llm"):
-        values = out.get(section) or {}
-        for knob in TrainerConfig.model_fields:
-            if knob in values:
-                value = values.pop(knob)
-                if section == own:
-                    trainer[knob] = value
-    if own == "llm" and "device" in trainer:
+    trainer = out.setdefault("trainer", {})
+    for section, knob in moved:
+        value = out[section].pop(knob)
+        if section == own:
+            trainer.setdefault(knob, value)
+    if own == "llm" and "device" in trainer and "engine_device" not in out.get("llm", {}):
         out.setdefault("llm", {})["engine_device"] = trainer["device"]
-    out["trainer"] = trainer
     return out

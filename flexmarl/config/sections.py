@@ -145,7 +145,11 @@ class TrainerConfig(BaseModel):
     max_grad_norm: NonNegativeNumber = 10.0
     """Gradient norm clip (marl: actor and critic separately). Default: 10.0 (marl), 1.0 (llm; 0 = no clip)."""
     clip_eps: NonNegativeNumber = 0.2
-    """Ratio clip of PPO (marl) and GRPO (llm)."""
+    """Ratio clip of the ppo_clip / grpo policy loss."""
+    tau_pos: PositiveNumber = 1.0
+    """Gate temperature of the sa_gcpo policy loss for positive advantages."""
+    tau_neg: PositiveNumber = 1.05
+    """Gate temperature of the sa_gcpo policy loss for negative advantages (> tau_pos damps them harder)."""
 
 
 class RolloutConfig(BaseModel):

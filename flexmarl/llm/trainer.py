@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from flexmarl.algorithms.group_losses import GROUP_LOSSES, aggregate_token_loss, kl_penalty
+from flexmarl.algorithms import POLICY_LOSSES, loss_hparams
+from flexmarl.algorithms.losses import aggregate_token_loss, kl_penalty
 from flexmarl.config import Config
 from flexmarl.llm.cpus import bind_process, trainer_binding
 from flexmarl.llm import weights as weight_io
@@ -105,8 +106,8 @@ class LLMGroupTrainer(StreamingTrainer):
         self.model = load_causal_lm(self.model_dir, self.device).requires_grad_(True)
         self.reference = copy.deepcopy(self.model).requires_grad_(False) if llm.kl_coef > 0 else None
         self.opt = torch.optim.Adam(self.model.parameters(), lr=llm.lr)
-        self.loss = GROUP_LOSSES[llm.loss]
-        self.hparams = {"clip_eps": cfg.trainer.clip_eps, "tau_pos": llm.tau_pos, "tau_neg": llm.tau_neg}
+        self.loss = POLICY_LOSSES[llm.loss]
+        self.hparams = loss_hparams(cfg.trainer)
         self._tied = weight_io.ties_embeddings(self.model_dir)
         self._tokens_trained = 0
 
@@ -163,7 +164,7 @@ class LLMGroupTrainer(StreamingTrainer):
             return 0.0
         llm = self.cfg.llm
         logp = completion_logprobs(self.model, mb)
-        per_token = self.loss(logp, mb.old_logp, mb.mask, mb.advantages, **self.hparams)
+        per_token = self.loss(logp, mb.old_logp, mb.advantages[:, None], **self.hparams)  # one advantage per output
         policy, denominator = aggregate_token_loss(per_token, mb.mask, llm.loss_agg)
         loss = policy
         kl = None

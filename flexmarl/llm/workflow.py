@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from flexmarl.algorithms.group_losses import group_advantages
+from flexmarl.algorithms import ADVANTAGE_ESTIMATORS
 from flexmarl.config import Config
 from flexmarl.errors import first_line
 from flexmarl.llm.balance import pick_instance
@@ -304,7 +304,7 @@ class WorkflowWorker:
                 continue
             outcomes = [o for _, o, _ in trajectories]
             for agent in self.task.agents:  # group-normalised advantage of each agent's reward
-                advantages = group_advantages(torch.tensor([o.rewards[agent] for o in outcomes], dtype=torch.float64))
+                advantages = ADVANTAGE_ESTIMATORS["group_norm"](torch.tensor([o.rewards[agent] for o in outcomes], dtype=torch.float64))
                 for j, ((trajectory, _, _), adv) in enumerate(zip(trajectories, advantages.tolist())):
                     for record in trajectory.calls:
                         if record.agent == agent:

@@ -440,7 +440,7 @@ class _Sampler:
             next_values[ended] = buf["truncation_values"][ended]
             advantages, returns = self.w.estimator(
                 buf["rewards"], buf["values"], next_values, buf["terminated"], buf["episode_end"],
-                cfg.gamma, cfg.gae_lambda,
+                gamma=cfg.gamma, lam=cfg.gae_lambda,
             )
             row = {k: buf[k] for k in ("agent_index", "obs", "critic_in", "actions", "logp", "values_norm", "active",
                                        "episode_start", "h0_actor", "h0_critic")}

@@ -95,9 +95,10 @@ def test_trainer_defaults_follow_the_workload_unless_set():
 def test_a_resolved_config_from_before_the_trainer_section_reads_unchanged():
     saved = yaml.safe_load((ROOT / "tests/flexmarl/data/resolved_before_trainer_section.yaml").read_text())
     trainers = {  # each workload's own copies of the shared knobs (the other workload's are unused)
-        "configs/demo.yaml": {"epochs": 10, "num_minibatches": 4, "device": "auto", "max_grad_norm": 10.0, "clip_eps": 0.2},
+        "configs/demo.yaml": {"epochs": 10, "num_minibatches": 4, "device": "auto", "max_grad_norm": 10.0, "clip_eps": 0.2,
+                              "tau_pos": 1.0, "tau_neg": 1.05},
         "configs/llm/recsys.yaml": {"epochs": 2, "num_minibatches": 1, "device": "auto", "max_grad_norm": 1.0,
-                                    "clip_eps": 0.2},
+                                    "clip_eps": 0.2, "tau_pos": 1.0, "tau_neg": 1.05},
     }
     for path, data in saved.items():
         cfg = config_from_saved(data).to_dict()
@@ -109,6 +110,18 @@ def test_a_resolved_config_from_before_the_trainer_section_reads_unchanged():
             config_from_dict(data)
 
 
+def test_a_resolved_config_with_the_loss_temperatures_under_llm_reads_unchanged():
+    """Configs saved with a `trainer` section but `llm.tau_pos / tau_neg` (before the losses shared one
+    contract) resume with the temperatures they trained with."""
+    saved = config_from_dict({"run": {"workload": "llm"}, "trainer": {"tau_pos": 2.0, "tau_neg": 5.0}}).to_dict()
+    for knob in ("tau_pos", "tau_neg"):
+        saved["llm"][knob] = saved["trainer"].pop(knob)
+    cfg = config_from_saved(saved)
+    assert (cfg.trainer.tau_pos, cfg.trainer.tau_neg) == (2.0, 5.0)
+    with pytest.raises(MovedKeyError, match="'llm.tau_pos' moved to 'trainer.tau_pos'"):
+        config_from_dict(saved)
+
+
 def test_per_group_demands_keep_only_the_keys_given():
     cfg = config_from_dict({"resources": {"per_group": {"shared": {"trainer": {"gpus": 1}}}}})
     assert cfg.to_dict()["resources"]["per_group"] == {"shared": {"trainer": {"gpus": 1.0}}}
@@ -116,7 +129,7 @@ def test_per_group_demands_keep_only_the_keys_given():
 
 
 def test_a_registered_name_is_checked_against_the_registry_as_it_is_now():
-    with pytest.raises(ConfigError, match=r"algo.policy_loss.*'my_loss'.*one of ppo_clip"):
+    with pytest.raises(ConfigError, match=r"algo.policy_loss.*'my_loss'.*one of gbpo, grpo, ppo_clip, sa_gcpo"):
         config_from_dict({"algo": {"policy_loss": "my_loss"}})
     register_policy_loss("my_loss")(POLICY_LOSSES["ppo_clip"])
     try:

@@ -46,7 +46,7 @@ def test_pretraining_learns_logged_likes_and_becomes_the_frozen_kl_reference(env
 
 
 def test_unknown_loss_is_named(env):
-    with pytest.raises(ValueError, match=r"generative loss 'ppo'; registered: gbpo, grpo, sa_gcpo"):
+    with pytest.raises(ValueError, match=r"generative loss 'ppo'; registered: gbpo, grpo, ppo_clip, sa_gcpo"):
         GenerativeRecommender(env, GenerativeConfig(loss="ppo"))
     with pytest.raises(ValueError, match=r"generative loss 'ppo'"):
         GenerativeRecommender(env, GenerativeConfig(pretrain_steps=0)).with_loss("ppo")

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
+import torch
 
 from flexmarl.algorithms import ADVANTAGE_ESTIMATORS
+from flexmarl.algorithms.advantages import group_clip
 
 gae = ADVANTAGE_ESTIMATORS["gae"]
 R = np.array([[1.0], [2.0], [3.0]], np.float32)
@@ -35,3 +37,20 @@ def test_columns_are_independent():
     adv, _ = gae(r2, v2, nv2, z2, z2, gamma=0.9, lam=0.8)
     single, _ = gae(2 * R, V, NEXT_V, ZERO, ZERO, gamma=0.9, lam=0.8)
     assert adv[:, 1] == pytest.approx(single[:, 0])
+
+
+group_norm = ADVANTAGE_ESTIMATORS["group_norm"]
+
+
+def test_group_norm_advantages_are_normalised_per_group():
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 6.0], [0.0, 0.0, 1.0, 1.0]])
+    adv = group_norm(rewards)
+    assert torch.allclose(adv.mean(-1), torch.zeros(2), atol=1e-6)
+    assert torch.allclose(adv.std(-1, unbiased=False), torch.ones(2), atol=1e-4)
+
+
+def test_group_clip_zeroes_positive_advantages_below_the_engaged_items_reward():
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 6.0]])
+    adv = group_norm(rewards)
+    clipped = group_clip(adv, rewards, torch.tensor([4.0]))
+    assert clipped[0, 2] == 0 and clipped[0, 3] == adv[0, 3] and (clipped[0, :2] == adv[0, :2]).all()

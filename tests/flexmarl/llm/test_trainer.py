@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from flexmarl.algorithms.group_losses import GROUP_LOSSES, aggregate_token_loss
+from flexmarl.algorithms import POLICY_LOSSES
+from flexmarl.algorithms.losses import aggregate_token_loss
 from flexmarl.llm import weights as weight_io
 from flexmarl.llm.trainer import LLMGroupTrainer
 
@@ -73,7 +74,7 @@ def _batch_loss(trainer, mb, mode):
     T = max(len(c) for c in mb["completion_ids"])
     pad = lambda rows: torch.tensor([list(r) + [0.0] * (T - len(r)) for r in rows])
     mask = pad([[1.0] * len(c) for c in mb["completion_ids"]])
-    per_token = GROUP_LOSSES[trainer.cfg.llm.loss](pad(logp), pad(mb["logp"]), mask, torch.tensor(mb["advantages"]))
+    per_token = POLICY_LOSSES[trainer.cfg.llm.loss](pad(logp), pad(mb["logp"]), torch.tensor(mb["advantages"])[:, None])
     summed, denominator = aggregate_token_loss(per_token, mask, mode)
     return float(summed) / denominator
 
