@@ -9,9 +9,15 @@ to the player that carries the ball into each checkpoint zone). With `team_rewar
 the sum of the controlled players' rewards, as the reference MAPPO code for GRF does (its `share_reward`):
 the team is credited for a checkpoint whoever reached it, and the env declares `shared_reward`.
 
-Time limit: an episode that runs out of GRF's `game_duration` (400 steps in the academy scenarios) ends
-as a truncation (`truncations[agent] = True`), not a termination: simple115v2 observations carry no
-clock, so the cut is not part of the state and the sampler bootstraps from the final observation.
+Time limit (`time_limit`): an episode that runs out of GRF's `game_duration` (400 steps in the academy
+scenarios) ends
+- "truncation" (default): as a truncation (`truncations[agent] = True`): simple115v2 observations carry no
+  clock, so the cut is not part of the state and the sampler bootstraps from the final observation;
+- "terminal": as a termination, as the reference MAPPO implementations for GRF treat it (on-policy, HARL:
+  `done` with no value after it), and `state()` gains the fraction of game time left as its last entry,
+  so the centralised critic sees the clock that ends the episode and a value of 0 after the time-out is
+  the true one. Bootstrapping instead values "keep the ball until the clock runs out" as if the game went
+  on, while the critic cannot see which checkpoint rewards are already spent.
 At the end of an episode `infos[agent]` carries `score` (goal difference, from GRF's `score_reward`)
 and `win` (score > 0): academy episodes end at the first goal, so there the win rate is the scoring
 rate; in 5_vs_5 (3000 steps, not ended by goals) a draw is not a win.
@@ -19,8 +25,9 @@ rate; in 5_vs_5 (3000 steps, not ended by goals) a draw is not a win.
 Which team members the K agents move is GRF's choice: the engine switches control between players
 (e.g. in 3_vs_1 agent slot 2 sometimes drives the keeper instead of the third midfielder); the active
 one-hot inside each observation (indices 97-107) says which player a slot drives at that step.
-`state()` concatenates the K observations (K*115): they share the whole-pitch part and differ only in
-that one-hot, so the concatenation is the full state plus who is controlled.
+`state()` concatenates the K observations (K*115, + 1 with `time_limit="terminal"`): they share the
+whole-pitch part and differ only in that one-hot, so the concatenation is the full state plus who is
+controlled.
 
 GRF must be built first (`make grf`: the engine is compiled once and the wheel cached).
 
@@ -67,12 +74,15 @@ class FootballParallelEnv:
     metadata = {"name": "grf", "render_modes": []}
 
     def __init__(self, scenario: str, num_agents: int | None = None, rewards: str = "scoring,checkpoints",
-                 team_reward: bool = False, **create_kwargs: Any):
+                 team_reward: bool = False, time_limit: str = "truncation", **create_kwargs: Any):
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown GRF scenario {scenario!r}; valid scenarios: {', '.join(SCENARIOS)}")
         if rewards not in ("scoring", "scoring,checkpoints"):
             raise ValueError(f"GRF rewards {rewards!r}; allowed: 'scoring', 'scoring,checkpoints'")
+        if time_limit not in ("truncation", "terminal"):
+            raise ValueError(f"GRF time_limit {time_limit!r}; allowed: 'truncation', 'terminal'")
         self.scenario, self.rewards, self.shared_reward = scenario, rewards, bool(team_reward)
+        self.time_limit = time_limit
         self.num_controlled = int(num_agents or SCENARIOS[scenario])
         self.create_kwargs = create_kwargs
         self.possible_agents = [f"player_{i}" for i in range(self.num_controlled)]
@@ -80,6 +90,7 @@ class FootballParallelEnv:
         self._env = None
         self._obs = np.zeros((self.num_controlled, OBS_DIM), np.float32)
         self._score = 0.0
+        self._time_left, self._game_steps = 1.0, 1  # share of game time left; the episode's game duration
         self._seeds = np.random.default_rng()  # episode seeds for reset() without a seed
         from gymnasium import spaces
 
@@ -117,6 +128,7 @@ class FootballParallelEnv:
         config["reverse_team_processing"] = bool(episode_seed % 2)
         self._obs = self._as_rows(self._env.reset())
         self._score = 0.0
+        self._time_left, self._game_steps = 1.0, max(1, int(self._env.unwrapped.observation()[0]["steps_left"]))
         self.agents = list(self.possible_agents)
         return {a: self._obs[i] for i, a in enumerate(self.agents)}, {a: {} for a in self.agents}
 
@@ -127,6 +139,8 @@ class FootballParallelEnv:
         joint = [int(actions[a]) for a in self.possible_agents]
         obs, reward, done, info = self._env.step(joint)
         self._obs = self._as_rows(obs)
+        if self.time_limit == "terminal":  # GRF's own clock (its raw observation)
+            self._time_left = max(0, self._env.unwrapped.observation()[0]["steps_left"]) / self._game_steps
         rewards = np.broadcast_to(np.asarray(reward, np.float32), (self.num_controlled,))
         if self.shared_reward:
             rewards = np.full(self.num_controlled, rewards.sum(), np.float32)
@@ -134,7 +148,8 @@ class FootballParallelEnv:
         agents = self.agents
         done = bool(done)
         # Ran out of game time (GRF's own clock) without a goal on the last step: a truncation (module docstring).
-        timed_out = done and not info.get("score_reward") and self._env.unwrapped.observation()[0]["steps_left"] <= 0
+        timed_out = (self.time_limit == "truncation" and done and not info.get("score_reward")
+                     and self._env.unwrapped.observation()[0]["steps_left"] <= 0)
         infos = {a: {} for a in agents}
         if done:
             infos = {a: {"score": self._score, "win": self._score > 0} for a in agents}
@@ -144,6 +159,8 @@ class FootballParallelEnv:
                 {a: done and not timed_out for a in agents}, {a: timed_out for a in agents}, infos)
 
     def state(self) -> np.ndarray:
+        if self.time_limit == "terminal":
+            return np.append(self._obs.reshape(-1), np.float32(self._time_left))
         return self._obs.reshape(-1)
 
     def close(self) -> None:

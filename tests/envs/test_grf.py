@@ -85,6 +85,22 @@ def test_running_out_of_game_time_is_a_truncation():
     assert not env.agents and all(truncs.values()) and not any(terms.values())
 
 
+def test_a_terminal_time_limit_ends_the_episode_and_puts_the_clock_in_the_state():
+    env = make_env("grf/academy_3_vs_1_with_keeper", time_limit="terminal")
+    env.reset(seed=0)
+    assert env.state().shape == (3 * 115 + 1,) and env.state()[-1] == 1.0
+    env._env.unwrapped._env._env.config.game_duration = 10  # the engine's clock (the scenario sets 400)
+    for step in range(11):
+        _, _, terms, truncs, _ = env.step({a: 0 for a in env.agents})
+        if step == 4:
+            halfway = env.state()[-1]
+    env.close()
+    assert not env.agents and all(terms.values()) and not any(truncs.values())
+    assert 0.0 < halfway < 1.0 and env.state()[-1] == 0.0
+    with pytest.raises(ValueError, match="time_limit 'never'; allowed: 'truncation', 'terminal'"):
+        make_env("grf/academy_3_vs_1_with_keeper", time_limit="never")
+
+
 def test_unknown_scenario_lists_valid_ones():
     from envs.grf import FootballParallelEnv
 
