@@ -38,7 +38,7 @@ from flexmarl.llm.balance import pick_instance
 from flexmarl.llm.groups import LLMGroup
 from flexmarl.llm.tasks import make_task
 from flexmarl.llm.tasks.base import Completion, Outcome
-from flexmarl.rollout.worker import RolloutRequest, RolloutResult
+from flexmarl.rollout.request import RolloutRequest, RolloutResult
 
 
 class EngineDiedError(RuntimeError):

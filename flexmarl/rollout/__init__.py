@@ -2,7 +2,8 @@
 
 from flexmarl.rollout.backend import ActOutput, InferenceBackend, RandomPolicyBackend, TorchPolicyBackend, make_backend
 from flexmarl.rollout.checks import EnvOutputError, EnvStepError
-from flexmarl.rollout.worker import RolloutRequest, RolloutResult, RolloutWorker
+from flexmarl.rollout.request import RolloutRequest, RolloutResult
+from flexmarl.rollout.worker import RolloutWorker
 
 __all__ = [
     "ActOutput",

@@ -66,12 +66,13 @@ class GroupInputs:
 
 
 def sample_batched(sampler) -> None:
-    """Fill a `_Sampler`'s buffers from its worker's batched env (the per-copy sampler's `run`)."""
+    """Fill a `Sampler`'s buffers from its worker's batched env (the batched env driver)."""
     w, req, T, E = sampler.w, sampler.req, sampler.T, sampler.E
     env: BatchedEnv = w.batched_env
     inputs = {g.name: GroupInputs(env, g, w.use_state, w.cfg.env.global_state) for g in w.groups}
     obs_dim = w.spec.per_agent[env.possible_agents[0]].obs_dim
     agent_returns = np.zeros((E, len(env.possible_agents)))  # each copy's running return per agent
+    episode_returns, episode_lengths = np.zeros(E), np.zeros(E, dtype=int)
 
     def load(ob: BatchedObs, step: int) -> None:
         check_batched_obs(ob, E, env.possible_agents, obs_dim, step, req.request_id)
@@ -100,9 +101,9 @@ def sample_batched(sampler) -> None:
         except Exception as exc:
             raise EnvStepError(f"batched env raised at step {t} (request {req.request_id}): {exc!r}") from exc
         check_batched_rewards(st.rewards, env.possible_agents, t, req.request_id)
-        sampler.episode_returns += env.team_reward(st.rewards)
+        episode_returns += env.team_reward(st.rewards)
         agent_returns += st.rewards
-        sampler.episode_lengths += 1
+        episode_lengths += 1
         truncated = np.zeros(E, bool) if st.truncated is None else st.truncated & st.done
         for g in w.groups:
             buf, gi = sampler.buffers[g.name], inputs[g.name]
@@ -117,14 +118,14 @@ def sample_batched(sampler) -> None:
                 buf["truncation_values"][t, cols] = w.backend.value(g.name, critic, buf["h_critic"][cols],
                                                                     np.zeros(len(cols), np.float32))
         for e in np.flatnonzero(st.done):
-            sampler.result.episode_returns.append(float(sampler.episode_returns[e]))
-            sampler.result.episode_lengths.append(int(sampler.episode_lengths[e]))
+            sampler.result.episode_returns.append(float(episode_returns[e]))
+            sampler.result.episode_lengths.append(int(episode_lengths[e]))
             for i, agent in enumerate(env.possible_agents):
                 sampler.result.agent_returns.setdefault(agent, []).append(float(agent_returns[e, i]))
             agent_returns[e] = 0.0
             if env.reports_win:
                 sampler.result.wins.append(float(st.won[e]))
-            sampler.episode_returns[e], sampler.episode_lengths[e] = 0.0, 0
+            episode_returns[e], episode_lengths[e] = 0.0, 0
         load(st.next, t + 1)
     sampler.t_used = T
     sampler.result.env_steps = T * E
