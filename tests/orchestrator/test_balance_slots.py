@@ -6,11 +6,11 @@ fails clearly and the checkpoint brings it back."""
 import pytest
 import torch
 
-from flexmarl.llm.tasks import make_task
 from flexmarl.llm.engine_pool import same_checkpoint_layout
+from flexmarl.llm.slots import TrainerSlot, TrainingStateLost
+from flexmarl.llm.tasks import make_task
 from orchestrator.core import make_orchestrator
 from orchestrator.runtime import SerialRuntime
-from flexmarl.llm.slots import TrainerSlot, TrainingStateLost
 from tests.flexmarl.llm.conftest import tiny_task_models  # noqa: F401  (the shared session fixture)
 from tests.orchestrator.test_llm import llm_config, trainer_weights
 

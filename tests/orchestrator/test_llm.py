@@ -15,8 +15,8 @@ from flexmarl.config import ConfigError, config_from_dict
 from flexmarl.errors import first_line
 from flexmarl.llm.engine import HFEngine, WeightSyncError
 from flexmarl.llm.engine_registry import ENGINES
-from orchestrator.cli import main
 from flexmarl.llm.workload import logprob_agreement
+from orchestrator.cli import main
 from orchestrator.core import make_orchestrator
 from orchestrator.runtime import SerialRuntime
 from orchestrator.train import TrainingError, train
