@@ -23,7 +23,7 @@ import numpy as np
 from flexmarl.config import Config, load_config
 from flexmarl.llm.tasks import make_task
 
-LOGGED_COLUMNS = ("iteration", "episode_return_mean", "charts/reward_mean", "perf/iteration_s")
+LOGGED_COLUMNS = ("iteration", "trajectories", "charts/reward_mean", "perf/iteration_s")
 
 
 @dataclass
