@@ -71,14 +71,15 @@ def run_llm_bench(iterations: int = 6, out: Path | None = None, overrides: list[
                   engine_numbers: bool = True) -> dict:
     """`iterations` timed rounds (one sync and one microbatch iteration each) after a warm-up round;
     `engine_numbers`: also measure weight push and tokens/s on an in-process engine."""
-    from orchestrator.llm import LLMOrchestrator, logprob_agreement
+    from flexmarl.llm.workload import logprob_agreement
+    from orchestrator.core import make_orchestrator
     from orchestrator.runtime import RayRuntime
 
     arms = {mode: config_from_dict(BENCH_CONFIG, [*(overrides or []), f"pipeline.mode={mode}"])
             for mode in ("sync", "microbatch")}
     cfg = arms["sync"]
     out = out or Path("benchmarks/results/llm.json")
-    orch = LLMOrchestrator(cfg, RayRuntime(cfg))
+    orch = make_orchestrator(cfg, RayRuntime(cfg))
     history: list[dict] = []
     try:
         for round_ in range(iterations + 1):  # round 0 warms both modes up (first calls, allocations)
@@ -89,8 +90,8 @@ def run_llm_bench(iterations: int = 6, out: Path | None = None, overrides: list[
                 history.append(metrics)
                 log.info("%s iteration %d: %.2f s, reward %.3f", mode, orch.iteration, metrics["perf/iteration_s"],
                          metrics["charts/reward_mean"])
-        diff = logprob_agreement(orch)
-        calls = orch.engine_calls()
+        diff = logprob_agreement(orch.workload)
+        calls = orch.workload.engine_calls()
     finally:
         orch.shutdown()
     timed = {m: [h for h in history if h["mode"] == m and not h["warmup"]] for m in ("sync", "microbatch")}

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from flexmarl.config import config_from_dict
-from orchestrator.orchestrator import JointOrchestrator
+from orchestrator.core import make_orchestrator
 from orchestrator.runtime import RayRuntime
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ MODES = {"sync": {"mode": "sync"}, "microbatch": {"mode": "microbatch"}, "stale1
 
 def _run(config: dict, pipeline: dict, iterations: int) -> tuple[list[dict], dict]:
     cfg = config_from_dict(_merge(config, {"pipeline": pipeline}))
-    orch = JointOrchestrator(cfg, RayRuntime(cfg))
+    orch = make_orchestrator(cfg, RayRuntime(cfg))
     try:
         orch.step()  # warm-up
         rows = [orch.step() for _ in range(iterations)]

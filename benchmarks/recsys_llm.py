@@ -1,11 +1,11 @@
 """The LLM scenario agents (workload 2, task `recsys_sessions`) in the recsys suite.
 
 Per suite seed and group loss (GRPO, SA-GCPO, GBPO): start from the same built, warm-started models,
-train through `LLMOrchestrator` (serial or Ray, the micro-batch pipeline, engines and trainers of the
+train through the orchestrator core with the LLM workload (serial or Ray, the micro-batch pipeline, engines and trainers of the
 config) with `run.seed` = the suite seed, then score the trained models with the suite's own evaluation
 (the same simulated sessions and offline users as every other method). The request stream is the same
 for every loss: the orchestrator derives request r of iteration i's seed from (run.seed, i, r) only
-(`orchestrator.orchestrator.request_seed`) and the workflow worker draws the request's queries from it,
+(`orchestrator.dispatch.request_seed`) and the workflow worker draws the request's queries from it,
 so the losses differ only by their updates (tests/flexmarl/llm/test_recsys_task.py checks it). `llm_pretrained` is the warm-started starting point.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 from flexmarl.config import Config, load_config
 from flexmarl.llm.tasks import make_task
 
-LOGGED_COLUMNS = ("iteration", "episode_return_mean", "charts/reward_mean", "perf/iteration_s")
+LOGGED_COLUMNS = ("iteration", "trajectories", "charts/reward_mean", "perf/iteration_s")
 
 
 @dataclass
@@ -56,11 +56,11 @@ def run_config(rows: LLMRows, loss: str, seed: int) -> Config:
 def train_agents(cfg: Config) -> tuple[dict, list[dict]]:
     """Train through the orchestrator for `run.iterations`; returns ({group: trained weights}, metrics
     of every iteration)."""
-    from orchestrator.llm import LLMOrchestrator
+    from orchestrator.core import make_orchestrator
     from orchestrator.runtime import make_runtime
 
     runtime = make_runtime(cfg)
-    orch = LLMOrchestrator(cfg, runtime)
+    orch = make_orchestrator(cfg, runtime)
     try:
         history = [orch.step() for _ in range(cfg.run.iterations)]
         weights = {g.name: runtime.get(runtime.call(orch.trainers[g.name], "get_weights")) for g in orch.groups}

@@ -62,7 +62,7 @@ class LoadSampler:
         self._stop = threading.Event()
 
     def __enter__(self):
-        self._engines = {g: list(e) for g, e in self.orch.engines.items()}
+        self._engines = {g: list(e) for g, e in self.orch.workload.engines.items()}
         self._start = time.time()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -102,13 +102,13 @@ def simulator_keys(results_dir: Path) -> dict:
 
 
 def real_engine_ablation(cfg, rounds: int) -> dict:
-    from orchestrator.llm import LLMOrchestrator
+    from orchestrator.core import make_orchestrator
     from orchestrator.runtime import RayRuntime
 
     # one config per set-up; balancing off in all: the moves are made here, before each iteration
     arms = {mode: config_from_dict(cfg.to_dict(), [f"pipeline.mode={pipeline}", "llm.load_balancing=false"])
             for mode, (pipeline, _) in MODES.items()}
-    orch = LLMOrchestrator(cfg, RayRuntime(cfg))
+    orch = make_orchestrator(cfg, RayRuntime(cfg))
     history, traces = [], {}
     equal = {g.name: cfg.llm.engines_per_agent for g in orch.groups}
     loads = None
@@ -117,15 +117,15 @@ def real_engine_ablation(cfg, rounds: int) -> dict:
             for mode, (_, balancing) in MODES.items():
                 start = time.time()
                 if balancing:  # engines follow the calls of the last iteration (any set-up: same workload)
-                    moved = orch.rebalance(loads) if loads else []
+                    moved = orch.workload.pool.rebalance(loads) if loads else []
                 else:
-                    moved = orch.apply_allocation(equal)
+                    moved = orch.workload.pool.apply_allocation(equal)
                 move_s = time.time() - start
                 orch.use_config(arms[mode])
-                allocation = {g: len(e) for g, e in orch.engines.items()}
+                allocation = {g: len(e) for g, e in orch.workload.engines.items()}
                 with LoadSampler(orch) as sampler:
                     metrics = orch.step()
-                loads = orch.group_loads(metrics)
+                loads = orch.workload.group_loads(metrics)
                 metrics.update({"mode": mode, "warmup": round_ == 0, "move_s": move_s, "moves": len(moved),
                                 "allocation": allocation})
                 history.append(metrics)
@@ -150,7 +150,7 @@ def swap_measurements(cfg, iterations: int = 3) -> dict:
     import ray
 
     from flexmarl.state_swap import measure_swap
-    from orchestrator.llm import LLMOrchestrator
+    from orchestrator.core import make_orchestrator
     from orchestrator.runtime import RayRuntime
 
     # the micro-batch pipeline: swaps then happen while rollout still runs, and can hide behind it
@@ -158,7 +158,7 @@ def swap_measurements(cfg, iterations: int = 3) -> dict:
     slot_cfg = config_from_dict({**base, "resources": {**base["resources"], "trainer_slots": 1},
                                  "llm": {**base["llm"], "load_balancing": False},
                                  "pipeline": {**base["pipeline"], "mode": "microbatch"}})
-    orch = LLMOrchestrator(slot_cfg, RayRuntime(slot_cfg))
+    orch = make_orchestrator(slot_cfg, RayRuntime(slot_cfg))
     try:
         history = [orch.step() for _ in range(iterations + 1)][1:]
         swap = measure_swap([4 << 20, 16 << 20, 64 << 20], repeats=3)  # Ray is up: remote swaps too

@@ -17,7 +17,7 @@ import numpy as np
 
 from envs import make_env
 from flexmarl.config import config_from_dict
-from orchestrator.orchestrator import JointOrchestrator
+from orchestrator.core import make_orchestrator
 from orchestrator.runtime import RayRuntime
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def flexmarl_env_steps_per_s(duration_s: float, pipeline: str = "microbatch") ->
                     "fragment_length": s["max_cycles"]},
         "resources": {"rollout_cpus": s["rollout_cpus"], "trainer_cpus": s["trainer_cpus"]},
     })
-    orch = JointOrchestrator(cfg, RayRuntime(cfg))
+    orch = make_orchestrator(cfg, RayRuntime(cfg))
     try:
         orch.step()  # warm-up: actor start, first weight sync
         steps, iterations, start = 0, 0, time.perf_counter()

@@ -63,7 +63,7 @@ def _print_llm_summary(cfg, run_dir: Path, last: dict) -> None:
     build = Path(models_folder(cfg.llm)) / "build.json"
     if not cfg.llm.models and build.exists():
         print(f"warm-started team (build.json, sampled): success {json.loads(build.read_text())['warm_start_success']:.3f}")
-    for key, what in (("charts/reward_mean", "mean reward"), ("charts/train_win_rate", "sampled success")):
+    for key, what in (("charts/reward_mean", "mean reward"), ("charts/success_rate", "sampled success")):
         values = [float(r[key]) for r in rows if r.get(key)]
         if values:  # windows of up to 10 iterations: one iteration's 16 queries are a noisy estimate
             n = max(1, min(10, len(values) // 2))
@@ -120,7 +120,7 @@ def _check_env(cfg) -> None:
 
         probe_env(cfg)
     else:
-        from orchestrator.llm_setup import check_llm_run
+        from flexmarl.llm.setup import check_llm_run
 
         check_llm_run(cfg)
 

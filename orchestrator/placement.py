@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from flexmarl.actors import ActorSpec
 from flexmarl.config import ActorDemand, Config, ConfigError
 
 GIB = 1024**3
 POOLS = ("rollout", "trainer")
-_POOL_OF_ROLE = {"trainer": "trainer", "worker": "rollout", "engine": "rollout"}
 _DEFAULT_KEY = {"trainer": "trainer", "worker": "rollout_worker", "engine": "engine"}
 
 
@@ -26,31 +26,6 @@ class PlacementError(ConfigError):
     def __init__(self, path: str, message: str):
         self.path, self.value, self.allowed = path, None, message
         ValueError.__init__(self, f"placement ({path}): {message}")
-
-
-@dataclass(frozen=True)
-class ActorSpec:
-    """One actor the orchestrator will create."""
-
-    key: str
-    """Unique name: trainer/<group>, worker/<index>, engine/<group>/<index>."""
-    role: str
-    """trainer, worker or engine."""
-    group: str | None = None
-    """The agent group it serves (trainers, engines); None for rollout workers (they serve every group)."""
-
-    @property
-    def pool(self) -> str:
-        return _POOL_OF_ROLE[self.role]
-
-    def describe(self) -> str:
-        if self.role == "worker":
-            return f"rollout worker {self.key.split('/')[1]}"
-        if self.role == "engine":
-            return f"inference engine {self.key.split('/')[2]} of group {self.group!r}"
-        if self.group is None:
-            return f"trainer slot {self.key.split('/')[1]}"
-        return f"trainer of group {self.group!r}"
 
 
 @dataclass(frozen=True)
@@ -94,21 +69,6 @@ class PlacementPlan:
 
     def total(self, resource: str) -> float:
         return sum(b.resources().get(resource, 0.0) for p in self.pools.values() for b in p.bundles)
-
-
-def marl_actors(groups: list[str], num_workers: int) -> list[ActorSpec]:
-    return ([ActorSpec(f"worker/{i}", "worker") for i in range(num_workers)]
-            + [ActorSpec(f"trainer/{g}", "trainer", g) for g in groups])
-
-
-def llm_actors(groups: list[str], engines_per_group: int, num_workers: int, trainer_slots: int = 0) -> list[ActorSpec]:
-    """Engines, workflow workers and trainers; with `trainer_slots` > 0 the groups time-share that many
-    trainer actors (`trainer-slot/<i>`, default trainer demand) instead of one trainer each."""
-    engines = [ActorSpec(f"engine/{g}/{i}", "engine", g) for g in groups for i in range(engines_per_group)]
-    if trainer_slots <= 0:
-        return engines + marl_actors(groups, num_workers)
-    slots = [ActorSpec(f"trainer-slot/{i}", "trainer") for i in range(min(trainer_slots, len(groups)))]
-    return engines + marl_actors([], num_workers) + slots
 
 
 def plan_placement(cfg: Config, actors: list[ActorSpec]) -> PlacementPlan:

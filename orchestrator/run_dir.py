@@ -99,10 +99,13 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
 class MetricsWriter:
     """metrics.csv (columns grow when new metrics appear: the file is rewritten) + TensorBoard."""
 
-    def __init__(self, run_dir: Path, resume_after_iteration: int | None = None, resume_env_steps: int = 0):
-        """On resume, rows after `resume_after_iteration` are dropped and TensorBoard events after
-        `resume_env_steps` (the checkpoint's step) are purged: the resumed run writes those steps again."""
+    def __init__(self, run_dir: Path, step_key: str, resume_after_iteration: int | None = None,
+                 resume_step: int = 0):
+        """`step_key`: the metric that is TensorBoard's step (the workload's progress unit). On resume, rows
+        after `resume_after_iteration` are dropped and TensorBoard events after `resume_step` (the
+        checkpoint's step) are purged: the resumed run writes those steps again."""
         self.path = Path(run_dir) / "metrics.csv"
+        self.step_key = step_key
         self.rows: list[dict] = []
         if resume_after_iteration is not None and self.path.exists():
             with self.path.open() as f:
@@ -111,7 +114,7 @@ class MetricsWriter:
         self._rewrite()
         from torch.utils.tensorboard import SummaryWriter
 
-        purge = resume_env_steps + 1 if resume_after_iteration is not None else None
+        purge = resume_step + 1 if resume_after_iteration is not None else None
         self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=purge)
 
     def _rewrite(self) -> None:
@@ -130,9 +133,9 @@ class MetricsWriter:
         else:
             with self.path.open("a", newline="") as f:
                 csv.DictWriter(f, fieldnames=self.columns, restval="").writerow(row)
-        step = int(row.get("env_steps", row.get("iteration", 0)))
+        step = int(row.get(self.step_key, row.get("iteration", 0)))
         for key, value in row.items():
-            if key not in ("iteration", "env_steps") and not (isinstance(value, float) and math.isnan(value)):
+            if key not in ("iteration", self.step_key) and not (isinstance(value, float) and math.isnan(value)):
                 self.tb.add_scalar(key, value, step)
         self.tb.flush()
 
@@ -143,15 +146,15 @@ class MetricsWriter:
 EVAL_EPISODES = "eval_episodes.jsonl"
 
 
-def record_eval_episodes(run_dir: Path, iteration: int, env_steps: int, evaluation: dict) -> dict:
-    """Append an evaluation's per-episode lists (`episodes/*`) to eval_episodes.jsonl; returns the scalars
-    that go to metrics.csv. A resumed run re-evaluates iterations after its checkpoint: readers keep the
+def record_eval_episodes(run_dir: Path, iteration: int, progress: dict, evaluation: dict) -> dict:
+    """Append an evaluation's per-episode lists (`episodes/*`) to eval_episodes.jsonl, with the run's
+    `progress` ({unit: total}, e.g. {"env_steps": 400}); returns the scalars that go to metrics.csv. A resumed run re-evaluates iterations after its checkpoint: readers keep the
     last line of each iteration."""
     scalars = {k: v for k, v in evaluation.items() if not isinstance(v, list)}
     episodes = {k.split("/", 1)[1]: v for k, v in evaluation.items() if isinstance(v, list)}
     if episodes:
         with (Path(run_dir) / EVAL_EPISODES).open("a") as f:
-            f.write(json.dumps({"iteration": iteration, "env_steps": env_steps, **episodes}) + "\n")
+            f.write(json.dumps({"iteration": iteration, **progress, **episodes}) + "\n")
     return scalars
 
 
@@ -192,8 +195,8 @@ def save_checkpoint(run_dir: Path, cfg: Config, groups, state: dict) -> Path:
     torch.save({"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "groups": _signature(groups), "state": state}, buffer)
     blob = buffer.getvalue()
     (tmp / "state.pt").write_bytes(blob)
-    meta = {"format": CHECKPOINT_FORMAT, "iteration": state["iteration"], "env_steps": state["env_steps"],
-            "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+    counters = {k: v for k, v in state.items() if k != "trainers"}  # iteration and the progress unit's total
+    meta = {"format": CHECKPOINT_FORMAT, **counters, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     if final.exists():
         for f in final.iterdir():

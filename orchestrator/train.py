@@ -17,8 +17,10 @@ from flexmarl.groups import build_groups, critic_uses_state
 from flexmarl.rollout import EnvOutputError, EnvStepError, RandomPolicyBackend, TorchPolicyBackend
 from flexmarl.rollout.evaluate import evaluate_policy
 from flexmarl.rollout.worker import make_eval_env
-from orchestrator.llm import EngineFailure, TaskFailure, make_orchestrator
-from orchestrator.orchestrator import WorkerFailure
+from flexmarl.llm.engine_pool import EngineFailure
+from flexmarl.llm.workload import TaskFailure
+from orchestrator.core import make_orchestrator
+from orchestrator.dispatch import WorkerFailure
 from orchestrator.run_dir import (MetricsWriter, latest_checkpoint, load_checkpoint, prepare_run_dir,
                                   record_eval_episodes, resume_checkpoint, resume_command, save_checkpoint)
 from orchestrator.runtime import WorkerDiedError, make_runtime, ray_address
@@ -60,27 +62,27 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, address: str | None 
         if checkpoint is not None:
             orch.set_state(load_checkpoint(checkpoint, orch.groups)["state"])
             log.info("resumed from %s (iteration %d)", checkpoint, orch.iteration)
-        writer = MetricsWriter(run_dir, resume_after_iteration=orch.iteration if resume else None,
-                               resume_env_steps=orch.env_steps)
-        llm = cfg.run.workload == "llm"  # LLM runs count trajectories (query x group member), not env steps
-        per_iteration = cfg.llm.queries_per_iteration * cfg.llm.group_size if llm else cfg.run.batch_env_steps
-        bar = tqdm(total=cfg.run.iterations * per_iteration, initial=orch.env_steps, unit="traj" if llm else "step",
+        unit = orch.workload.progress  # env steps (MARL), trajectories (LLM): the bar, TensorBoard's step, resume
+        writer = MetricsWriter(run_dir, unit.name, resume_after_iteration=orch.iteration if resume else None,
+                               resume_step=orch.progress)
+        bar = tqdm(total=cfg.run.iterations * unit.per_iteration, initial=orch.progress, unit=unit.short,
                    disable=not cfg.run.progress, dynamic_ncols=True)
         while orch.iteration < cfg.run.iterations:
             try:
                 metrics = orch.step()
                 if cfg.run.eval_every and orch.iteration % cfg.run.eval_every == 0:
                     evaluation = orch.evaluate(cfg.run.eval_episodes)
-                    metrics.update(record_eval_episodes(run_dir, orch.iteration, orch.env_steps, evaluation))
+                    metrics.update(record_eval_episodes(run_dir, orch.iteration, {unit.name: orch.progress},
+                                                        evaluation))
             except (EnvStepError, EnvOutputError, WorkerFailure, WorkerDiedError, EngineFailure, WeightSyncError,
                     TaskFailure) as exc:
                 raise _stop(run_dir, exc, address) from exc
             writer.write(metrics)
             last = metrics
-            bar.update(metrics["env_steps"] - bar.n)
-            ret = metrics["episode_return_mean"]
-            bar.set_postfix(iter=orch.iteration, ret=f"{ret:.2f}" if not math.isnan(ret) else "-",
-                            sps=f"{metrics['env_steps_per_s']:.0f}")
+            bar.update(metrics[unit.name] - bar.n)
+            score = metrics[unit.score]
+            bar.set_postfix(iter=orch.iteration, ret=f"{score:.2f}" if not math.isnan(score) else "-",
+                            sps=f"{metrics[f'{unit.name}_per_s']:.0f}")
             every = cfg.run.checkpoint_every
             if (every and orch.iteration % every == 0) or orch.iteration == cfg.run.iterations:
                 save_checkpoint(run_dir, cfg, orch.groups, orch.get_state())

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import ray
 
-from orchestrator.orchestrator import JointOrchestrator
+from orchestrator.core import make_orchestrator
 from orchestrator.runtime import RayRuntime, SerialRuntime
 from orchestrator.train import random_policy_baseline
 from tests.conftest import small_config
@@ -33,7 +33,7 @@ def test_mappo_beats_random_on_simple_spread(mode):
     random_return = random_policy_baseline(cfg, episodes=200)["eval/return_mean"]
     if mode == "ray":
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024)
-    orch = JointOrchestrator(cfg, RayRuntime(cfg) if mode == "ray" else SerialRuntime())
+    orch = make_orchestrator(cfg, RayRuntime(cfg) if mode == "ray" else SerialRuntime())
     try:
         trained_return = _learn(orch)
     finally:

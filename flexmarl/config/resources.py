@@ -43,7 +43,7 @@ class ResourcesConfig(BaseModel):
     """LLM workload: trainer actors the model groups share. 0 = one trainer per group, bound for the
     whole run; n > 0 = n slots, groups time-share them (group i on slot i % n): an idle group's weights,
     Adam state, gradients and version are swapped out (`llm.swap_to`) and swapped back in when its
-    next micro-batch arrives (orchestrator/slots.py)."""
+    next micro-batch arrives (flexmarl/llm/slots.py)."""
     strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = "PACK"
     """Ray placement strategy of both pools' bundles: PACK (as few nodes as possible), SPREAD (over nodes,
     best effort), STRICT_SPREAD (each of a pool's actors on a different node)."""

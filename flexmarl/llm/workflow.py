@@ -11,7 +11,7 @@ group statistics (advantages) are final when its micro-batches are released.
 Task code that fails (its `run` raises, or returns no usable Outcome) fails only its trajectory: the
 query's whole GRPO group is dropped for every agent (a group's advantages need all its members), the
 failures are counted (`llm/task_errors/<task>`, `llm/dropped_groups`) and described in the result's
-`errors`; the orchestrator stops the run past `llm.max_task_errors`. Each agent's mean reward goes out
+`errors`; the LLM workload stops the run past `llm.max_task_errors`. Each agent's mean reward goes out
 as `agent_returns` (`charts/return/<agent>` in metrics.csv).
 
 Determinism: every call is sampled with a seed derived from (request seed, query, trajectory, agent,
@@ -38,7 +38,7 @@ from flexmarl.llm.balance import pick_instance
 from flexmarl.llm.groups import LLMGroup
 from flexmarl.llm.tasks import make_task
 from flexmarl.llm.tasks.base import Completion, Outcome
-from flexmarl.rollout.request import RolloutRequest, RolloutResult
+from flexmarl.rollout.request import RolloutRequest
 
 
 class EngineDiedError(RuntimeError):
@@ -87,6 +87,32 @@ def outcome_problem(outcome, agents: tuple[str, ...]) -> str | None:
 
 def call_seed(request_seed: int, query: int, trajectory: int, agent: int, k: int) -> int:
     return int(np.random.SeedSequence([request_seed, query, trajectory, agent, k]).generate_state(1)[0] >> 1)
+
+
+@dataclass
+class WorkflowResult:
+    """What one request did, in the LLM workload's own units; its rows travel as the other return values
+    of `sample_rows` (one per model group)."""
+
+    request_id: str
+    version: int
+    """Policy version of the engines that served it (the oldest, when no version was asked for)."""
+    worker: int
+    team_rewards: list[float] = field(default_factory=list)
+    """Per kept trajectory (its GRPO group was complete), the mean of the agents' rewards."""
+    successes: list[float] = field(default_factory=list)
+    """Per kept trajectory, the task's success flag (1.0 or 0.0)."""
+    agent_returns: dict[str, list[float]] = field(default_factory=dict)
+    """Per agent, its reward in each kept trajectory (`charts/return/<agent>`)."""
+    num_active: dict[str, int] = field(default_factory=dict)
+    """Per model group, the samples (agent calls) in its row."""
+    counters: dict[str, float] = field(default_factory=dict)
+    """Calls per agent, generated tokens, refused prompts, format and task errors, dropped groups."""
+    errors: list[str] = field(default_factory=list)
+    """One description per query whose group was dropped because the task's own code failed."""
+    sample_s: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
 
 
 @dataclass
@@ -327,12 +353,11 @@ class WorkflowWorker:
         self.requests_served += 1
         versions = {v for row in rows.values() for v in row["versions"]}
         version = request.version if request.version is not None else (min(versions) if versions else -1)
-        result = RolloutResult(
-            request_id=request.request_id, version=version, env_steps=len(team_rewards),
-            episode_returns=team_rewards, episode_lengths=[1] * len(team_rewards), wins=successes,
-            sample_s=end - start, started_at=start, finished_at=end, worker=self.worker_index,
+        result = WorkflowResult(
+            request_id=request.request_id, version=version, worker=self.worker_index, team_rewards=team_rewards,
+            successes=successes, agent_returns=agent_rewards,
             num_active={name: len(row["advantages"]) for name, row in rows.items()}, counters=counters,
-            agent_returns=agent_rewards, errors=errors,
+            errors=errors, sample_s=end - start, started_at=start, finished_at=end,
         )
         return (result, *[rows[g.name] for g in self.groups])
 

@@ -6,13 +6,13 @@ import pytest
 
 from benchmarks.pipeline import WORKLOADS, draw_timelines, summarize
 from benchmarks.throughput import raw_env_steps_per_s
-from orchestrator.orchestrator import JointOrchestrator
+from orchestrator.core import make_orchestrator
 from orchestrator.runtime import SerialRuntime
 from tests.flexmarl.llm.conftest import tiny_task_models  # noqa: F401  (shared session fixture)
 
 
 def test_timeline_of_a_recorded_iteration_is_drawn(make_cfg, tmp_path):
-    orch = JointOrchestrator(make_cfg(pipeline={"mode": "microbatch"}), SerialRuntime())
+    orch = make_orchestrator(make_cfg(pipeline={"mode": "microbatch"}), SerialRuntime())
     rows = [orch.step() for _ in range(2)]
     timeline = orch.timeline
     assert len(timeline["rollout"]) == 2 and timeline["train"]["shared"]

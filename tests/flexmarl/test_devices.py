@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from flexmarl.devices import resolve_device, state_to_cpu
-from orchestrator.orchestrator import JointOrchestrator
+from orchestrator.core import make_orchestrator
 from orchestrator.run_dir import new_run_dir
 from orchestrator.runtime import SerialRuntime
 from orchestrator.train import train
@@ -34,16 +34,16 @@ def test_cuda_without_a_gpu_names_the_problem():
 def test_marl_trainer_asking_for_a_gpu_goes_to_cuda(make_cfg):
     """trainer.device auto follows the trainer's demand (serial as on Ray): a GPU demand means cuda, which this
     machine refuses clearly; without the demand the trainer stays on the CPU."""
-    assert JointOrchestrator(make_cfg(), SerialRuntime()).trainers["shared"].device.type == "cpu"
+    assert make_orchestrator(make_cfg(), SerialRuntime()).trainers["shared"].device.type == "cpu"
     with pytest.raises(RuntimeError, match="no CUDA GPU is visible"):
-        JointOrchestrator(make_cfg(resources={"trainer": {"gpus": 1}}), SerialRuntime())
+        make_orchestrator(make_cfg(resources={"trainer": {"gpus": 1}}), SerialRuntime())
 
 
 @needs_gpu
 def test_marl_trainer_on_cuda_trains_and_checkpoints_cpu_tensors(make_cfg, tmp_path):
     cfg = make_cfg(run={"output_dir": str(tmp_path), "iterations": 2, "checkpoint_every": 2},
                    resources={"trainer": {"gpus": 1}})
-    orch = JointOrchestrator(cfg, SerialRuntime())
+    orch = make_orchestrator(cfg, SerialRuntime())
     assert next(orch.trainers["shared"].policy.parameters()).device.type == "cuda"
     metrics = orch.step()
     assert np.isfinite(metrics["losses/shared/policy"])

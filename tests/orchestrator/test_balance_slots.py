@@ -6,10 +6,11 @@ fails clearly and the checkpoint brings it back."""
 import pytest
 import torch
 
+from flexmarl.llm.engine_pool import same_checkpoint_layout
+from flexmarl.llm.slots import TrainerSlot, TrainingStateLost
 from flexmarl.llm.tasks import make_task
-from orchestrator.llm import LLMOrchestrator, same_checkpoint_layout
+from orchestrator.core import make_orchestrator
 from orchestrator.runtime import SerialRuntime
-from orchestrator.slots import TrainerSlot, TrainingStateLost
 from tests.flexmarl.llm.conftest import tiny_task_models  # noqa: F401  (the shared session fixture)
 from tests.orchestrator.test_llm import llm_config, trainer_weights
 
@@ -40,35 +41,35 @@ def test_the_skewed_task_asks_the_listener_k_times():
 
 def test_a_skewed_load_moves_an_engine_to_the_busy_agent_with_its_current_weights(tiny_task_models):
     assert same_checkpoint_layout(list(map(str, tiny_task_models.values())))  # moves reload in place
-    orch = LLMOrchestrator(skewed_config(tiny_task_models), SerialRuntime())
+    orch = make_orchestrator(skewed_config(tiny_task_models), SerialRuntime())
     first = orch.step()
     assert first["llm/load/listener"] == 8 * first["llm/load/speaker"] > 0
     assert first["llm/engines/speaker"] == first["llm/engines/listener"] == 2
     assert first["llm/engine_moves"] == 1  # per-instance calls 8 : 1, above the threshold 5
-    assert {g: len(e) for g, e in orch.engines.items()} == {"speaker": 1, "listener": 3}
-    moved = orch.engines["listener"][2]
+    assert {g: len(e) for g, e in orch.workload.engines.items()} == {"speaker": 1, "listener": 3}
+    moved = orch.workload.engines["listener"][2]
     assert moved.version() == 1
     # the moved instance serves the listener's version-1 weights: same samples as a listener engine
     prompt = [5, 6, 7, 8]
-    outs = [e.generate(prompt, 4, 1.0, 123, 1) for e in orch.engines["listener"]]
+    outs = [e.generate(prompt, 4, 1.0, 123, 1) for e in orch.workload.engines["listener"]]
     assert outs[2].token_ids == outs[0].token_ids and outs[2].logprobs == pytest.approx(outs[0].logprobs, abs=1e-5)
     second = orch.step()
     assert second["perf/policy_lag_max"] == 0 and second["llm/engines/listener"] == 3
-    calls = orch.engine_calls()
+    calls = orch.workload.engine_calls()
     assert len(calls["listener"]) == 3 and all(c > 0 for c in calls["listener"])  # routers use the new instance
 
 
 def test_balancing_off_keeps_the_allocation(tiny_task_models):
-    orch = LLMOrchestrator(skewed_config(tiny_task_models, load_balancing=False), SerialRuntime())
+    orch = make_orchestrator(skewed_config(tiny_task_models, load_balancing=False), SerialRuntime())
     metrics = orch.step()
-    assert metrics["llm/engine_moves"] == 0 and {g: len(e) for g, e in orch.engines.items()} == {"speaker": 2, "listener": 2}
+    assert metrics["llm/engine_moves"] == 0 and {g: len(e) for g, e in orch.workload.engines.items()} == {"speaker": 2, "listener": 2}
 
 
 def test_training_on_one_shared_slot_equals_dedicated_trainers(tiny_task_models):
     final = {}
     for slots in (0, 1):
         cfg = llm_config(tiny_task_models, resources={"trainer_slots": slots}, trainer={"num_minibatches": 2})
-        orch = LLMOrchestrator(cfg, SerialRuntime())
+        orch = make_orchestrator(cfg, SerialRuntime())
         metrics = [orch.step() for _ in range(2)]
         final[slots] = trainer_weights(orch)
         if slots:

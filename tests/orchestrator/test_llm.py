@@ -15,8 +15,9 @@ from flexmarl.config import ConfigError, config_from_dict
 from flexmarl.errors import first_line
 from flexmarl.llm.engine import HFEngine, WeightSyncError
 from flexmarl.llm.engine_registry import ENGINES
+from flexmarl.llm.workload import logprob_agreement
 from orchestrator.cli import main
-from orchestrator.llm import LLMOrchestrator, logprob_agreement
+from orchestrator.core import make_orchestrator
 from orchestrator.runtime import SerialRuntime
 from orchestrator.train import TrainingError, train
 from tests.flexmarl.llm.conftest import chat_checkpoints, learning_task_models, tiny_task_models  # noqa: F401  (shared session fixtures)
@@ -54,19 +55,19 @@ def test_microbatch_equals_sync_on_the_llm_workload(tiny_task_models, loss_agg):
     runs = {}
     for mode in ("sync", "microbatch"):
         cfg = llm_config(tiny_task_models, pipeline={"mode": mode}, llm={"loss_agg": loss_agg})
-        orch = LLMOrchestrator(cfg, SerialRuntime())
+        orch = make_orchestrator(cfg, SerialRuntime())
         metrics = [orch.step() for _ in range(2)]
         runs[mode] = (trainer_weights(orch), metrics)
     assert _close(runs["sync"][0], runs["microbatch"][0], atol=1e-6)
     assert all(m["perf/policy_lag_max"] == 0 for m in runs["microbatch"][1])
     # the updates did something: version-2 weights differ from the checkpoint's
-    start = LLMOrchestrator(llm_config(tiny_task_models), SerialRuntime())
+    start = make_orchestrator(llm_config(tiny_task_models), SerialRuntime())
     assert not _close(trainer_weights(start), runs["sync"][0], atol=1e-6)
 
 
 def test_rows_are_complete_groups_of_every_agent(tiny_task_models):
     cfg = llm_config(tiny_task_models, pipeline={"mode": "sync"})
-    orch = LLMOrchestrator(cfg, SerialRuntime())
+    orch = make_orchestrator(cfg, SerialRuntime())
     results = orch.collect(orch.dispatch())
     G, per_request = cfg.llm.group_size, cfg.llm.queries_per_request
     assert len(results) == cfg.requests_per_iteration == 4
@@ -83,7 +84,7 @@ def test_rows_are_complete_groups_of_every_agent(tiny_task_models):
             turn = 0 if group.name == "speaker" else 1  # the listener answers the speaker's message
             assert sorted(payload["sample_ids"]) == sorted(
                 f"{row.sample_id[:-len(group.name) - 1]}-q0_t{turn}_j{j}" for j in range(G))
-    metrics = orch.train()
+    metrics = orch.training.train_batch(orch.iteration)
     assert metrics["perf/policy_lag_max"] == 0
 
 
@@ -93,19 +94,19 @@ def test_instruct_checkpoints_run_through_their_chat_templates(chat_checkpoints)
     from flexmarl.llm.models import load_tokenizer
 
     models = {"speaker": chat_checkpoints["llama3"], "listener": chat_checkpoints["chatml"]}
-    orch = LLMOrchestrator(llm_config(models, pipeline={"mode": "sync"}), SerialRuntime())
+    orch = make_orchestrator(llm_config(models, pipeline={"mode": "sync"}), SerialRuntime())
     results = orch.collect(orch.dispatch())
     assert sum(r.counters.get("llm/generated_tokens", 0) for r in results) > 0
     assert not any(r.counters.get("llm/prompt_too_long") for r in results)
     for group, starts in (("speaker", "<|begin_of_text|><|start_header_id|>user"), ("listener", "<|im_start|>system")):
         payload = orch.runtime.get(orch.store.ready_rows(group, policy_version=0)[0].fields["payload"])
         assert load_tokenizer(models[group]).decode(payload["prompt_ids"][0]).startswith(starts)
-    assert orch.train()["perf/policy_lag_max"] == 0
+    assert orch.training.train_batch(orch.iteration)["perf/policy_lag_max"] == 0
 
 
 def test_a_prompt_longer_than_the_limit_is_not_sent_and_is_counted(tiny_task_models):
     cfg = llm_config(tiny_task_models, llm={"max_prompt_tokens": 8})
-    orch = LLMOrchestrator(cfg, SerialRuntime())
+    orch = make_orchestrator(cfg, SerialRuntime())
     metrics = orch.step()
     calls = metrics["llm/calls/speaker"] + metrics["llm/calls/listener"]
     assert metrics["llm/prompt_too_long"] == calls  # every prompt of this task is longer than 8 tokens
@@ -118,13 +119,13 @@ def test_llm_config_errors_name_the_key(tiny_task_models):
         llm_config(tiny_task_models, llm={"queries_per_iteration": 5, "queries_per_request": 2})
     assert info.value.path == "llm.queries_per_iteration"
     with pytest.raises(ConfigError) as info:
-        LLMOrchestrator(llm_config({"speaker": "/nonexistent/model"}), SerialRuntime())
+        make_orchestrator(llm_config({"speaker": "/nonexistent/model"}), SerialRuntime())
     assert info.value.path == "llm.models.speaker"
     with pytest.raises(ConfigError) as info:  # the tiny models' context is 256 tokens
-        LLMOrchestrator(llm_config(tiny_task_models, llm={"max_prompt_tokens": 300}), SerialRuntime())
+        make_orchestrator(llm_config(tiny_task_models, llm={"max_prompt_tokens": 300}), SerialRuntime())
     assert info.value.path == "llm.max_prompt_tokens" and "256-token context" in str(info.value)
     with pytest.raises(ConfigError) as info:
-        LLMOrchestrator(llm_config(tiny_task_models, llm={"groups": {"a": ["speaker"], "b": ["nobody"]}}), SerialRuntime())
+        make_orchestrator(llm_config(tiny_task_models, llm={"groups": {"a": ["speaker"], "b": ["nobody"]}}), SerialRuntime())
     assert info.value.path == "llm.groups"
 
 
@@ -146,7 +147,6 @@ SPEAKER_LISTENER = str(Path(__file__).resolve().parents[2] / "configs/llm/speake
       "set llm.models.listener", "flexmarl llm build --task speaker_listener --out UNBUILT"]),
     (["llm.models={speaker: SPEAKER, listener: SPEAKER}", "llm.max_prompt_tokens=300"],
      ["config key 'llm.max_prompt_tokens'", "256-token context"]),
-    (["pipeline.mode=stale"], ["config key 'pipeline.mode'"]),
 ])
 def test_llm_setup_errors_are_config_errors_before_ray_or_a_run_directory(tiny_task_models, tmp_path, capsys,
                                                                            overrides, fragments):
@@ -201,7 +201,7 @@ def test_llm_build_takes_a_module_class_task_and_its_kwargs(tmp_path, monkeypatc
 
 def test_error_text_carries_no_terminal_colour_codes(tmp_path):
     from flexmarl.llm.workflow import EngineDiedError
-    from orchestrator.llm import EngineFailure
+    from flexmarl.llm.engine_pool import EngineFailure
     from orchestrator.train import _stop
 
     coloured = RuntimeError("\x1b[36mray::VLLMEngine.generate_many()\x1b[39m (pid=1) died\nTraceback ...")
@@ -240,7 +240,7 @@ def kept_queries(payload: dict) -> Counter:
 
 def test_a_task_that_raises_loses_its_group_for_every_agent_and_the_run_goes_on(tiny_task_models):
     cfg = llm_config(tiny_task_models, pipeline={"mode": "sync"}, llm={**FLAKY_TASK, "max_task_errors": 1000})
-    orch = LLMOrchestrator(cfg, SerialRuntime())
+    orch = make_orchestrator(cfg, SerialRuntime())
     results = {r.request_id: r for r in orch.collect(orch.dispatch())}
     G, per_request = cfg.llm.group_size, cfg.llm.queries_per_request
     for row in orch.store.ready_rows("speaker", policy_version=0):
@@ -255,12 +255,12 @@ def test_a_task_that_raises_loses_its_group_for_every_agent_and_the_run_goes_on(
     failed = sum(r.counters.get("llm/task_errors/ColourRelay", 0) for r in results.values())
     assert 0 < len(errors) <= failed < len(errors) * G  # some groups failed only in part, and went whole
     assert "KeyError: \"no colour parsed from" in errors[0] and "user_tasks.py:" in errors[0] and "in run)" in errors[0]
-    assert orch.train()["perf/policy_lag_max"] == 0 and orch.task_errors == failed
+    assert orch.training.train_batch(orch.iteration)["perf/policy_lag_max"] == 0 and orch.workload.task_errors == failed
 
 
 def test_past_max_task_errors_the_run_stops_with_error_txt_and_the_resume_command(tiny_task_models, tmp_path, capsys):
     cfg = llm_config(tiny_task_models, llm={**FLAKY_TASK, "max_task_errors": 1000})
-    metrics = LLMOrchestrator(cfg, SerialRuntime()).step()
+    metrics = make_orchestrator(cfg, SerialRuntime()).step()
     first_iteration = metrics["llm/task_errors/ColourRelay"]
     assert first_iteration > 0 and {"charts/return/speaker", "charts/return/listener"} <= set(metrics)
     config = cfg.to_dict()
@@ -351,29 +351,29 @@ def test_vllm_engines_on_ray_zero_lag_pushed_weights_and_a_killed_engine(tiny_ta
     from orchestrator.train import _stop
 
     cfg = llm_config(tiny_task_models, run={"mode": "ray"}, llm={"backend": "vllm", "queries_per_iteration": 8})
-    orch = LLMOrchestrator(cfg, RayRuntime(cfg))
+    orch = make_orchestrator(cfg, RayRuntime(cfg))
     try:
         metrics = orch.step()
         assert metrics["perf/policy_lag_max"] == 0 and metrics["llm/generated_tokens"] > 0
         rt = orch.runtime
-        assert rt.get([rt.call(e, "version") for es in orch.engines.values() for e in es]) == [1, 1]
-        assert logprob_agreement(orch) < 1e-4  # engines serve exactly the trained weights
+        assert rt.get([rt.call(e, "version") for es in orch.workload.engines.values() for e in es]) == [1, 1]
+        assert logprob_agreement(orch.workload) < 1e-4  # engines serve exactly the trained weights
 
         # An engine killed while the iteration's requests are in flight: requests re-sent, none lost or doubled.
-        listener = orch.engines["listener"][0]
+        listener = orch.workload.engines["listener"][0]
         served = rt.get(rt.call(listener, "load"))["calls"]
-        orch._begin_updates()
+        orch.training.begin()
         in_flight = orch.dispatch()
         deadline = time.time() + 60
         while rt.get(rt.call(listener, "load"))["calls"] == served and time.time() < deadline:
             time.sleep(0.005)  # until the listener engine is serving this iteration's calls
         ray.kill(listener, no_restart=True)
-        results = orch.collect(in_flight, on_publish=orch._feed)
-        finished = orch._finish_updates()
-        assert orch.engine_restarts == 1 and len(results) == cfg.requests_per_iteration
+        results = orch.collect(in_flight, on_publish=orch.training.feed)
+        finished = orch.training.finish()
+        assert orch.workload.pool.restarts == 1 and len(results) == cfg.requests_per_iteration
         assert finished["perf/policy_lag_max"] == 0
         assert sorted(r.request_id for r in results) == [f"it000001-req{r:04d}" for r in range(cfg.requests_per_iteration)]
-        assert rt.get(rt.call(orch.engines["listener"][0], "version")) == 1  # the replacement got version 1
+        assert rt.get(rt.call(orch.workload.engines["listener"][0], "version")) == 1  # the replacement got version 1
 
         # The recovered failure said so in one warning line, and Ray printed no traceback per failed request
         # (it prints one for every error reference dropped unread).
@@ -386,7 +386,7 @@ def test_vllm_engines_on_ray_zero_lag_pushed_weights_and_a_killed_engine(tiny_ta
         assert "Unhandled error" not in capfd.readouterr().err
 
         # An engine that dies outside a request (here: before a weight push) stops the run, named as itself.
-        ray.kill(orch.engines["speaker"][0], no_restart=True)
+        ray.kill(orch.workload.engines["speaker"][0], no_restart=True)
         with pytest.raises(WorkerDiedError) as info:
             orch.sync_weights()
         assert info.value.actor.key == "engine/speaker/0"
@@ -404,7 +404,7 @@ def test_the_speaker_listener_team_learns(learning_task_models):
                      llm={"group_size": 16, "queries_per_request": 1, "queries_per_iteration": 16,
                           "max_new_tokens": 6, "lr": 3e-4, "concurrent_requests": 1, "engine_max_batch": 64},
                      trainer={"num_minibatches": 1})
-    orch = LLMOrchestrator(cfg, SerialRuntime())
+    orch = make_orchestrator(cfg, SerialRuntime())
     rewards = [orch.step()["charts/reward_mean"] for _ in range(30)]
     first, last = np.mean(rewards[:5]), np.mean(rewards[-10:])
     assert last > first + 0.06, f"mean reward {first:.3f} (iterations 1-5) -> {last:.3f} (21-30): {np.round(rewards, 3)}"

@@ -5,7 +5,7 @@ import pytest
 import ray
 
 from flexmarl.config import ConfigError
-from orchestrator.orchestrator import JointOrchestrator
+from orchestrator.core import make_orchestrator
 from orchestrator.runtime import RayRuntime, SerialRuntime
 from tests.conftest import policy_params
 
@@ -23,7 +23,7 @@ def _cfg(make_cfg, mode, **extra):
 def test_microbatch_equals_sync_in_serial_mode_exactly(make_cfg):
     runs = {}
     for mode in ("sync", "microbatch"):
-        orch = JointOrchestrator(_cfg(make_cfg, mode), SerialRuntime())
+        orch = make_orchestrator(_cfg(make_cfg, mode), SerialRuntime())
         metrics = [orch.step() for _ in range(3)]
         runs[mode] = (policy_params(orch), metrics)
     assert _close(runs["sync"][0], runs["microbatch"][0], atol=0.0)
@@ -34,8 +34,8 @@ def test_pipelines_switched_between_iterations_by_a_fresh_config_equal_sync(make
     """Benchmarks alternate pipelines on one set of actors with `use_config` (no live config edited):
     the run equals a sync run, and a config that changes anything else is refused."""
     arms = {mode: _cfg(make_cfg, mode) for mode in ("sync", "microbatch")}
-    reference = JointOrchestrator(arms["sync"], SerialRuntime())
-    alternating = JointOrchestrator(arms["sync"], SerialRuntime())
+    reference = make_orchestrator(arms["sync"], SerialRuntime())
+    alternating = make_orchestrator(arms["sync"], SerialRuntime())
     for mode in ("microbatch", "sync", "microbatch"):
         reference.step()
         alternating.use_config(arms[mode])
@@ -49,9 +49,9 @@ def test_pipelines_switched_between_iterations_by_a_fresh_config_equal_sync(make
 
 
 def test_microbatch_on_ray_equals_sync_and_has_zero_lag(make_cfg, ray_cluster):
-    reference = JointOrchestrator(_cfg(make_cfg, "sync"), SerialRuntime())
+    reference = make_orchestrator(_cfg(make_cfg, "sync"), SerialRuntime())
     cfg = _cfg(make_cfg, "microbatch", run_mode="ray")
-    orch = JointOrchestrator(cfg, RayRuntime(cfg))
+    orch = make_orchestrator(cfg, RayRuntime(cfg))
     try:
         for _ in range(2):
             reference.step()
@@ -67,17 +67,17 @@ def test_microbatch_on_ray_equals_sync_and_has_zero_lag(make_cfg, ray_cluster):
 
 
 def test_killed_worker_mid_stream_trains_whole_micro_batches_only(make_cfg, ray_cluster):
-    reference = JointOrchestrator(_cfg(make_cfg, "sync"), SerialRuntime())
+    reference = make_orchestrator(_cfg(make_cfg, "sync"), SerialRuntime())
     reference.step()
     cfg = _cfg(make_cfg, "microbatch", run_mode="ray")
-    orch = JointOrchestrator(cfg, RayRuntime(cfg))
+    orch = make_orchestrator(cfg, RayRuntime(cfg))
     try:
-        orch._begin_updates()
+        orch.training.begin()
         in_flight = orch.dispatch()
         ray.kill(orch.workers[1], no_restart=True)
-        results = orch.collect(in_flight, on_publish=orch._feed)
-        metrics = orch._finish_updates()
-        assert orch.worker_restarts == 1 and len(results) == 4
+        results = orch.collect(in_flight, on_publish=orch.training.feed)
+        metrics = orch.training.finish()
+        assert orch.requests.worker_restarts == 1 and len(results) == 4
         assert metrics["perf/policy_lag_max"] == 0.0  # regenerated rows keep version 0
         orch.iteration += 1
         assert _close(policy_params(reference), policy_params(orch))
@@ -88,7 +88,7 @@ def test_killed_worker_mid_stream_trains_whole_micro_batches_only(make_cfg, ray_
 @pytest.mark.parametrize("staleness", [0, 1])
 def test_stale_pipeline_admits_only_rows_within_the_bound(make_cfg, ray_cluster, staleness):
     cfg = _cfg(make_cfg, "stale", run_mode="ray", pipeline={"max_staleness": staleness})
-    orch = JointOrchestrator(cfg, RayRuntime(cfg))
+    orch = make_orchestrator(cfg, RayRuntime(cfg))
     try:
         lags = [orch.step()["perf/policy_lag_max"] for _ in range(4)]
         assert max(lags) <= staleness
@@ -124,12 +124,12 @@ def test_microbatch_equals_sync_when_requests_complete_out_of_order(make_cfg, va
         return make_cfg(run={"batch_env_steps": 400}, pipeline={"mode": mode}, trainer=trainer,
                         rollout={"num_workers": 2}, **sections)
 
-    reference = JointOrchestrator(cfg("sync"), SerialRuntime())
+    reference = make_orchestrator(cfg("sync"), SerialRuntime())
     for _ in range(2):
         reference.step()
     held_back, reordered = 0, False
     for seed in range(3):
-        orch = JointOrchestrator(cfg("microbatch"), SerialRuntime(completion_seed=seed))
+        orch = make_orchestrator(cfg("microbatch"), SerialRuntime(completion_seed=seed))
         for _ in range(2):
             metrics = orch.step()
             held_back += metrics["perf/shared/held_back"]

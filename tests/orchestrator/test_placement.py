@@ -4,7 +4,8 @@ against the cluster's nodes that fail before anything starts."""
 import pytest
 
 from flexmarl.config import ConfigError
-from orchestrator.placement import GIB, Node, PlacementError, check_plan, llm_actors, marl_actors, plan_placement
+from flexmarl.actors import llm_actors, marl_actors
+from orchestrator.placement import GIB, Node, PlacementError, check_plan, plan_placement
 from orchestrator.runtime import SerialRuntime
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import ray
 
-from orchestrator.orchestrator import JointOrchestrator, WorkerFailure
+from orchestrator.core import make_orchestrator
+from orchestrator.dispatch import WorkerFailure
 from orchestrator.runtime import RayRuntime, SerialRuntime, WorkerDiedError
 from tests.conftest import policy_params
 
@@ -22,8 +23,8 @@ def _same(a, b):
 
 def test_ray_mode_equals_serial_mode(make_cfg):
     cfg = make_cfg(run={"mode": "ray"}, rollout={"num_workers": 2}, env={"groups": "independent"})
-    serial = JointOrchestrator(cfg, SerialRuntime())
-    distributed = JointOrchestrator(cfg, RayRuntime(cfg))
+    serial = make_orchestrator(cfg, SerialRuntime())
+    distributed = make_orchestrator(cfg, RayRuntime(cfg))
     try:
         for _ in range(2):
             m_serial, m_ray = serial.step(), distributed.step()
@@ -36,7 +37,7 @@ def test_ray_mode_equals_serial_mode(make_cfg):
 
 def test_workers_and_trainers_run_on_separate_pools(make_cfg):
     cfg = make_cfg(run={"mode": "ray"})
-    orch = JointOrchestrator(cfg, RayRuntime(cfg))
+    orch = make_orchestrator(cfg, RayRuntime(cfg))
     try:
         pools = orch.runtime.pools
         assert pools["rollout"].id != pools["trainer"].id
@@ -50,7 +51,7 @@ def test_workers_and_trainers_run_on_separate_pools(make_cfg):
 
 def test_a_dead_actor_is_named_by_kind_group_and_index(make_cfg):
     cfg = make_cfg(run={"mode": "ray"}, rollout={"num_workers": 2})
-    orch = JointOrchestrator(cfg, RayRuntime(cfg))
+    orch = make_orchestrator(cfg, RayRuntime(cfg))
     rt = orch.runtime
     try:
         for handle, method, key, named in ((orch.trainers["shared"], "get_weights", "trainer/shared", "trainer of group 'shared'"),
@@ -68,19 +69,19 @@ def test_a_dead_actor_is_named_by_kind_group_and_index(make_cfg):
 
 def test_killed_worker_rows_are_regenerated_without_duplicates(make_cfg):
     cfg = make_cfg(run={"mode": "ray", "batch_env_steps": 400}, rollout={"num_workers": 2})
-    reference = JointOrchestrator(cfg, SerialRuntime())
+    reference = make_orchestrator(cfg, SerialRuntime())
     reference.step()
-    orch = JointOrchestrator(cfg, RayRuntime(cfg))
+    orch = make_orchestrator(cfg, RayRuntime(cfg))
     try:
         in_flight = orch.dispatch()
         ray.kill(orch.workers[1], no_restart=True)
         results = orch.collect(in_flight)
-        assert orch.worker_restarts == 1
+        assert orch.requests.worker_restarts == 1
         assert sorted(r.request_id for r in results) == [f"it000000-req{i:04d}" for i in range(4)]
         rows = orch.store.ready_rows("shared", policy_version=0)
         assert len(rows) == 4 and len({r.sample_id for r in rows}) == 4
         assert orch.store.tables["shared"].aborted >= 1
-        orch.train()
+        orch.training.train_batch(orch.iteration)
         orch.iteration += 1
         # requests are pure functions of (weights, seed): the regenerated batch trains identically
         assert _same(policy_params(orch), policy_params(reference))
@@ -93,7 +94,7 @@ def test_worker_that_keeps_dying_fails_the_run_with_a_clear_error(make_cfg):
         run={"mode": "ray"}, rollout={"max_worker_restarts": 1},
         env={"name": "tests.faulty_envs:make", "kwargs": {"fault": "die", "at_step": 3, "N": 3}},
     )
-    orch = JointOrchestrator(cfg, RayRuntime(cfg))
+    orch = make_orchestrator(cfg, RayRuntime(cfg))
     try:
         with pytest.raises(WorkerFailure, match=r"rollout worker 0 died .*max_worker_restarts = 1"):
             orch.step()
@@ -109,7 +110,7 @@ after its first request's rows were published."""
 def _reference_params_and_faulty_env(make_cfg, fault: str, flag) -> tuple[dict, dict]:
     """Parameters after one undisturbed serial iteration of FAULT_SECTIONS, and the env config whose first
     worker to reach step 30 hits `fault` once (`flag` records that it did)."""
-    reference = JointOrchestrator(make_cfg(**FAULT_SECTIONS), SerialRuntime())
+    reference = make_orchestrator(make_cfg(**FAULT_SECTIONS), SerialRuntime())
     reference.step()
     env = {"name": "tests.faulty_envs:make", "kwargs": {"fault": fault, "at_step": 30, "flag": str(flag), "N": 3,
                                                          "max_cycles": 25}}
@@ -120,7 +121,7 @@ def test_worker_killed_while_producing_rows_is_replaced_and_its_rows_regenerated
     # the first worker to reach step 30 exits mid-request
     reference, env = _reference_params_and_faulty_env(make_cfg, "die_once", tmp_path / "died")
     cfg = make_cfg(env=env, **FAULT_SECTIONS)
-    orch = JointOrchestrator(cfg, RayRuntime(cfg))
+    orch = make_orchestrator(cfg, RayRuntime(cfg))
     try:
         metrics = orch.step()
         assert (tmp_path / "died").exists()
@@ -134,7 +135,7 @@ def test_worker_killed_while_producing_rows_is_replaced_and_its_rows_regenerated
 def test_hung_worker_times_out_is_replaced_and_its_rows_regenerated(make_cfg, tmp_path):
     reference, env = _reference_params_and_faulty_env(make_cfg, "hang_once", tmp_path / "hung")
     cfg = make_cfg(env=env, **{**FAULT_SECTIONS, "rollout": {"num_workers": 2, "request_timeout_s": 15.0}})
-    orch = JointOrchestrator(cfg, RayRuntime(cfg))
+    orch = make_orchestrator(cfg, RayRuntime(cfg))
     try:
         metrics = orch.step()  # without the timeout this would wait an hour
         assert (tmp_path / "hung").exists()

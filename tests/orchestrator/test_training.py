@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from orchestrator.orchestrator import JointOrchestrator
+from orchestrator.core import make_orchestrator
 from orchestrator.run_dir import CheckpointError, latest_checkpoint, load_checkpoint, new_run_dir
 from orchestrator.runtime import SerialRuntime
 from orchestrator.train import TrainingError, evaluate_checkpoint, train
@@ -18,7 +18,7 @@ def _policy(state, group="shared"):
 
 def test_serial_iteration_consumes_the_whole_batch_at_version_k(make_cfg):
     cfg = make_cfg()
-    orch = JointOrchestrator(cfg, SerialRuntime())
+    orch = make_orchestrator(cfg, SerialRuntime())
     metrics = orch.step()
     assert metrics["iteration"] == 1 and metrics["env_steps"] == 200
     assert metrics["perf/policy_lag_max"] == 0.0
@@ -73,7 +73,7 @@ def test_corrupt_and_mismatched_checkpoints_are_refused(make_cfg, tmp_path):
     run_dir = new_run_dir(cfg)
     train(cfg, run_dir)
     ckpt = latest_checkpoint(run_dir)
-    other = JointOrchestrator(make_cfg(env={"groups": "independent"}), SerialRuntime())
+    other = make_orchestrator(make_cfg(env={"groups": "independent"}), SerialRuntime())
     with pytest.raises(CheckpointError, match="does not match this run"):
         load_checkpoint(ckpt, other.groups)
     blob = bytearray((ckpt / "state.pt").read_bytes())

@@ -12,7 +12,7 @@ import torch
 from flexmarl.config import config_from_dict
 from flexmarl.llm.tasks import Completion, make_task
 from flexmarl.llm.tasks.recsys import RecsysSessions, code_text, nearest_slot, parse_code
-from orchestrator.orchestrator import request_seed
+from orchestrator.dispatch import request_seed
 
 SESSION_STEPS = 3
 SERVED_QUERIES: list[dict] = []
@@ -185,15 +185,15 @@ def test_same_run_seed_same_request_stream_whatever_the_loss(tiny_models):
 
 @pytest.mark.parametrize("groups", ["independent", "shared"])
 def test_each_loss_trains_through_the_orchestrator_on_the_same_requests(tiny_models, groups):
-    from orchestrator.llm import LLMOrchestrator
+    from orchestrator.core import make_orchestrator
     from orchestrator.runtime import SerialRuntime
 
     first_rollouts = {}
     for loss in ("grpo", "sa_gcpo", "gbpo"):
         cfg = recsys_config(tiny_models, groups, loss)
         SERVED_QUERIES.clear()
-        orch = LLMOrchestrator(cfg, SerialRuntime())
-        assert [g.name for g in orch.groups] == (list(orch.task.agents) if groups == "independent" else ["shared"])
+        orch = make_orchestrator(cfg, SerialRuntime())
+        assert [g.name for g in orch.groups] == (list(orch.workload.task.agents) if groups == "independent" else ["shared"])
         metrics = [orch.step() for _ in range(2)]
         orch.shutdown()
         served = sorted(SERVED_QUERIES, key=lambda q: q["session_seed"])
@@ -202,7 +202,7 @@ def test_each_loss_trains_through_the_orchestrator_on_the_same_requests(tiny_mod
         assert served == expected  # G sessions per query, the queries of the request stream
         calls = sum(v for k, v in metrics[0].items() if k.startswith("llm/calls/"))
         assert 2 * 2 <= calls <= 2 * 2 * SESSION_STEPS  # a few steps per session
-        first_rollouts[loss] = (metrics[0]["episode_return_mean"], calls)
+        first_rollouts[loss] = (metrics[0]["charts/reward_mean"], calls)
     # Before any update every loss samples the same sessions: same queries, same call seeds, same weights.
     assert first_rollouts["grpo"] == first_rollouts["sa_gcpo"] == first_rollouts["gbpo"]
 

@@ -36,11 +36,9 @@ def configured_task(cfg: Config) -> TextTask:
 
 
 def check_llm_run(cfg: Config) -> tuple[TextTask, list[LLMGroup]]:
-    """Everything about an LLM config that can be checked without starting anything: the pipeline, the
-    task, the model groups, and each existing checkpoint (complete, and large enough for the prompts).
+    """Everything about an LLM config that can be checked without starting anything: the task, the model
+    groups, and each existing checkpoint (complete, and large enough for the prompts).
     Missing default models are fine: `ensure_models` builds them."""
-    if cfg.pipeline.mode == "stale":
-        raise ConfigError("pipeline.mode", "stale", "sync or microbatch for run.workload: llm")
     task = configured_task(cfg)
     groups = build_llm_groups(cfg.llm, tuple(task.agents))
     if not default_models_to_build(cfg, groups):

@@ -1,0 +1,154 @@
+"""Each model group's inference engines, as the LLM workload runs them: created on the rollout pool,
+loaded with pushed weights in place, replaced when one dies serving a request, and moved between groups
+by inter-agent load balancing. The workflow workers' routers follow every change (`set_engine`,
+`remove_engine`), tagged with an incarnation number so that a late report of a dead engine never
+replaces its replacement.
+
+Moves (`llm.load_balancing`, between iterations: no call in flight): the calls each model group served go
+through `flexmarl.llm.balance.plan_allocation`; an instance moved from group A to B is reloaded in place
+with B's current weights and version when all groups' checkpoints share one layout (config.json and
+tokenizer), else it is rebuilt from B's model dir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from flexmarl.config import Config
+from flexmarl.llm.balance import moves, plan_allocation
+from flexmarl.llm.cpus import engine_binding
+from flexmarl.llm.engine_registry import engine_class
+from flexmarl.llm.groups import LLMGroup
+from flexmarl.llm.workflow import EngineDiedError
+from flexmarl.workload import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class EngineFailure(RuntimeError):
+    """Inference engines died more often than `llm.max_engine_restarts` allows."""
+
+
+class EnginePool:
+    def __init__(self, cfg: Config, runtime: Runtime, groups: list[LLMGroup], workers: list, trainers: dict):
+        """`workers`, `trainers`: the run's live handles (filled after the engines start: workers need them)."""
+        self.cfg, self.runtime, self.groups = cfg, runtime, groups
+        self.workers, self.trainers = workers, trainers
+        n = cfg.llm.engines_per_agent
+        self._started = 0
+        self.engines = {g.name: [self._make(g, i) for i in range(n)] for g in groups}
+        self.incarnations = {g.name: [0] * n for g in groups}
+        self._next_incarnation = 1
+        self.restarts = 0
+        self.weights: dict = {}
+        """Per group, a reference to the weights last pushed (loaded into replacements and moved instances)."""
+        self.version = 0
+        self._reload_in_place = same_checkpoint_layout([g.model_dir for g in groups])
+
+    def _make(self, group: LLMGroup, index: int):
+        cfg, llm = self.cfg, self.cfg.llm
+        self._started += 1
+        settings = dict(model_dir=group.model_dir, seed=cfg.run.seed,
+                        max_model_len=llm.max_prompt_tokens + llm.max_new_tokens,
+                        omp_threads_bind=engine_binding(cfg, self._started - 1),
+                        kv_cache_gib=llm.engine_kv_cache_gib,
+                        device=self.runtime.device_for(f"engine/{group.name}/{index}", llm.engine_device),
+                        gpu_memory_utilization=llm.gpu_memory_utilization, engine_name=f"{group.name}/{index}",
+                        max_batch=llm.engine_max_batch)
+        # Concurrency: the calls of every in-flight request batch together inside the engine.
+        concurrency = max(8, llm.concurrent_requests * llm.max_concurrent_calls)
+        return self.runtime.create(engine_class(llm.backend), actor=f"engine/{group.name}/{index}",
+                                   concurrency=concurrency, **settings)
+
+    def _group(self, name: str) -> LLMGroup:
+        return next(g for g in self.groups if g.name == name)
+
+    def _tell_workers(self, method: str, *args) -> None:
+        self.runtime.get([self.runtime.call(w, method, *args) for w in self.workers])
+
+    # -- weights ----------------------------------------------------------------------------------
+    def load(self, weights: dict, version: int) -> list:
+        """Push each group's weights to its engines, in place (into idle engines only); returns the acks."""
+        self.weights, self.version = dict(weights), version
+        return [self.runtime.call(e, "load_weights", weights[g], version) for g, es in self.engines.items() for e in es]
+
+    def _load_current(self, group: str, engine) -> None:
+        weights = self.weights.get(group)
+        if weights is None:  # no push yet: the group trainer's (= its checkpoint's) weights
+            weights = self.runtime.call(self.trainers[group], "get_weights")
+        self.runtime.get(self.runtime.call(engine, "load_weights", weights, self.version))
+
+    # -- faults -----------------------------------------------------------------------------------
+    def repair(self, dead: EngineDiedError) -> None:
+        """Replace a dead engine once: later reports name an incarnation that is already gone."""
+        if dead.incarnation != self.incarnations[dead.group][dead.index]:
+            return
+        self.restarts += 1
+        if self.restarts > self.cfg.llm.max_engine_restarts:
+            raise EngineFailure(f"{dead}; {self.restarts - 1} engine restarts already used, "
+                                f"llm.max_engine_restarts = {self.cfg.llm.max_engine_restarts}")
+        log.warning("%s; starting a replacement with version %d", dead, self.version)
+        self.runtime.kill(self.engines[dead.group][dead.index])
+        engine = self._make(self._group(dead.group), dead.index)
+        if self.weights:
+            self._load_current(dead.group, engine)
+        self.engines[dead.group][dead.index] = engine
+        self.incarnations[dead.group][dead.index] += 1
+        self._tell_workers("set_engine", dead.group, dead.index, engine, self.incarnations[dead.group][dead.index])
+
+    # -- inter-agent load balancing (between iterations) -----------------------------------------
+    def rebalance(self, loads: dict[str, float]) -> list[tuple[str, str]]:
+        """Move engine instances between model groups so that they follow `loads` (calls per group), when
+        the load disparity exceeds `llm.rebalance_threshold`; returns the (from, to) moves made."""
+        current = {g: len(e) for g, e in self.engines.items()}
+        target = plan_allocation(loads, current, capacity=sum(current.values()),
+                                 threshold=self.cfg.llm.rebalance_threshold)
+        return self.apply_allocation(target) if target is not None else []
+
+    def apply_allocation(self, target: dict[str, int]) -> list[tuple[str, str]]:
+        """Give each group `target[group]` engine instances (same total), moving the fewest instances."""
+        planned = moves({g: len(e) for g, e in self.engines.items()}, target)
+        for donor, receiver in planned:
+            self._move(donor, receiver)
+        if planned:
+            log.info("engines moved between model groups %s; now %s", planned,
+                     {g: len(e) for g, e in self.engines.items()})
+        return planned
+
+    def _move(self, donor: str, receiver: str) -> None:
+        """The donor's last instance (the others keep their indices) leaves the donor's routers, gets the
+        receiver's current weights and version, and joins the receiver's routers."""
+        index = len(self.engines[donor]) - 1
+        engine = self.engines[donor].pop()
+        self.incarnations[donor].pop()
+        self._tell_workers("remove_engine", donor, index)
+        new_index = len(self.engines[receiver])
+        if not self._reload_in_place:  # another architecture: a fresh engine from the receiver's model dir
+            self.runtime.kill(engine)
+            engine = self._make(self._group(receiver), new_index)
+        if self._reload_in_place or self.weights:  # same architecture and tokenizer: only the weights differ
+            self._load_current(receiver, engine)
+        incarnation = self._next_incarnation
+        self._next_incarnation += 1
+        self.engines[receiver].append(engine)
+        self.incarnations[receiver].append(incarnation)
+        self._tell_workers("set_engine", receiver, new_index, engine, incarnation)
+
+
+def same_checkpoint_layout(model_dirs: list[str]) -> bool:
+    """True when every checkpoint has the same architecture settings (config.json, names aside) and
+    the same tokenizer files, so an engine can switch between them by loading weights alone."""
+
+    def layout(model_dir: str) -> tuple:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        for key in ("_name_or_path", "transformers_version"):
+            config.pop(key, None)
+        tokenizer = [(name, (Path(model_dir) / name).read_bytes()) for name in
+                     ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+                     if (Path(model_dir) / name).exists()]
+        return json.dumps(config, sort_keys=True), tokenizer
+
+    layouts = [layout(d) for d in model_dirs]
+    return all(x == layouts[0] for x in layouts[1:])

@@ -1,0 +1,1 @@
+"""Multi-agent RL on environments: the MARL workload (flexmarl.marl.workload)."""
