@@ -10,6 +10,8 @@ import logging
 from pathlib import Path
 
 from flexmarl.config import Config, ConfigError
+from flexmarl.config.adapters import LoraAdapter
+from flexmarl.llm.adapters import check_adapters
 from flexmarl.llm.groups import LLMGroup, build_llm_groups, models_folder
 from flexmarl.llm.models import checkpoint_problem
 from flexmarl.llm.tasks import TextTask, task_class
@@ -56,19 +58,26 @@ def default_models_to_build(cfg: Config, groups: list[LLMGroup]) -> bool:
     named = [(g, problem) for g, problem in problems if g.model_key != "llm.model_dir"]
     if named:
         g, problem = named[0]
-        raise ConfigError(g.model_key, cfg.llm.models[g.model_key.split(".", 2)[2]], f"{CHECKPOINT}; {problem}")
+        raise ConfigError(g.model_key, _configured(cfg, g.model_key), f"{CHECKPOINT}; {problem}")
     if not problems:
         return False
     g, problem = problems[0]
     folder = models_folder(cfg.llm)
     build = f"flexmarl llm build --task {cfg.llm.task} --out {folder}"
-    if cfg.llm.models:  # only the default folder is built, and only when no model is named
+    # only the default folder is built, and only when no checkpoint is named (adapters train over it)
+    if any(not isinstance(source, LoraAdapter) for source in cfg.llm.models.values()):
         raise ConfigError("llm.model_dir", folder,
                           f"a folder with a checkpoint for agent {g.agents[0]!r}, since llm.models names none for it "
                           f"({problem}); set llm.models.{g.agents[0]}, or build the task's models with `{build}`")
     if not (Path(g.model_dir) / "config.json").exists():
         return True
     raise ConfigError("llm.model_dir", folder, f"a folder of checkpoints; {problem} (rebuild it with `{build}`)")
+
+
+def _configured(cfg: Config, key: str):
+    """The value of `llm.models.<name>` or `llm.base_model`."""
+    parts = key.split(".")
+    return cfg.llm.models[parts[2]] if parts[1] == "models" else getattr(cfg.llm, parts[1])
 
 
 def ensure_models(cfg: Config, groups: list[LLMGroup]) -> None:
@@ -100,7 +109,9 @@ def _warn_if_stale(model_dir: str) -> None:
 
 
 def check_context(cfg: Config, groups: list[LLMGroup]) -> None:
-    """Prompt + completion must fit every model's context, or the engines could not serve a call."""
+    """What the checkpoints must fit: prompt + completion every model's context (or the engines could not
+    serve a call), and each LoRA adapter its base's layers (flexmarl/llm/adapters.py)."""
+    check_adapters(groups)
     need = cfg.llm.max_prompt_tokens + cfg.llm.max_new_tokens
     for g in groups:
         context = json.loads((Path(g.model_dir) / "config.json").read_text()).get("max_position_embeddings")
