@@ -30,7 +30,7 @@ from flexmarl.config import Config
 from flexmarl.llm.balance import moves, plan_allocation
 from flexmarl.llm.cpus import engine_binding
 from flexmarl.llm.engine_registry import engine_class
-from flexmarl.llm.groups import LLMGroup
+from flexmarl.llm.groups import EnginePool, engine_pools
 from flexmarl.llm.workflow import EngineDiedError, WorkflowWorker
 from orchestrator.orchestrator import JointOrchestrator
 from orchestrator.llm_setup import check_context, check_llm_run, ensure_models
@@ -64,22 +64,24 @@ class LLMOrchestrator(JointOrchestrator):
         self.engine_restarts = 0
         self.task_errors = 0
         n = cfg.llm.engines_per_agent
+        self.pools = engine_pools(self.groups)  # engines: per pool (adapter groups share one; groups.py)
         runtime.place(plan_placement(cfg, llm_actors([g.name for g in self.groups], n, cfg.rollout.num_workers,
-                                                     cfg.resources.trainer_slots)))
-        self.incarnations = {g.name: [0] * n for g in self.groups}
-        self.engines = {g.name: [self._make_engine(g, i) for i in range(n)] for g in self.groups}
+                                                     cfg.resources.trainer_slots, [p.name for p in self.pools])))
+        self.incarnations = {p.name: [0] * n for p in self.pools}
+        self.engines = {p.name: [self._make_engine(p, i) for i in range(n)] for p in self.pools}
         self.trainers = self._make_slotted_trainers() or {
-            g.name: runtime.create(_trainer_class(), cfg, g.name, g.model_dir, cfg.run.seed * 1000 + i,
+            g.name: runtime.create(_trainer_class(), cfg, g.name, g.model_dir, cfg.run.seed * 1000 + i, g.adapter,
                                    actor=f"trainer/{g.name}")
             for i, g in enumerate(self.groups)
         }
         self.workers = [self._make_worker(i) for i in range(cfg.rollout.num_workers)]
         self.last_push_s = 0.0
         self._next_incarnation = 1
-        self._reload_in_place = same_checkpoint_layout([g.model_dir for g in self.groups])
+        self._reload_in_place = (same_checkpoint_layout([p.model_dir for p in self.pools])
+                                 and not any(p.adapters for p in self.pools))
 
     # -- actors -----------------------------------------------------------------------------------
-    def _make_engine(self, group: LLMGroup, index: int):
+    def _make_engine(self, group: EnginePool, index: int):
         cfg, llm = self.cfg, self.cfg.llm
         self._engines_started = getattr(self, "_engines_started", 0) + 1
         settings = dict(model_dir=group.model_dir, seed=cfg.run.seed,
@@ -88,7 +90,7 @@ class LLMOrchestrator(JointOrchestrator):
                         kv_cache_gib=llm.engine_kv_cache_gib,
                         device=self.runtime.device_for(f"engine/{group.name}/{index}", llm.engine_device),
                         gpu_memory_utilization=llm.gpu_memory_utilization, engine_name=f"{group.name}/{index}",
-                        max_batch=llm.engine_max_batch)
+                        max_batch=llm.engine_max_batch, **({"adapters": group.adapters} if group.adapters else {}))
         # Concurrency: the calls of every in-flight request batch together inside the engine.
         concurrency = max(8, llm.concurrent_requests * llm.max_concurrent_calls)
         return self.runtime.create(engine_class(llm.backend), actor=f"engine/{group.name}/{index}",
@@ -108,17 +110,18 @@ class LLMOrchestrator(JointOrchestrator):
             return
         start = time.time()
         acks = []
-        for g in self.groups:
+        for g in self.groups:  # an adapter group pushes its adapter alone, into its pool's engines
             self._weights_refs[g.name] = self.runtime.call(self.trainers[g.name], "get_weights")
-            acks += [self.runtime.call(e, "load_weights", self._weights_refs[g.name], self.iteration)
-                     for e in self.engines[g.name]]
+            acks += [self.runtime.call(e, "load_weights", self._weights_refs[g.name], self.iteration, *g.push_args)
+                     for e in self.engines[g.pool]]
         self.runtime.get(acks)  # a failed push raises WeightSyncError naming the engine
         self.last_push_s = time.time() - start
 
-    def _load_current_weights(self, group: str, engine) -> None:
-        ref = self._weights_refs.get(group)
-        if ref is not None:
-            self.runtime.get(self.runtime.call(engine, "load_weights", ref, self.iteration))
+    def _load_current_weights(self, pool: str, engine) -> None:
+        for g in next(p for p in self.pools if p.name == pool).groups:
+            ref = self._weights_refs.get(g.name)
+            if ref is not None:
+                self.runtime.get(self.runtime.call(engine, "load_weights", ref, self.iteration, *g.push_args))
 
     # -- faults -----------------------------------------------------------------------------------
     def _repair(self, exc: Exception) -> bool:
@@ -137,7 +140,7 @@ class LLMOrchestrator(JointOrchestrator):
             raise EngineFailure(f"{dead}; {self.engine_restarts - 1} engine restarts already used, "
                                 f"llm.max_engine_restarts = {self.cfg.llm.max_engine_restarts}")
         log.warning("%s; starting a replacement with version %d", dead, self.iteration)
-        group = next(g for g in self.groups if g.name == dead.group)
+        group = next(p for p in self.pools if p.name == dead.group)
         self.runtime.kill(self.engines[dead.group][dead.index])
         engine = self._make_engine(group, dead.index)
         self._load_current_weights(dead.group, engine)
@@ -210,12 +213,12 @@ class LLMOrchestrator(JointOrchestrator):
     # -- inter-agent load balancing (between iterations) -----------------------------------------
     def group_loads(self, metrics: dict) -> dict[str, float]:
         """Calls each model group served in the iteration that produced `metrics` (its agents' calls)."""
-        return {g.name: float(sum(metrics.get(f"llm/calls/{agent}", 0) for agent in g.agents)) for g in self.groups}
+        return {p.name: float(sum(metrics.get(f"llm/calls/{agent}", 0) for agent in p.agents)) for p in self.pools}
 
     def _balance(self, metrics: dict) -> None:
         """Record per-group load and instances of the finished iteration, then rebalance for the next."""
         loads = self.group_loads(metrics)
-        for g in self.groups:
+        for g in self.pools:
             metrics[f"llm/load/{g.name}"] = loads[g.name]
             metrics[f"llm/engines/{g.name}"] = len(self.engines[g.name])
         start = time.time()
@@ -250,7 +253,7 @@ class LLMOrchestrator(JointOrchestrator):
         engine = self.engines[donor].pop()
         self.incarnations[donor].pop()
         rt.get([rt.call(w, "remove_engine", donor, index) for w in self.workers])
-        group = next(g for g in self.groups if g.name == receiver)
+        group = next(p for p in self.pools if p.name == receiver)
         new_index = len(self.engines[receiver])
         if self._reload_in_place:  # same architecture and tokenizer: only the weights differ
             weights = self._weights_refs.get(receiver)
@@ -279,9 +282,9 @@ def logprob_agreement(orch: LLMOrchestrator, samples: int = 8, seed: int = 0) ->
         tokenizer = load_tokenizer(g.model_dir)
         examples = orch.task.sft_examples(rng, samples)[g.agents[0]]
         prompts = [tokenizer.encode(prompt) for prompt, _ in examples]
-        engine = orch.engines[g.name][0]
+        engine = orch.engines[g.pool][0]
         outs = runtime.get([runtime.call(engine, "generate", p, orch.cfg.llm.max_new_tokens, 1.0, 1000 + i,
-                                         orch.iteration) for i, p in enumerate(prompts)])
+                                         orch.iteration, *g.push_args) for i, p in enumerate(prompts)])
         recomputed = runtime.get(runtime.call(orch.trainers[g.name], "token_logprobs", prompts,
                                               [list(o.token_ids) for o in outs]))
         for out, ref in zip(outs, recomputed):

@@ -62,3 +62,15 @@ def check_adapters(groups: list[LLMGroup]) -> None:
         if spec.rank > min(shape):
             raise ConfigError(f"{key}.rank", spec.rank, f"at most {min(shape)}: the targeted layer {path} of {base} "
                                                         f"is {shape[0]} x {shape[1]}")
+
+
+def adapter_layout(base_dir, spec) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a LoRA adapter over `base_dir`, as PEFT names it in its files
+    (`base_model.model.<layer>.lora_A.weight`: rank x in, `lora_B`: out x rank): what a push must match."""
+    layers = linear_layers(base_dir)
+    layout = {}
+    for target in spec.target_modules:
+        for path, (out_features, in_features) in targeted(layers, target).items():
+            layout[f"base_model.model.{path}.lora_A.weight"] = (spec.rank, in_features)
+            layout[f"base_model.model.{path}.lora_B.weight"] = (out_features, spec.rank)
+    return layout

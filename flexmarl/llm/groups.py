@@ -10,6 +10,8 @@ from pathlib import Path
 from flexmarl.config import ConfigError, LLMConfig
 from flexmarl.config.adapters import LoraAdapter
 
+SHARED_BASE = "shared-base"
+"""`flexmarl llm build` puts the model warm-started on all agents' examples there: LoRA agents' default base."""
 ADAPTER_POOL = "lora"
 """Name of the engine pool that serves every adapter group (engines `engine/lora/<i>`)."""
 
@@ -40,6 +42,12 @@ class LLMGroup:
     def pool(self) -> str:
         """The engine pool serving the group's calls."""
         return ADAPTER_POOL if self.adapter is not None else self.name
+
+    @property
+    def push_args(self) -> tuple:
+        """What follows (weights, version) in an engine's `load_weights` and `generate` for this group: its
+        adapter's name, or nothing (the whole model)."""
+        return (self.name,) if self.adapter is not None else ()
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,7 @@ def build_llm_groups(llm: LLMConfig, agents: tuple[str, ...]) -> list[LLMGroup]:
         key = name if llm.models.get(name) else members[0]
         source = llm.models.get(key)
         if isinstance(source, LoraAdapter):
-            base, base_key = adapter_base(llm, mapping)
+            base, base_key = adapter_base(llm)
             groups.append(LLMGroup(name, tuple(members), base, base_key, source, f"llm.models.{key}"))
             continue
         if source:
@@ -118,11 +126,9 @@ def build_llm_groups(llm: LLMConfig, agents: tuple[str, ...]) -> list[LLMGroup]:
     return groups
 
 
-def adapter_base(llm: LLMConfig, mapping: dict[str, list[str]]) -> tuple[str, str]:
+def adapter_base(llm: LLMConfig) -> tuple[str, str]:
     """(absolute base checkpoint, the key that chose it) of every adapter group: `llm.base_model`, else the
-    task's built model of the first adapter group's first agent."""
+    task's built model warm-started on every agent's examples (`<model_dir>/shared-base`, flexmarl/llm/build.py)."""
     if llm.base_model:
         return os.path.abspath(llm.base_model), "llm.base_model"
-    first = next(members[0] for name, members in mapping.items()
-                 if isinstance(llm.models.get(name) or llm.models.get(members[0]), LoraAdapter))
-    return os.path.abspath(Path(models_folder(llm)) / first), "llm.model_dir"
+    return os.path.abspath(Path(models_folder(llm)) / SHARED_BASE), "llm.model_dir"
