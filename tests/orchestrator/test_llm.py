@@ -150,13 +150,19 @@ SPEAKER_LISTENER = str(Path(__file__).resolve().parents[2] / "configs/llm/speake
 ])
 def test_llm_setup_errors_are_config_errors_before_ray_or_a_run_directory(tiny_task_models, tmp_path, capsys,
                                                                            overrides, fragments):
-    import ray
-
     weightless = tmp_path / "models" / "weightless"
     weightless.mkdir(parents=True)
     (weightless / "config.json").write_text((tiny_task_models["speaker"] / "config.json").read_text())
     paths = {"WEIGHTLESS": str(weightless), "SPEAKER": str(tiny_task_models["speaker"]),
              "UNBUILT": str(tmp_path / "models" / "unbuilt")}
+    assert_setup_error(tmp_path, capsys, overrides, fragments, paths)
+
+
+def assert_setup_error(tmp_path, capsys, overrides: list[str], fragments: list[str], paths: dict[str, str]) -> None:
+    """`flexmarl train` of the speaker-listener config with `overrides` (placeholders of `paths` filled in)
+    fails with one `error:` line holding every fragment, before Ray or a run directory."""
+    import ray
+
     for name, path in paths.items():
         overrides = [o.replace(name, path) for o in overrides]
         fragments = [f.replace(name, path) for f in fragments]

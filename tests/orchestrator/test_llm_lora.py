@@ -9,7 +9,7 @@ from orchestrator.cli import main
 from orchestrator.llm import LLMOrchestrator, logprob_agreement
 from orchestrator.runtime import SerialRuntime
 from tests.flexmarl.llm.conftest import tiny_task_models  # noqa: F401  (shared session fixture)
-from tests.orchestrator.test_llm import SPEAKER_LISTENER, _close, llm_config, trainer_weights
+from tests.orchestrator.test_llm import _close, assert_setup_error, llm_config, trainer_weights
 
 LORA = {"adapter": "lora", "rank": 4, "alpha": 16.0}
 
@@ -77,17 +77,35 @@ def test_full_model_and_adapter_groups_mix_in_one_run_on_one_trainer_slot(tiny_t
 ])
 def test_bad_adapter_configs_are_config_errors_before_ray_or_a_run_directory(tiny_task_models, tmp_path, capsys,
                                                                               overrides, fragments):
-    import ray
-
-    speaker = str(tiny_task_models["speaker"])
-    overrides = [o.replace("SPEAKER", speaker) for o in overrides]
-    fragments = [f.replace("SPEAKER", speaker) for f in fragments]
-    runs = tmp_path / "runs"
-    ray_was_up = ray.is_initialized()
     model_dir = f"llm.model_dir={tiny_task_models['speaker'].parent}"
-    assert main(["train", SPEAKER_LISTENER, f"run.output_dir={runs}", model_dir, *overrides]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in err[0], err[0]
-    assert not runs.exists() and ray.is_initialized() == ray_was_up
+    assert_setup_error(tmp_path, capsys, [model_dir, *overrides], fragments, {"SPEAKER": str(tiny_task_models["speaker"])})
+
+
+def test_export_writes_adapter_groups_as_peft_adapters_with_the_trained_logprobs(tiny_task_models, tmp_path):
+    from peft import PeftModel
+
+    from flexmarl.config.adapters import LoraAdapter
+    from flexmarl.llm.lora import AdapterHost
+    from flexmarl.llm.models import load_causal_lm
+    from flexmarl.llm.trainer import completion_logprobs, pack_tokens
+    from orchestrator.run_dir import load_checkpoint
+    from orchestrator.train import train
+
+    cfg = lora_config(tiny_task_models, adapters=("listener",), run={"iterations": 1})
+    train(cfg, tmp_path / "run")
+    checkpoint = tmp_path / "run" / "checkpoints" / "iter_000001"
+    assert main(["llm", "export", str(checkpoint), str(tmp_path / "out")]) == 0
+    base = str(tiny_task_models["speaker"].parent / "shared-base")
+    out = tmp_path / "out" / "listener"
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                     "flexmarl_export.json"]
+    assert (tmp_path / "out" / "speaker" / "model.safetensors").exists()  # the full-model group as before
+    exported = PeftModel.from_pretrained(load_causal_lm(base), str(out)).eval()  # PEFT over the base
+    host = AdapterHost(base)  # the checkpoint's adapter as its trainer held it
+    host.add("listener", LoraAdapter(adapter="lora", **{k: v for k, v in LORA.items() if k != "adapter"}))
+    host.load_weights("listener", load_checkpoint(checkpoint)["state"]["trainers"]["listener"]["adapter"])
+    batch = pack_tokens([[5, 6, 7, 8], [9, 10]], [[11, 12, 13], [14, 15]], "cpu")
+    with torch.no_grad():
+        logp = completion_logprobs(exported, batch)
+        assert torch.equal(logp, completion_logprobs(host.activate("listener"), batch))
+        assert not torch.allclose(logp, completion_logprobs(load_causal_lm(base), batch), atol=1e-5)  # trained

@@ -8,7 +8,7 @@ from flexmarl.config.adapters import LoraAdapter
 from flexmarl.llm.lora import AdapterHost
 from flexmarl.llm.trainer import LLMGroupTrainer
 from orchestrator.slots import TrainerSlot
-from tests.flexmarl.llm.test_trainer import _cfg, _micro_batches, _save_tiny_qwen2
+from tests.flexmarl.llm.test_trainer import _cfg, _micro_batches, _save_tiny_qwen2, update_sync_and_streamed_out_of_order
 
 LORA = LoraAdapter(adapter="lora", rank=4, alpha=8.0, target_modules=["q_proj", "v_proj", "down_proj"])
 
@@ -51,14 +51,7 @@ def test_an_update_trains_the_adapter_alone_and_hands_out_only_it(make_cfg, base
 def test_streamed_out_of_order_equals_sync_for_an_adapter(make_cfg, base_dir, loss_agg):
     cfg = _cfg(make_cfg, loss_agg=loss_agg, lr=1e-3, trainer={"num_minibatches": 2, "epochs": 2})
     sync, streamed = _adapter_trainer(cfg, base_dir), _adapter_trainer(cfg, base_dir)
-    mbs = _micro_batches(sync, 4)
-    ids = ["a", "b", "c", "d"]
-    sync.update(ids, [0] * 4, *mbs)
-    streamed.begin_update(4)
-    for slot in (3, 1, 2, 0):
-        streamed.consume(ids[slot], 0, mbs[slot], slot)
-    streamed.finish_update()
-    assert streamed.version == sync.version == 1
+    update_sync_and_streamed_out_of_order(sync, streamed)
     assert _adapter_diff(sync, streamed) < 1e-6
     assert _adapter_diff(sync, _adapter_trainer(cfg, base_dir)) > 1e-4  # it did train
 
