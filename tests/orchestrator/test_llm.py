@@ -13,7 +13,8 @@ import yaml
 
 from flexmarl.config import ConfigError, config_from_dict
 from flexmarl.errors import first_line
-from flexmarl.llm.engine import HFEngine, WeightSyncError
+from flexmarl.llm.engine import WeightSyncError
+from flexmarl.llm.hf_engine import HFEngine
 from flexmarl.llm.engine_registry import ENGINES
 from orchestrator.cli import main
 from orchestrator.llm import LLMOrchestrator, logprob_agreement

@@ -11,7 +11,8 @@ import torch
 
 from flexmarl.config.adapters import LoraAdapter
 from flexmarl.llm.adapters import adapter_layout
-from flexmarl.llm.engine import HFEngine, VersionMismatchError, WeightSyncError
+from flexmarl.llm.engine import VersionMismatchError, WeightSyncError
+from flexmarl.llm.hf_engine import HFEngine
 from flexmarl.llm.trainer import LLMGroupTrainer
 from tests.flexmarl.llm.test_engine import build_tied_model
 from tests.flexmarl.llm.test_trainer import _cfg
