@@ -7,11 +7,12 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 from pathlib import Path
 
 from flexmarl.config import Config, ConfigError
 from flexmarl.config.adapters import LoraAdapter
-from flexmarl.llm.adapters import check_adapters
+from flexmarl.llm.adapters import linear_layers, targeted
 from flexmarl.llm.groups import LLMGroup, build_llm_groups, models_folder
 from flexmarl.llm.models import checkpoint_problem
 from flexmarl.llm.tasks import TextTask, task_class
@@ -110,7 +111,7 @@ def _warn_if_stale(model_dir: str) -> None:
 
 def check_context(cfg: Config, groups: list[LLMGroup]) -> None:
     """What the checkpoints must fit: prompt + completion every model's context (or the engines could not
-    serve a call), and each LoRA adapter its base's layers (flexmarl/llm/adapters.py)."""
+    serve a call), and each LoRA adapter its base's layers (`check_adapters`)."""
     check_adapters(groups)
     need = cfg.llm.max_prompt_tokens + cfg.llm.max_new_tokens
     for g in groups:
@@ -119,3 +120,28 @@ def check_context(cfg: Config, groups: list[LLMGroup]) -> None:
             raise ConfigError("llm.max_prompt_tokens", cfg.llm.max_prompt_tokens,
                               f"at most {context - cfg.llm.max_new_tokens}: with llm.max_new_tokens = "
                               f"{cfg.llm.max_new_tokens} it must fit the {context}-token context of {g.model_dir}")
+
+
+def check_adapters(groups: list[LLMGroup]) -> None:
+    """Every adapter group against its base: the same base for all (one engine pool), target modules the
+    architecture has, and a rank no larger than the smallest targeted layer. ConfigError naming the key."""
+    adapter_groups = [g for g in groups if g.adapter is not None]
+    if not adapter_groups:
+        return
+    base = adapter_groups[0].model_dir
+    layers = linear_layers(base)
+    for g in adapter_groups:
+        spec, key = g.adapter, g.adapter_key
+        if spec.base and os.path.abspath(spec.base) != base:
+            raise ConfigError(f"{key}.base", spec.base, f"empty or the engines' base {base} ({g.model_key}): every "
+                                                        f"adapter of a run is served by one engine pool over one base")
+        short_names = sorted({path.rsplit(".", 1)[-1] for path in layers})
+        for target in spec.target_modules:
+            if not targeted(layers, target):
+                raise ConfigError(f"{key}.target_modules", spec.target_modules,
+                                  f"linear layers of the base {base}: {', '.join(short_names)} (no {target!r})")
+        chosen = {path: shape for target in spec.target_modules for path, shape in targeted(layers, target).items()}
+        path, shape = min(chosen.items(), key=lambda item: min(item[1]))
+        if spec.rank > min(shape):
+            raise ConfigError(f"{key}.rank", spec.rank, f"at most {min(shape)}: the targeted layer {path} of {base} "
+                                                        f"is {shape[0]} x {shape[1]}")

@@ -1,16 +1,13 @@
 """What a LoRA adapter needs from its base checkpoint, read without torch (config checks run before
 start, and loading a config imports no torch): the checkpoint's tensor shapes from the safetensors
-headers, and from them the linear layers an adapter can target and their sizes."""
+headers, and from them the linear layers an adapter can target, their sizes, and an adapter's tensors.
+Imports nothing of the package: the engines and the pre-start checks (orchestrator/llm_setup.py) use it."""
 
 from __future__ import annotations
 
 import json
-import os
 import struct
 from pathlib import Path
-
-from flexmarl.config import ConfigError
-from flexmarl.llm.groups import LLMGroup
 
 
 def tensor_shapes(model_dir) -> dict[str, tuple[int, ...]]:
@@ -37,31 +34,6 @@ def linear_layers(model_dir) -> dict[str, tuple[int, int]]:
 def targeted(layers: dict[str, tuple[int, int]], target: str) -> dict[str, tuple[int, int]]:
     """The layers a PEFT target module name matches: the module path itself or its last components."""
     return {path: shape for path, shape in layers.items() if path == target or path.endswith("." + target)}
-
-
-def check_adapters(groups: list[LLMGroup]) -> None:
-    """Every adapter group against its base: the same base for all (one engine pool), target modules the
-    architecture has, and a rank no larger than the smallest targeted layer. ConfigError naming the key."""
-    adapter_groups = [g for g in groups if g.adapter is not None]
-    if not adapter_groups:
-        return
-    base = adapter_groups[0].model_dir
-    layers = linear_layers(base)
-    for g in adapter_groups:
-        spec, key = g.adapter, g.adapter_key
-        if spec.base and os.path.abspath(spec.base) != base:
-            raise ConfigError(f"{key}.base", spec.base, f"empty or the engines' base {base} ({g.model_key}): every "
-                                                        f"adapter of a run is served by one engine pool over one base")
-        short_names = sorted({path.rsplit(".", 1)[-1] for path in layers})
-        for target in spec.target_modules:
-            if not targeted(layers, target):
-                raise ConfigError(f"{key}.target_modules", spec.target_modules,
-                                  f"linear layers of the base {base}: {', '.join(short_names)} (no {target!r})")
-        chosen = {path: shape for target in spec.target_modules for path, shape in targeted(layers, target).items()}
-        path, shape = min(chosen.items(), key=lambda item: min(item[1]))
-        if spec.rank > min(shape):
-            raise ConfigError(f"{key}.rank", spec.rank, f"at most {min(shape)}: the targeted layer {path} of {base} "
-                                                        f"is {shape[0]} x {shape[1]}")
 
 
 def adapter_layout(base_dir, spec) -> dict[str, tuple[int, ...]]:
