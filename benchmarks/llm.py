@@ -43,7 +43,8 @@ def _median(values: list[float]) -> float:
 def engine_measurements(model_dir: str, batch: int = 32, max_tokens: int = 8) -> dict:
     """In this process: weight push in memory vs through disk, and vLLM vs HF generate tokens/s at the
     same batch, on one agent's model."""
-    from flexmarl.llm.engine import HFEngine, generation_throughput
+    from flexmarl.llm.engine import generation_throughput
+    from flexmarl.llm.hf_engine import HFEngine
     from flexmarl.llm.models import load_causal_lm
     from flexmarl.llm.vllm_engine import VLLMEngine
     from flexmarl.llm.weights import engine_weights, measure_weight_push

@@ -117,15 +117,15 @@ def real_engine_ablation(cfg, rounds: int) -> dict:
             for mode, (_, balancing) in MODES.items():
                 start = time.time()
                 if balancing:  # engines follow the calls of the last iteration (any set-up: same workload)
-                    moved = orch.workload.pool.rebalance(loads) if loads else []
+                    moved = orch.workload.fleet.rebalance(loads) if loads else []
                 else:
-                    moved = orch.workload.pool.apply_allocation(equal)
+                    moved = orch.workload.fleet.apply_allocation(equal)
                 move_s = time.time() - start
                 orch.use_config(arms[mode])
                 allocation = {g: len(e) for g, e in orch.workload.engines.items()}
                 with LoadSampler(orch) as sampler:
                     metrics = orch.step()
-                loads = orch.workload.group_loads(metrics)
+                loads = orch.workload.pool_loads(metrics)
                 metrics.update({"mode": mode, "warmup": round_ == 0, "move_s": move_s, "moves": len(moved),
                                 "allocation": allocation})
                 history.append(metrics)

@@ -42,10 +42,12 @@ def marl_actors(groups: list[str], num_workers: int) -> list[ActorSpec]:
             + [ActorSpec(f"trainer/{g}", "trainer", g) for g in groups])
 
 
-def llm_actors(groups: list[str], engines_per_group: int, num_workers: int, trainer_slots: int = 0) -> list[ActorSpec]:
+def llm_actors(groups: list[str], engines_per_group: int, num_workers: int, trainer_slots: int = 0,
+               engine_pools: list[str] | None = None) -> list[ActorSpec]:
     """Engines, workflow workers and trainers; with `trainer_slots` > 0 the groups time-share that many
-    trainer actors (`trainer-slot/<i>`, default trainer demand) instead of one trainer each."""
-    engines = [ActorSpec(f"engine/{g}/{i}", "engine", g) for g in groups for i in range(engines_per_group)]
+    trainer actors (`trainer-slot/<i>`, default trainer demand) instead of one trainer each. Engines are
+    per engine pool (`engine_pools`; default: one per group; LoRA adapter groups share one)."""
+    engines = [ActorSpec(f"engine/{p}/{i}", "engine", p) for p in (engine_pools or groups) for i in range(engines_per_group)]
     if trainer_slots <= 0:
         return engines + marl_actors(groups, num_workers)
     slots = [ActorSpec(f"trainer-slot/{i}", "trainer") for i in range(min(trainer_slots, len(groups)))]

@@ -5,8 +5,10 @@ agent), that `from_pretrained` and vLLM load like the checkpoint the group start
 Each directory gets the trainer's weights (fp32, the trainer's precision, as `model.safetensors` under the
 checkpoint's own tensor names: a tied output embedding is stored once, as the start checkpoint stores it),
 the start checkpoint's config (its dtype set to float32, so that loading does not round the weights),
-tokenizer and generation config, which the run never changes. The start checkpoint must still be where
-the run found it."""
+tokenizer and generation config, which the run never changes. A LoRA adapter group is written as a PEFT
+adapter directory (adapter_config.json naming the base, adapter_model.safetensors) that
+`PeftModel.from_pretrained(base, OUT/<group>)` and vLLM's LoRARequest load. The start checkpoint (the
+base) must still be where the run found it."""
 
 from __future__ import annotations
 
@@ -32,8 +34,22 @@ def export_llm_checkpoint(checkpoint, out) -> dict[str, Path]:
         if problem:
             raise CheckpointError(f"model group {group!r} started from {start}, whose config and tokenizer the export "
                                   f"needs: {problem}")
-        exported[group] = export_model(start, data["state"]["trainers"][group]["model"], Path(out) / group)
+        state = data["state"]["trainers"][group]
+        if "adapter" in signature:
+            exported[group] = export_adapter(start, state["adapter"], signature["adapter"], Path(out) / group)
+        else:
+            exported[group] = export_model(start, state["model"], Path(out) / group)
     return exported
+
+
+def export_adapter(base_dir, weights: dict, spec: dict, out_dir: Path) -> Path:
+    """One PEFT adapter directory: a trainer's adapter weights (PEFT file names) and its LoRA config."""
+    from flexmarl.config.adapters import LoraAdapter
+    from flexmarl.llm.lora import save_adapter
+
+    save_adapter(weights, LoraAdapter.model_validate(spec), str(base_dir), out_dir)
+    (out_dir / "flexmarl_export.json").write_text(json.dumps({"started_from": str(base_dir), "adapter": spec}, indent=1))
+    return out_dir
 
 
 def export_model(start_dir, state_dict: dict, out_dir: Path) -> Path:

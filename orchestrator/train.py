@@ -17,7 +17,7 @@ from flexmarl.groups import build_groups, critic_uses_state
 from flexmarl.rollout import EnvOutputError, EnvStepError, RandomPolicyBackend, TorchPolicyBackend
 from flexmarl.rollout.evaluate import evaluate_policy
 from flexmarl.rollout.worker import make_eval_env
-from flexmarl.llm.engine_pool import EngineFailure
+from flexmarl.llm.fleet import EngineFailure
 from flexmarl.llm.workload import TaskFailure
 from orchestrator.core import make_orchestrator
 from orchestrator.dispatch import WorkerFailure

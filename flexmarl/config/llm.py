@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from flexmarl.algorithms.registry import POLICY_LOSSES
+from flexmarl.config.adapters import ModelSources
 from flexmarl.config.fields import (SECTION, AgentGroups, Device, NonNegativeInt, NonNegativeNumber, Number,
                                     PositiveInt, PositiveNumber, registered)
 from flexmarl.llm.engine_registry import ENGINES
@@ -29,8 +30,13 @@ class LLMConfig(BaseModel):
     `flexmarl llm build`; a real model works the same way (any local HF checkpoint directory). Empty:
     the task's own folder, runs/llm-models/<task> ('module:Class' as module.Class), built on first use.
     A relative path is resolved against the driver's working directory before any actor gets it."""
-    models: dict[str, str] = Field(default_factory=dict)
-    """Per-agent checkpoint directory overriding `<model_dir>/<agent>`, e.g. {listener: /models/qwen2.5-0.5b}."""
+    models: ModelSources = Field(default_factory=dict)
+    """Per-agent (or per-group) model overriding `<model_dir>/<agent>`: a checkpoint directory, e.g.
+    {listener: /models/qwen2.5-0.5b}, or a LoRA adapter over `llm.base_model`, e.g. {speaker: {adapter: lora,
+    rank: 8}}. Full-model and adapter groups may be mixed; all adapter groups share one engine pool."""
+    base_model: str = ""
+    """The checkpoint every LoRA adapter of `llm.models` trains over (held once per trainer and engine).
+    Empty: the task's built model of the first adapter group's first agent (`<model_dir>/<agent>`)."""
     groups: AgentGroups = "independent"
     """Agent -> model: 'independent' (each agent its own model, engine(s) and trainer), 'shared' (one model
     for all agents, the agent named in the prompt), or a mapping {group: [agents]}."""

@@ -1,7 +1,9 @@
 """Build a task's local models: one tokenizer trained on the task's text, one tiny random model per
 agent, warm-started on that agent's examples, saved to `<out_dir>/<agent>/` (a Hugging Face checkpoint
-directory that transformers and vLLM load), plus `<out_dir>/build.json` recording the settings, the
-warm-start losses and the warm-started team's success rate (HF sampling on `eval_queries` queries).
+directory that transformers and vLLM load), one more warm-started on every agent's examples,
+`<out_dir>/shared-base/` (the default base of LoRA agents: `llm.base_model` empty), plus
+`<out_dir>/build.json` recording the settings, the warm-start losses and the warm-started team's success
+rate (HF sampling on `eval_queries` queries).
 `flexmarl llm build` calls `build_task_models`; a build whose settings match is reused as it is.
 """
 
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flexmarl.llm.groups import default_model_dir
+from flexmarl.llm.groups import SHARED_BASE, default_model_dir
 from flexmarl.llm.models import (build_tiny_model, build_tokenizer, load_causal_lm, load_tokenizer, sample_tokens,
                                   torch_threads)
 from flexmarl.llm.tasks import Completion, TextTask, make_task
@@ -25,6 +27,7 @@ from flexmarl.llm.warm_start import warm_start
 
 BUILD_FORMAT = 2
 """Bumped when the build procedure changes, so older builds are not reused."""
+
 
 
 @dataclass
@@ -85,11 +88,11 @@ def build_task_models(task_name: str = "speaker_listener", out_dir=None, seed: i
     task = make_task(cfg.task, **cfg.task_kwargs)
     paths = {agent: out / agent for agent in task.agents}
     record = out / "build.json"
-    if not force and _reusable(record, cfg, paths):
+    if not force and _reusable(record, cfg, {**paths, SHARED_BASE: out / SHARED_BASE}):
         return paths
 
     with torch_threads(threads):
-        _build(task, cfg, paths, record, log)
+        _build(task, cfg, {**paths, SHARED_BASE: out / SHARED_BASE}, record, log)
     return paths
 
 
@@ -99,8 +102,9 @@ def _build(task: TextTask, cfg: BuildSettings, paths: dict[str, Path], record: P
     tokenizer = build_tokenizer(task.corpus(), cfg.vocab_size)
     tokenizer.add_tokens(task.vocabulary_tokens())  # task strings kept whole (e.g. item codes), none by default
     examples = task.sft_examples(np.random.default_rng(cfg.seed), cfg.sft_examples)
+    examples[SHARED_BASE] = [example for agent in task.agents for example in examples[agent]]
     agents: dict[str, dict] = {}
-    for index, agent in enumerate(task.agents):
+    for index, agent in enumerate([*task.agents, SHARED_BASE]):
         seed_of_agent = cfg.seed * 1000 + index
         build_tiny_model(paths[agent], tokenizer, arch=cfg.arch, hidden=cfg.hidden, layers=cfg.layers,
                          heads=cfg.heads, head_dim=cfg.head_dim, max_positions=cfg.max_positions, seed=seed_of_agent)
@@ -113,7 +117,7 @@ def _build(task: TextTask, cfg: BuildSettings, paths: dict[str, Path], record: P
         if log is not None and losses:
             log(f"{agent}: warm-start loss {losses[0]:.3f} -> {np.mean(losses[-20:]):.3f} ({len(losses)} steps)")
 
-    evaluation = evaluate_team(task, {a: load_causal_lm(p) for a, p in paths.items()}, load_tokenizer(paths[task.agents[0]]),
+    evaluation = evaluate_team(task, {a: load_causal_lm(paths[a]) for a in task.agents}, load_tokenizer(paths[task.agents[0]]),
                                queries=cfg.eval_queries, seed=cfg.seed, temperature=cfg.eval_temperature,
                                max_new_tokens=cfg.max_new_tokens)
     if log is not None:

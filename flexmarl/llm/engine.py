@@ -1,7 +1,8 @@
 """Inference engines for LLM agents: one contract, two implementations (by name: flexmarl/llm/engine_registry.py).
 
 - `VLLMEngine` (flexmarl/llm/vllm_engine.py): vLLM in-process, continuous batching.
-- `HFEngine` (here): transformers, concurrent calls batched statically (all of a batch start together).
+- `HFEngine` (flexmarl/llm/hf_engine.py): transformers, concurrent calls batched statically (all of a batch
+  start together).
 
 Both run the model on one background thread that owns it (`BatchingEngine`): `generate` may be called
 from many threads at once (a Ray actor with max_concurrency, or a thread pool in one process); each call
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 from flexmarl.llm import weights as weight_io
+from flexmarl.llm.adapters import adapter_layout
 
 
 class VersionMismatchError(RuntimeError):
@@ -65,12 +67,14 @@ class InferenceEngine(ABC):
 
     @abstractmethod
     def generate(self, prompt_ids: list[int], max_tokens: int, temperature: float, seed: int,
-                 version: int | None = None) -> Generation:
-        """Sample a completion of `prompt_ids`; `version` None accepts whatever version is held."""
+                 version: int | None = None, adapter: str | None = None) -> Generation:
+        """Sample a completion of `prompt_ids` (with LoRA adapter `adapter` over the base, when named);
+        `version` None accepts whatever version is held (of that adapter)."""
 
     @abstractmethod
-    def load_weights(self, weights: dict[str, torch.Tensor], version: int) -> float:
-        """Replace the weights in memory (HF names, as the checkpoint's); returns the seconds it took."""
+    def load_weights(self, weights: dict[str, torch.Tensor], version: int, adapter: str | None = None) -> float:
+        """Replace the weights in memory (HF names, as the checkpoint's; an adapter's: PEFT file names);
+        returns the seconds it took."""
 
     @abstractmethod
     def load_weights_from_dir(self, path: str, version: int) -> float:
@@ -96,6 +100,8 @@ class _Call:
     seed: int
     version: int | None
     request_id: str
+    adapter: str | None = None
+    """The LoRA adapter the call runs with (None: the model itself)."""
     future: Future = field(default_factory=Future)
 
 
@@ -105,6 +111,8 @@ class _Push:
     """In-memory weights, or None for a reload from `path`."""
     path: str | None
     version: int
+    adapter: str | None = None
+    """The adapter these weights are (None: the whole model's)."""
     future: Future = field(default_factory=Future)
 
 
@@ -120,10 +128,15 @@ class BatchingEngine(InferenceEngine):
     weights; `_shutdown()` frees the model.
     """
 
-    def __init__(self, model_dir: str, version: int, engine_name: str, max_model_len: int):
+    def __init__(self, model_dir: str, version: int, engine_name: str, max_model_len: int,
+                 adapters: dict | None = None):
         self.model_dir, self.engine_name, self.max_model_len = str(model_dir), engine_name, max_model_len
         self._version = version
         self._layout = weight_io.checkpoint_layout(self.model_dir)
+        self.adapters = dict(adapters or {})
+        """{name: LoraAdapter} served over the base, each with its own version and layout (flexmarl/llm/lora.py)."""
+        self._adapter_versions = {name: version for name in self.adapters}
+        self._adapter_layouts = {name: adapter_layout(self.model_dir, spec) for name, spec in self.adapters.items()}
         self._tied = weight_io.ties_embeddings(self.model_dir)
         self._queue: queue.Queue = queue.Queue()
         self._running: dict[str, _Call] = {}
@@ -140,8 +153,8 @@ class BatchingEngine(InferenceEngine):
         started.result()  # re-raises a failed start here, in the constructor
 
     # -- contract ---------------------------------------------------------------------------------
-    def generate(self, prompt_ids, max_tokens, temperature, seed, version=None) -> Generation:
-        return self._submit(prompt_ids, max_tokens, temperature, seed, version).result()
+    def generate(self, prompt_ids, max_tokens, temperature, seed, version=None, adapter=None) -> Generation:
+        return self._submit(prompt_ids, max_tokens, temperature, seed, version, adapter).result()
 
     def generate_many(self, calls: list[dict]) -> list[Generation]:
         """Several `generate` calls (keyword dicts) in one round trip: a client that has many calls ready
@@ -149,13 +162,14 @@ class BatchingEngine(InferenceEngine):
         futures = [self._submit(**call) for call in calls]
         return [f.result() for f in futures]
 
-    def _submit(self, prompt_ids, max_tokens, temperature, seed, version=None) -> Future:
+    def _submit(self, prompt_ids, max_tokens, temperature, seed, version=None, adapter=None) -> Future:
         self._check_usable()
-        if version is not None and version != self._version:
+        held = self.version(adapter)
+        if version is not None and version != held:
             raise VersionMismatchError(
-                f"engine {self.engine_name} holds version {self._version}, call asked for {version}")
+                f"engine {self.engine_name} holds version {held}{_of(adapter)}, call asked for {version}")
         call = _Call(list(map(int, prompt_ids)), int(max_tokens), float(temperature), int(seed), version,
-                     f"{self.engine_name}-{next(self._ids)}")
+                     f"{self.engine_name}-{next(self._ids)}", adapter)
         # Refused rather than cut short (vLLM would end it early), the same way on every engine.
         if not call.prompt_ids or call.max_tokens < 1 or len(call.prompt_ids) + call.max_tokens > self.max_model_len:
             raise ValueError(f"engine {self.engine_name}: prompt of {len(call.prompt_ids)} tokens + max_tokens "
@@ -167,14 +181,23 @@ class BatchingEngine(InferenceEngine):
             self._queue.put(call)
         return call.future
 
-    def load_weights(self, weights, version) -> float:
-        return self._push(_Push(weight_io.drop_tied_aliases(weights, self._tied), None, int(version)))
+    def load_weights(self, weights, version, adapter=None) -> float:
+        if adapter is None:
+            weights = weight_io.drop_tied_aliases(weights, self._tied)
+        return self._push(_Push(weights, None, int(version), self._known(adapter)))
 
     def load_weights_from_dir(self, path, version) -> float:
         return self._push(_Push(None, str(path), int(version)))
 
-    def version(self) -> int:
-        return self._version
+    def version(self, adapter: str | None = None) -> int:
+        """The version held (of adapter `adapter`, when named)."""
+        return self._version if adapter is None else self._adapter_versions[self._known(adapter)]
+
+    def _known(self, adapter: str | None) -> str | None:
+        if adapter is not None and adapter not in self.adapters:
+            raise ValueError(f"engine {self.engine_name} serves no adapter {adapter!r} (it has: "
+                             f"{', '.join(self.adapters) or 'none'})")
+        return adapter
 
     def load(self) -> dict:
         return {"in_flight": len(self._running), "waiting": self._waiting,
@@ -188,9 +211,10 @@ class BatchingEngine(InferenceEngine):
     # -- loop -------------------------------------------------------------------------------------
     def _push(self, push: _Push) -> float:
         self._check_usable()
-        if push.version < self._version:
-            raise VersionMismatchError(f"engine {self.engine_name} holds version {self._version}; refusing to load "
-                                       f"older version {push.version}")
+        held = self.version(push.adapter)
+        if push.version < held:
+            raise VersionMismatchError(f"engine {self.engine_name} holds version {held}{_of(push.adapter)}; refusing "
+                                       f"to load older version {push.version}")
         if self._running or self._waiting:  # checked here too: HF's step holds the loop for a whole batch
             raise self._busy_error(push.version, len(self._running) + self._waiting)
         self._queue.put(push)
@@ -241,9 +265,10 @@ class BatchingEngine(InferenceEngine):
             self._waiting -= 1
         if self._broken:
             call.future.set_exception(WeightSyncError(f"engine {self.engine_name} is unusable: {self._broken}"))
-        elif call.version is not None and call.version != self._version:
-            call.future.set_exception(VersionMismatchError(
-                f"engine {self.engine_name} holds version {self._version}, call asked for {call.version}"))
+        elif call.version is not None and call.version != self.version(call.adapter):
+            call.future.set_exception(VersionMismatchError(f"engine {self.engine_name} holds version "
+                                                           f"{self.version(call.adapter)}{_of(call.adapter)}, call "
+                                                           f"asked for {call.version}"))
         else:
             try:
                 self._admit(call)
@@ -257,9 +282,10 @@ class BatchingEngine(InferenceEngine):
         if self._running:
             push.future.set_exception(self._busy_error(push.version, len(self._running)))
             return
-        if push.version < self._version:
+        held = self.version(push.adapter)
+        if push.version < held:
             push.future.set_exception(VersionMismatchError(
-                f"engine {name} holds version {self._version}; refusing to load older version {push.version}"))
+                f"engine {name} holds version {held}{_of(push.adapter)}; refusing to load older version {push.version}"))
             return
         start = time.perf_counter()
         # Checked before anything is touched: a bad push leaves the old weights serving.
@@ -267,21 +293,28 @@ class BatchingEngine(InferenceEngine):
             layout = weight_io.drop_tied_aliases(weight_io.checkpoint_layout(push.path), self._tied)
         else:
             layout = {n: tuple(t.shape) for n, t in push.weights.items()}
-        problems = weight_io.layout_problems(layout, self._layout)
+        expected = self._layout if push.adapter is None else self._adapter_layouts[push.adapter]
+        problems = weight_io.layout_problems(layout, expected)
         if push.weights is not None:
             problems += weight_io.value_problems(push.weights)
         if problems:
             push.future.set_exception(WeightSyncError(
-                f"engine {name}: push of version {push.version} refused, old version {self._version} kept: "
+                f"engine {name}: push of version {push.version}{_of(push.adapter)} refused, old version {held} kept: "
                 + "; ".join(problems)))
             return
         try:
-            self._apply(push.weights, push.path)
+            if push.adapter is None:
+                self._apply(push.weights, push.path)
+            else:
+                self._apply_adapter(push.adapter, push.weights, push.version)
         except Exception as exc:  # noqa: BLE001 - the model may be half-written now
-            self._broken = f"push of version {push.version} failed midway ({exc!r})"
+            self._broken = f"push of version {push.version}{_of(push.adapter)} failed midway ({exc!r})"
             push.future.set_exception(WeightSyncError(f"engine {name}: {self._broken}"))
             return
-        self._version = push.version
+        if push.adapter is None:
+            self._version = push.version
+        else:
+            self._adapter_versions[push.adapter] = push.version
         push.future.set_result(time.perf_counter() - start)
 
     def _busy_error(self, version: int, calls: int) -> WeightSyncError:
@@ -321,7 +354,15 @@ class BatchingEngine(InferenceEngine):
     @abstractmethod
     def _apply(self, weights: dict | None, path: str | None) -> None: ...
 
+    def _apply_adapter(self, adapter: str, weights: dict, version: int) -> None:
+        """Replace adapter `adapter`'s weights (checked: its layout, finite values)."""
+        raise NotImplementedError(f"{type(self).__name__} serves no adapters")
+
     def _shutdown(self) -> None: ...
+
+
+def _of(adapter: str | None) -> str:
+    return "" if adapter is None else f" of adapter {adapter!r}"
 
 
 def parse_cpu_list(spec: str) -> list[int]:
@@ -342,90 +383,6 @@ def bind_this_thread(omp_threads_bind: str) -> None:
     cpus = parse_cpu_list(omp_threads_bind)
     os.sched_setaffinity(0, cpus)  # pid 0 = the calling thread only
     torch.set_num_threads(len(cpus))
-
-
-class HFEngine(BatchingEngine):
-    """transformers model, the same contract. Calls that arrive together run as one left-padded batch
-    with a KV cache, token by token, until all of them end; calls arriving meanwhile form the next batch.
-    Same positional arguments as VLLMEngine (kv_cache_gib and gpu_memory_utilization are unused: the KV
-    cache lives only as long as a batch; seed too: every call has its own)."""
-
-    def __init__(self, model_dir: str, version: int = 0, seed: int = 0, max_model_len: int = 256,
-                 omp_threads_bind: str = "nobind", kv_cache_gib: float = 0.25, device: str = "cpu",
-                 gpu_memory_utilization: float = 0.3, engine_name: str = "hf", max_batch: int = 64):
-        self.seed, self.omp_threads_bind, self.device, self.max_batch = seed, omp_threads_bind, device, max_batch
-        self._pending: list[_Call] = []
-        super().__init__(model_dir, version, engine_name, max_model_len)
-
-    def _build(self) -> None:
-        from transformers import AutoModelForCausalLM
-
-        bind_this_thread(self.omp_threads_bind)
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"engine {self.engine_name}: device='cuda' but no CUDA device is visible")
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).to(self.device).eval()
-        eos = self.model.generation_config.eos_token_id
-        eos = self.model.config.eos_token_id if eos is None else eos
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
-        pad = self.model.generation_config.pad_token_id
-        self.pad_id = pad if pad is not None else min(self.eos_ids, default=0)
-
-    def _admit(self, call: _Call) -> None:
-        self._pending.append(call)
-
-    @torch.no_grad()
-    def _step(self):
-        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
-        width = max(len(c.prompt_ids) for c in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, c in enumerate(batch):  # left padding: every row's next token is at the last column
-            ids[i, width - len(c.prompt_ids):] = torch.tensor(c.prompt_ids)
-            mask[i, width - len(c.prompt_ids):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        generators = [torch.Generator(device=self.device).manual_seed(c.seed) for c in batch]
-        tokens: list[list[int]] = [[] for _ in batch]
-        logprobs: list[list[float]] = [[] for _ in batch]
-        reasons: list[str | None] = [None] * len(batch)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        while True:
-            logits = out.logits[:, -1].float()
-            raw_logp = torch.log_softmax(logits, -1)
-            next_ids = torch.full((len(batch),), self.pad_id, dtype=torch.long)
-            for i, c in enumerate(batch):
-                if reasons[i] is not None:
-                    continue
-                if c.temperature <= 0:
-                    token = int(logits[i].argmax())
-                else:
-                    probs = torch.softmax(logits[i] / c.temperature, -1)
-                    token = int(torch.multinomial(probs, 1, generator=generators[i]))
-                tokens[i].append(token)
-                logprobs[i].append(float(raw_logp[i, token]))
-                next_ids[i] = token
-                if token in self.eos_ids:
-                    reasons[i] = "stop"
-                elif len(tokens[i]) >= c.max_tokens:
-                    reasons[i] = "length"
-            if all(r is not None for r in reasons):
-                break
-            mask = torch.cat([mask, torch.ones((len(batch), 1), dtype=mask.dtype, device=self.device)], 1)
-            positions = positions[:, -1:] + 1
-            out = self.model(input_ids=next_ids[:, None].to(self.device), attention_mask=mask, position_ids=positions,
-                             past_key_values=out.past_key_values, use_cache=True)
-        return [(c, tokens[i], logprobs[i], reasons[i]) for i, c in enumerate(batch)]
-
-    @torch.no_grad()
-    def _apply(self, weights, path) -> None:
-        if weights is None:
-            weights = weight_io.drop_tied_aliases(weight_io.read_weights(path), self._tied)
-        state = self.model.state_dict()  # shares storage with the parameters (a tied lm_head included)
-        for name, tensor in weights.items():
-            state[name].copy_(tensor)
-
-    def _shutdown(self) -> None:
-        del self.model
 
 
 def generation_throughput(engine: InferenceEngine, prompts: list[list[int]], max_tokens: int, batch: int,

@@ -1,5 +1,6 @@
-"""`llm.backend` -> inference engine class. Above both engines (flexmarl/llm/engine.py holds the contract
-and the HF engine, flexmarl/llm/vllm_engine.py the vLLM one), so neither engine module imports the other's.
+"""`llm.backend` -> inference engine class. Above both engines (flexmarl/llm/engine.py holds the contract,
+flexmarl/llm/hf_engine.py the HF engine, flexmarl/llm/vllm_engine.py the vLLM one), so neither engine
+module imports the other's.
 The engines are named as import paths, loaded on first use: a config checks `llm.backend` without
 importing torch, transformers or vLLM."""
 
@@ -12,7 +13,7 @@ from flexmarl.registry import Registry
 if TYPE_CHECKING:
     from flexmarl.llm.engine import InferenceEngine
 
-ENGINES = Registry("inference engine", {"hf": "flexmarl.llm.engine:HFEngine",
+ENGINES = Registry("inference engine", {"hf": "flexmarl.llm.hf_engine:HFEngine",
                                         "vllm": "flexmarl.llm.vllm_engine:VLLMEngine"})
 """Every engine takes the same constructor arguments (see HFEngine / VLLMEngine)."""
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 from pathlib import Path
 
 from flexmarl.config import Config, ConfigError
+from flexmarl.config.adapters import LoraAdapter
+from flexmarl.llm.adapters import linear_layers, targeted
 from flexmarl.llm.groups import LLMGroup, build_llm_groups, models_folder
 from flexmarl.llm.models import checkpoint_problem
 from flexmarl.llm.tasks import TextTask, task_class
@@ -54,19 +57,26 @@ def default_models_to_build(cfg: Config, groups: list[LLMGroup]) -> bool:
     named = [(g, problem) for g, problem in problems if g.model_key != "llm.model_dir"]
     if named:
         g, problem = named[0]
-        raise ConfigError(g.model_key, cfg.llm.models[g.model_key.split(".", 2)[2]], f"{CHECKPOINT}; {problem}")
+        raise ConfigError(g.model_key, _configured(cfg, g.model_key), f"{CHECKPOINT}; {problem}")
     if not problems:
         return False
     g, problem = problems[0]
     folder = models_folder(cfg.llm)
     build = f"flexmarl llm build --task {cfg.llm.task} --out {folder}"
-    if cfg.llm.models:  # only the default folder is built, and only when no model is named
+    # only the default folder is built, and only when no checkpoint is named (adapters train over it)
+    if any(not isinstance(source, LoraAdapter) for source in cfg.llm.models.values()):
         raise ConfigError("llm.model_dir", folder,
                           f"a folder with a checkpoint for agent {g.agents[0]!r}, since llm.models names none for it "
                           f"({problem}); set llm.models.{g.agents[0]}, or build the task's models with `{build}`")
     if not (Path(g.model_dir) / "config.json").exists():
         return True
     raise ConfigError("llm.model_dir", folder, f"a folder of checkpoints; {problem} (rebuild it with `{build}`)")
+
+
+def _configured(cfg: Config, key: str):
+    """The value of `llm.models.<name>` or `llm.base_model`."""
+    parts = key.split(".")
+    return cfg.llm.models[parts[2]] if parts[1] == "models" else getattr(cfg.llm, parts[1])
 
 
 def ensure_models(cfg: Config, groups: list[LLMGroup]) -> None:
@@ -98,7 +108,9 @@ def _warn_if_stale(model_dir: str) -> None:
 
 
 def check_context(cfg: Config, groups: list[LLMGroup]) -> None:
-    """Prompt + completion must fit every model's context, or the engines could not serve a call."""
+    """What the checkpoints must fit: prompt + completion every model's context (or the engines could not
+    serve a call), and each LoRA adapter its base's layers (`check_adapters`)."""
+    check_adapters(groups)
     need = cfg.llm.max_prompt_tokens + cfg.llm.max_new_tokens
     for g in groups:
         context = json.loads((Path(g.model_dir) / "config.json").read_text()).get("max_position_embeddings")
@@ -106,3 +118,28 @@ def check_context(cfg: Config, groups: list[LLMGroup]) -> None:
             raise ConfigError("llm.max_prompt_tokens", cfg.llm.max_prompt_tokens,
                               f"at most {context - cfg.llm.max_new_tokens}: with llm.max_new_tokens = "
                               f"{cfg.llm.max_new_tokens} it must fit the {context}-token context of {g.model_dir}")
+
+
+def check_adapters(groups: list[LLMGroup]) -> None:
+    """Every adapter group against its base: the same base for all (one engine pool), target modules the
+    architecture has, and a rank no larger than the smallest targeted layer. ConfigError naming the key."""
+    adapter_groups = [g for g in groups if g.adapter is not None]
+    if not adapter_groups:
+        return
+    base = adapter_groups[0].model_dir
+    layers = linear_layers(base)
+    for g in adapter_groups:
+        spec, key = g.adapter, g.adapter_key
+        if spec.base and os.path.abspath(spec.base) != base:
+            raise ConfigError(f"{key}.base", spec.base, f"empty or the engines' base {base} ({g.model_key}): every "
+                                                        f"adapter of a run is served by one engine pool over one base")
+        short_names = sorted({path.rsplit(".", 1)[-1] for path in layers})
+        for target in spec.target_modules:
+            if not targeted(layers, target):
+                raise ConfigError(f"{key}.target_modules", spec.target_modules,
+                                  f"linear layers of the base {base}: {', '.join(short_names)} (no {target!r})")
+        chosen = {path: shape for target in spec.target_modules for path, shape in targeted(layers, target).items()}
+        path, shape = min(chosen.items(), key=lambda item: min(item[1]))
+        if spec.rank > min(shape):
+            raise ConfigError(f"{key}.rank", spec.rank, f"at most {min(shape)}: the targeted layer {path} of {base} "
+                                                        f"is {shape[0]} x {shape[1]}")

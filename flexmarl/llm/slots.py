@@ -35,11 +35,13 @@ class TrainerSlot:
     the LLM trainer contract (begin_update, consume, finish_update, update, get_weights, get_state,
     set_state, spans, token_logprobs) on that group, binding it first."""
 
-    def __init__(self, cfg: Config, groups: list[tuple[str, str, int]], where: str = "host"):
-        """groups: (name, model_dir, seed) of the groups on this slot; where: "host" or "remote"."""
+    def __init__(self, cfg: Config, groups: list[tuple], where: str = "host"):
+        """groups: (name, model_dir, seed[, LoRA adapter]) of the groups on this slot; where: "host" or "remote"."""
         self.cfg, self.where = cfg, where
-        self.specs = {name: (model_dir, seed) for name, model_dir, seed in groups}
+        self.specs = {name: (model_dir, seed, *adapter) for name, model_dir, seed, *adapter in groups}
         self.trainers: dict = {}
+        self.hosts: dict = {}
+        """base model dir -> the AdapterHost all adapter groups over that base share (the base held once)."""
         """Each group's LLMGroupTrainer, built on its first call (its tensors empty while swapped out)."""
         self.swapped: dict = {}
         """group -> (model TrainingState, reference-model TrainingState or None) while swapped out."""
@@ -77,18 +79,23 @@ class TrainerSlot:
         elif group not in self.trainers:
             from flexmarl.llm.trainer import LLMGroupTrainer
 
-            model_dir, seed = self.specs[group]
-            self.trainers[group] = LLMGroupTrainer(self.cfg, group, model_dir, seed)
+            model_dir, seed, *adapter = self.specs[group]
+            adapter = adapter[0] if adapter else None
+            trainer = LLMGroupTrainer(self.cfg, group, model_dir, seed, adapter, self.hosts.get(model_dir))
+            if trainer.host is not None:
+                self.hosts[model_dir] = trainer.host
+            self.trainers[group] = trainer
         self.resident = group
         self.swap_spans.append((start, time.time()))
         return self.trainers[group]
 
     def _swap_out(self, group: str) -> None:
         trainer = self.trainers[group]
-        # gradients accumulated over the current minibatch's micro-batches must survive the swap
-        grads = [p.grad for p in trainer.model.parameters()]
+        # gradients accumulated over the current minibatch's micro-batches must survive the swap; an
+        # adapter group's state is its adapter (trainer.state_module), the shared base stays
+        grads = [p.grad for p in trainer.state_module.parameters()]
         name = f"training state of model group {group!r}"
-        model = swap_out(trainer.model, trainer.opt, {"grads": grads}, where=self.where, name=name)
+        model = swap_out(trainer.state_module, trainer.opt, {"grads": grads}, where=self.where, name=name)
         reference = (swap_out(trainer.reference, None, where=self.where, name=f"reference model of {group!r}")
                      if trainer.reference is not None else None)
         self.swapped[group] = (model, reference)
@@ -98,14 +105,14 @@ class TrainerSlot:
         trainer = self.trainers[group]
         model, reference = self.swapped.pop(group)
         try:
-            extra = swap_in(model, trainer.model, trainer.opt)
+            extra = swap_in(model, trainer.state_module, trainer.opt)
             if reference is not None:
                 swap_in(reference, trainer.reference, None)
         except StateLostError as error:
             self.lost[group] = (f"model group {group!r} cannot train: its swapped-out training state is lost "
                                 f"({error}); restore the run from its last checkpoint (flexmarl train --resume)")
             raise TrainingStateLost(self.lost[group]) from error
-        for parameter, grad in zip(trainer.model.parameters(), extra["grads"]):
+        for parameter, grad in zip(trainer.state_module.parameters(), extra["grads"]):
             parameter.grad = grad
         self.swaps += 1
 
@@ -139,8 +146,8 @@ def make_slotted_trainers(runtime, cfg: Config, groups: list) -> dict[str, SlotG
     """`resources.trainer_slots` slot actors on the training pool, group i on slot i % n (seeds as
     dedicated trainers get them, so both set-ups train identically)."""
     n = min(cfg.resources.trainer_slots, len(groups))
-    members: list[list[tuple[str, str, int]]] = [[] for _ in range(n)]
+    members: list[list[tuple]] = [[] for _ in range(n)]
     for i, g in enumerate(groups):
-        members[i % n].append((g.name, g.model_dir, cfg.run.seed * 1000 + i))
+        members[i % n].append((g.name, g.model_dir, cfg.run.seed * 1000 + i, g.adapter))
     slots = [runtime.create(TrainerSlot, cfg, m, cfg.llm.swap_to, actor=f"trainer-slot/{i}") for i, m in enumerate(members)]
     return {g.name: SlotGroupHandle(slots[i % n], g.name) for i, g in enumerate(groups)}

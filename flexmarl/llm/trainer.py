@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -28,8 +29,10 @@ import torch
 from flexmarl.algorithms import POLICY_LOSSES, loss_hparams
 from flexmarl.algorithms.losses import aggregate_token_loss, kl_penalty
 from flexmarl.config import Config
+from flexmarl.config.adapters import LoraAdapter
 from flexmarl.llm.cpus import bind_process, trainer_binding
 from flexmarl.llm import weights as weight_io
+from flexmarl.llm.lora import AdapterHost, AdapterState
 from flexmarl.llm.models import load_causal_lm
 from flexmarl.devices import resolve_device, state_to_cpu
 from flexmarl.streaming import StreamingTrainer
@@ -95,35 +98,60 @@ def completion_logprobs(model, batch: TokenBatch) -> torch.Tensor:
 
 
 class LLMGroupTrainer(StreamingTrainer):
-    def __init__(self, cfg: Config, group: str, model_dir: str, seed: int):
+    """A model group's trainer: the whole model, or (`adapter`) a LoRA adapter over the base `model_dir`,
+    on an `AdapterHost` that other adapter groups of the same trainer slot share (`host`)."""
+
+    def __init__(self, cfg: Config, group: str, model_dir: str, seed: int, adapter: LoraAdapter | None = None,
+                 host: AdapterHost | None = None):
         llm = cfg.llm
         super().__init__(group, seed, cfg.trainer.epochs, cfg.trainer.num_minibatches)
-        self.cfg, self.group, self.model_dir = cfg, group, str(model_dir)
+        self.cfg, self.group, self.model_dir, self.adapter = cfg, group, str(model_dir), adapter
         bind_process(trainer_binding(cfg))  # off the engines' cores (flexmarl/llm/cpus.py)
         self.device = resolve_device(cfg.trainer.device)
         # Eval mode throughout: no dropout, so the trainer's log-probs are the engines' (the ratio is 1
         # on-policy) and an update is a deterministic function of its inputs.
-        self.model = load_causal_lm(self.model_dir, self.device).requires_grad_(True)
-        self.reference = copy.deepcopy(self.model).requires_grad_(False) if llm.kl_coef > 0 else None
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=llm.lr)
+        if adapter is None:
+            self.host = None
+            self.model = load_causal_lm(self.model_dir, self.device).requires_grad_(True)
+            self.state_module = self.model
+            """What an agent's training state is (with the optimizer's): what a trainer slot swaps."""
+            self.reference = copy.deepcopy(self.model).requires_grad_(False) if llm.kl_coef > 0 else None
+        else:  # the base frozen and held once per host; the KL reference is the base itself (adapter off)
+            self.host = host or AdapterHost(self.model_dir, self.device)
+            self.model = self.host.add(group, adapter, seed)
+            self.state_module = AdapterState(list(self.host.named_parameters(group).values()))
+            self.reference = None
+        self.opt = torch.optim.Adam(self.state_module.parameters(), lr=llm.lr)
         self.loss = POLICY_LOSSES[llm.loss]
         self.hparams = loss_hparams(cfg.trainer)
         self._tied = weight_io.ties_embeddings(self.model_dir)
         self._tokens_trained = 0
 
+    def _policy(self):
+        """The model to run: with this group's adapter active when the base is shared."""
+        return self.model if self.host is None else self.host.activate(self.group)
+
     # -- weights and checkpoint state -------------------------------------------------------------
     def get_weights(self) -> dict[str, torch.Tensor]:
         """What an engine loads: the checkpoint's tensor names (a tied output embedding is the input one,
-        so `lm_head.weight` is left out as in the checkpoint), CPU fp32 copies that later steps leave alone."""
+        so `lm_head.weight` is left out as in the checkpoint), or an adapter group's adapter alone (PEFT's
+        file names); CPU fp32 copies that later steps leave alone."""
+        if self.host is not None:
+            return self.host.weights(self.group)
         state = weight_io.drop_tied_aliases(self.model.state_dict(), self._tied)
         return {name: t.detach().to("cpu", torch.float32, copy=True) for name, t in state.items()}
 
     def get_state(self) -> dict:
-        """A deep copy on the CPU: later steps must not change a state that was already handed out."""
-        return state_to_cpu({"version": self.version, "model": self.model.state_dict(), "optimizer": self.opt.state_dict()})
+        """A deep copy on the CPU: later steps must not change a state that was already handed out. An
+        adapter group's state is its adapter (`adapter`, PEFT file names) and optimizer, not the base."""
+        weights = {"model": self.model.state_dict()} if self.host is None else {"adapter": self.host.weights(self.group)}
+        return state_to_cpu({"version": self.version, **weights, "optimizer": self.opt.state_dict()})
 
     def set_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        if self.host is None:
+            self.model.load_state_dict(state["model"])
+        else:
+            self.host.load_weights(self.group, state["adapter"])
         self.opt.load_state_dict(state["optimizer"])
         self.version = int(state["version"])
 
@@ -132,8 +160,18 @@ class LLMGroupTrainer(StreamingTrainer):
         """Current log-probs of each completion's tokens given its prompt."""
         if not prompt_ids:
             return []
-        logp = completion_logprobs(self.model, pack_tokens(prompt_ids, completion_ids, self.device)).cpu()
+        logp = completion_logprobs(self._policy(), pack_tokens(prompt_ids, completion_ids, self.device)).cpu()
         return [logp[i, : len(c)].tolist() for i, c in enumerate(completion_ids)]
+
+    @torch.no_grad()
+    def _reference_logprobs(self, batch: TokenBatch) -> torch.Tensor | None:
+        """Log-probs of the frozen initial model (the base, for an adapter group); None without KL."""
+        if self.cfg.llm.kl_coef <= 0:
+            return None
+        if self.host is None:
+            return completion_logprobs(self.reference, batch)
+        with self._policy().disable_adapter():
+            return completion_logprobs(self.model, batch)
 
     # -- hooks of the streamed plan (flexmarl.streaming) --------------------------------------------
     def begin_update(self, num_micro_batches: int) -> None:
@@ -153,9 +191,7 @@ class LLMGroupTrainer(StreamingTrainer):
             old[i, : len(logp)] = torch.tensor(logp, dtype=torch.float32)
         batch.old_logp = old.to(self.device)
         batch.advantages = torch.as_tensor(payload["advantages"], dtype=torch.float32, device=self.device)
-        if self.reference is not None:
-            with torch.no_grad():
-                batch.ref_logp = completion_logprobs(self.reference, batch)
+        batch.ref_logp = self._reference_logprobs(batch)
         return batch
 
     def train_micro_batch(self, mb: TokenBatch | None, first_epoch: bool) -> float:
@@ -163,7 +199,8 @@ class LLMGroupTrainer(StreamingTrainer):
         if mb is None:
             return 0.0
         llm = self.cfg.llm
-        logp = completion_logprobs(self.model, mb)
+        with self._adapter_dropout():
+            logp = completion_logprobs(self._policy(), mb)
         per_token = self.loss(logp, mb.old_logp, mb.advantages[:, None], **self.hparams)  # one advantage per output
         policy, denominator = aggregate_token_loss(per_token, mb.mask, llm.loss_agg)
         loss = policy
@@ -186,7 +223,7 @@ class LLMGroupTrainer(StreamingTrainer):
 
     def step(self, denominator: float) -> None:
         """Average the accumulated gradient over the minibatch's `denominator`, clip, and apply it."""
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        params = [p for p in self.state_module.parameters() if p.grad is not None]
         if not params:  # a minibatch without samples
             return
         scale = 1.0 / max(denominator, 1.0)
@@ -197,6 +234,19 @@ class LLMGroupTrainer(StreamingTrainer):
         self.record_stat("losses/grad_norm", float(norm))
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+
+    @contextmanager
+    def _adapter_dropout(self):
+        """An adapter's dropout modules in train mode for a training forward (only when its dropout > 0:
+        it makes updates depend on the RNG, and the engines never drop)."""
+        modules = self.host.dropout_modules(self.group) if self.adapter is not None and self.adapter.dropout > 0 else []
+        for module in modules:
+            module.train()
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.eval()
 
     def update_metrics(self) -> dict:
         """`llm/tokens_trained`: completion tokens through forward/backward in this update (all epochs)."""

@@ -22,7 +22,13 @@ Things vLLM 0.32 (CPU build) does that this class works around, each checked by 
 - Building the engine seeds the global RNGs (random, numpy, torch) and makes `torch.set_num_threads` a
   no-op for the whole process: both are restored afterwards.
 - The first step that returns logprobs torch.compiles vLLM's rank counting (seconds): a warm-up request
-  pays it during start-up.
+  pays it during start-up (with adapters, one per adapter: a first LoRA step takes ~20 s on CPU).
+
+LoRA (`adapters`): the engine runs with `enable_lora` (the max rank rounded up to one vLLM accepts) and
+serves every adapter from the same instance, each call carrying its adapter's `LoRARequest`, so calls of
+different agents batch together. vLLM loads an adapter only from a PEFT folder: a push writes the adapter
+(versioned, a few hundred KiB) to the engine's scratch folder, re-registers it under the same LoRA id
+and resets the prefix cache (KV blocks of the old adapter must not be reused).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from __future__ import annotations
 import gc
 import os
 import random
+import shutil
+import tempfile
 
 import numpy as np
 import torch
@@ -41,7 +49,7 @@ class VLLMEngine(BatchingEngine):
     def __init__(self, model_dir: str, version: int = 0, seed: int = 0, max_model_len: int = 256,
                  omp_threads_bind: str = "nobind", kv_cache_gib: float = 0.25, device: str = "cpu",
                  gpu_memory_utilization: float = 0.3, engine_name: str = "vllm", max_batch: int = 64,
-                 dtype: str | None = None):
+                 dtype: str | None = None, adapters: dict | None = None):
         """model_dir: local HF checkpoint (its weights are `version`). omp_threads_bind: 'nobind' or a CPU
         list ('0', '0-1'). kv_cache_gib: CPU KV cache. device 'cuda' needs a CUDA build of vLLM and uses
         `gpu_memory_utilization`. dtype: default float32 on CPU (bf16 is slower there), the checkpoint's on CUDA."""
@@ -53,7 +61,7 @@ class VLLMEngine(BatchingEngine):
         self.dtype = dtype or ("float32" if device == "cpu" else "auto")
         if omp_threads_bind != "nobind":
             parse_cpu_list(omp_threads_bind)  # a bad value fails here, before the engine thread starts
-        super().__init__(model_dir, version, engine_name, max_model_len)
+        super().__init__(model_dir, version, engine_name, max_model_len, adapters)
 
     def _build(self) -> None:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -73,6 +81,9 @@ class VLLMEngine(BatchingEngine):
                 raise RuntimeError(f"engine {self.engine_name}: device='cuda' but the installed vLLM is the CPU build")
             kwargs = dict(model=self.model_dir, dtype=self.dtype, enforce_eager=True, seed=self.seed,
                           max_model_len=self.max_model_len, max_num_seqs=self.max_batch, disable_log_stats=True)
+            if self.adapters:
+                kwargs.update(enable_lora=True, max_loras=len(self.adapters),
+                              max_lora_rank=vllm_lora_rank(max(a.rank for a in self.adapters.values())))
             if self.device == "cpu":
                 kwargs["kv_cache_memory_bytes"] = int(self.kv_cache_gib * 2**30)
             else:
@@ -94,13 +105,46 @@ class VLLMEngine(BatchingEngine):
             detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY)
         # The first step that computes logprobs takes seconds (vLLM torch.compiles its rank counting then);
         # pay it here, not in the first call.
+        self._register_initial_adapters()
         warm_up = SamplingParams(max_tokens=2, seed=0, logprobs=0, detokenize=False)
-        self.engine.add_request("warm-up", {"prompt_token_ids": [0, 0, 0, 0]}, warm_up)
+        for i, adapter in enumerate([None, *self.adapters]):
+            self.engine.add_request(f"warm-up-{i}", {"prompt_token_ids": [0, 0, 0, 0]}, warm_up,
+                                    lora_request=self._lora.get(adapter))
         while self.engine.has_unfinished_requests():
             self.engine.step()
 
     def _admit(self, call) -> None:
-        self.engine.add_request(call.request_id, {"prompt_token_ids": call.prompt_ids}, self._params(call))
+        self.engine.add_request(call.request_id, {"prompt_token_ids": call.prompt_ids}, self._params(call),
+                                lora_request=self._lora.get(call.adapter))
+
+    # -- LoRA adapters ------------------------------------------------------------------------------
+    def _register_initial_adapters(self) -> None:
+        """Every adapter starts as the base (all-zero LoRA weights) until its first push."""
+        self._lora: dict = {}
+        if self.adapters:
+            self._scratch = tempfile.mkdtemp(prefix=f"flexmarl-lora-{self.engine_name.replace('/', '-')}-")
+        for name in self.adapters:
+            zeros = {n: torch.zeros(shape) for n, shape in self._adapter_layouts[name].items()}
+            self._apply_adapter(name, zeros, self.version(name))
+
+    def _apply_adapter(self, adapter, weights, version) -> None:
+        from vllm.lora.request import LoRARequest
+
+        from flexmarl.llm.lora import save_adapter
+
+        lora_id = list(self.adapters).index(adapter) + 1  # vLLM's ids start at 1
+        folder = save_adapter(weights, self.adapters[adapter], self.model_dir,
+                              os.path.join(self._scratch, f"{adapter}-v{version}"))
+        old = self._lora.get(adapter)
+        if old is not None:
+            self.engine.remove_lora(lora_id)
+        self._lora[adapter] = LoRARequest(adapter, lora_id, str(folder))
+        if not self.engine.add_lora(self._lora[adapter]):
+            raise RuntimeError(f"vLLM did not load adapter {adapter!r} from {folder}")
+        if not self.engine.reset_prefix_cache():
+            raise RuntimeError("the prefix cache could not be reset after the adapter reload")
+        if old is not None and old.lora_path != str(folder):
+            shutil.rmtree(old.lora_path, ignore_errors=True)
 
     def _step(self):
         finished = []
@@ -120,7 +164,18 @@ class VLLMEngine(BatchingEngine):
 
     def _shutdown(self) -> None:
         del self.engine, self.llm
+        if self.adapters:
+            shutil.rmtree(self._scratch, ignore_errors=True)
         gc.collect()
+
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The values vLLM 0.32 accepts for max_lora_rank."""
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds `rank`."""
+    return next(r for r in VLLM_LORA_RANKS if r >= rank)
 
 
 def _reload_worker_weights(worker, weights: dict | None, path: str | None) -> None:

@@ -27,17 +27,9 @@ TIED_ALIASES = ("lm_head.weight",)
 
 def checkpoint_layout(model_dir) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape of every tensor in the folder's safetensors files (headers only, nothing loaded)."""
-    from safetensors import safe_open
+    from flexmarl.llm.adapters import tensor_shapes
 
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors files in {model_dir}")
-    layout = {}
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():
-                layout[name] = tuple(f.get_slice(name).get_shape())
-    return layout
+    return tensor_shapes(model_dir)
 
 
 def ties_embeddings(model_dir) -> bool:

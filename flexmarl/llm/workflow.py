@@ -140,7 +140,8 @@ class _Trajectory:
 
 
 class EngineRouter:
-    """Sends an agent's calls to the least-loaded engine of its model group (intra-agent balancing).
+    """Sends an agent's calls to the least-loaded engine of its model group's engine pool (intra-agent
+    balancing; the adapter groups' shared pool balances all their agents' calls together).
 
     Engines are Ray actor handles or in-process objects with the same `generate_many`; loads are the
     calls this router has in flight on each engine. Calls that become ready in the same event-loop tick
@@ -228,6 +229,8 @@ class WorkflowWorker:
         self.task = make_task(cfg.llm.task, format_penalty=cfg.llm.format_penalty, **cfg.llm.task_kwargs)
         self.groups = groups
         self.group_of = {agent: g.name for g in groups for agent in g.agents}
+        # engines are per pool: adapter groups share one, each call naming its adapter
+        self.call_target = {g.name: (g.pool, {"adapter": g.name} if g.adapter is not None else {}) for g in groups}
         self.tokenizers = {g.name: load_tokenizer(g.model_dir) for g in groups}
         self.router = EngineRouter(engines, incarnations)
         self.requests_served = 0
@@ -258,10 +261,11 @@ class WorkflowWorker:
             counters["llm/prompt_too_long"] = counters.get("llm/prompt_too_long", 0) + 1
             return Completion(text="", finish_reason="refused", error="prompt_too_long")
         seed = call_seed(*seeds, self.task.agents.index(agent), k)
+        pool, adapter = self.call_target[group]
         async with limit:
-            out = await self.router.generate(group, prompt_ids, max_tokens=self.llm.max_new_tokens,
+            out = await self.router.generate(pool, prompt_ids, max_tokens=self.llm.max_new_tokens,
                                              temperature=0.0 if greedy else self.llm.temperature, seed=seed,
-                                             version=version)
+                                             version=version, **adapter)
         counters["llm/generated_tokens"] = counters.get("llm/generated_tokens", 0) + len(out.token_ids)
         if out.token_ids:
             trajectory.calls.append(CallRecord(agent, turn, prompt_ids, list(out.token_ids), list(out.logprobs),

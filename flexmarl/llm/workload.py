@@ -1,7 +1,7 @@
 """The LLM workload: agents of a text task, each model group with its own causal LM.
 
 - rollout: `WorkflowWorker`s run the task's workflow and call per-model-group inference engines (vLLM or
-  HF actors on the rollout pool, `EnginePool`); each request yields one micro-batch per model group whose
+  HF actors on the rollout pool, `EngineFleet`); each request yields one micro-batch per model group whose
   GRPO groups are complete, so the microbatch pipeline keeps zero policy lag;
 - training: one `LLMGroupTrainer` per model group, or groups time-sharing `resources.trainer_slots`
   trainer actors (flexmarl/llm/slots.py);
@@ -24,7 +24,8 @@ import numpy as np
 
 from flexmarl.actors import ActorSpec, llm_actors
 from flexmarl.config import Config
-from flexmarl.llm.engine_pool import EnginePool
+from flexmarl.llm.fleet import EngineFleet
+from flexmarl.llm.groups import engine_pools
 from flexmarl.llm.setup import check_context, check_llm_run, ensure_models
 from flexmarl.llm.slots import SlotGroupHandle, make_slotted_trainers
 from flexmarl.llm.workflow import EngineDiedError, WorkflowResult, WorkflowWorker
@@ -58,14 +59,14 @@ class LLMWorkload:
     # -- actors -----------------------------------------------------------------------------------
     def actors(self) -> list[ActorSpec]:
         return llm_actors([g.name for g in self.groups], self.cfg.llm.engines_per_agent, self.cfg.rollout.num_workers,
-                          self.cfg.resources.trainer_slots)
+                          self.cfg.resources.trainer_slots, [p.name for p in engine_pools(self.groups)])
 
     def create_actors(self, runtime: Runtime, workers: list) -> dict:
         cfg = self.cfg
         self.runtime, self.workers, self.trainers = runtime, workers, {}
-        self.pool = EnginePool(cfg, runtime, self.groups, workers, self.trainers)
+        self.fleet = EngineFleet(cfg, runtime, self.groups, workers, self.trainers)
         self.trainers.update(make_slotted_trainers(runtime, cfg, self.groups) if cfg.resources.trainer_slots > 0 else {
-            g.name: runtime.create(_trainer_class(), cfg, g.name, g.model_dir, cfg.run.seed * 1000 + i,
+            g.name: runtime.create(_trainer_class(), cfg, g.name, g.model_dir, cfg.run.seed * 1000 + i, g.adapter,
                                    actor=f"trainer/{g.name}")
             for i, g in enumerate(self.groups)})
         workers.extend(self.make_worker(i) for i in range(cfg.rollout.num_workers))
@@ -73,17 +74,17 @@ class LLMWorkload:
 
     def make_worker(self, index: int):
         # + 2 threads for control calls (engine replacement) while every request slot is busy
-        return self.runtime.create(WorkflowWorker, self.cfg, index, self.groups, self.pool.engines,
-                                   self.pool.incarnations, actor=f"worker/{index}",
+        return self.runtime.create(WorkflowWorker, self.cfg, index, self.groups, self.fleet.engines,
+                                   self.fleet.incarnations, actor=f"worker/{index}",
                                    concurrency=self.cfg.llm.concurrent_requests + 2)
 
     @property
     def engines(self) -> dict[str, list]:
-        return self.pool.engines
+        return self.fleet.engines
 
     # -- weights: the engines hold them -----------------------------------------------------------
     def push_weights(self, weights: dict, version: int) -> list:
-        return self.pool.load(weights, version)
+        return self.fleet.load(weights, version)
 
     def load_worker_weights(self, worker, weights: dict, version: int):
         return None
@@ -110,7 +111,7 @@ class LLMWorkload:
         cause = _root_cause(exc)
         if not isinstance(cause, EngineDiedError):
             return False
-        self.pool.repair(cause)
+        self.fleet.repair(cause)
         return True
 
     # -- metrics ----------------------------------------------------------------------------------
@@ -123,7 +124,7 @@ class LLMWorkload:
         return {
             "charts/reward_mean": float(np.mean(rewards)) if rewards else float("nan"),
             "charts/success_rate": float(np.mean(successes)) if successes else float("nan"),
-            "perf/engine_restarts": self.pool.restarts,
+            "perf/engine_restarts": self.fleet.restarts,
         }
 
     def after_iteration(self, metrics: dict, timeline: dict) -> None:
@@ -152,18 +153,18 @@ class LLMWorkload:
         metrics["perf/swap_hidden_share"] = hidden / total if total > 0 else 0.0
 
     # -- inter-agent load balancing (between iterations) -----------------------------------------
-    def group_loads(self, metrics: dict) -> dict[str, float]:
-        """Calls each model group served in the iteration that produced `metrics` (its agents' calls)."""
-        return {g.name: float(sum(metrics.get(f"llm/calls/{agent}", 0) for agent in g.agents)) for g in self.groups}
+    def pool_loads(self, metrics: dict) -> dict[str, float]:
+        """Calls each engine pool served in the iteration that produced `metrics` (its agents' calls)."""
+        return {p.name: float(sum(metrics.get(f"llm/calls/{agent}", 0) for agent in p.agents)) for p in self.fleet.pools}
 
     def _balance(self, metrics: dict) -> None:
-        """Record per-group load and instances of the finished iteration, then rebalance for the next."""
-        loads = self.group_loads(metrics)
-        for g in self.groups:
-            metrics[f"llm/load/{g.name}"] = loads[g.name]
-            metrics[f"llm/engines/{g.name}"] = len(self.engines[g.name])
+        """Record per-pool load and instances of the finished iteration, then rebalance for the next."""
+        loads = self.pool_loads(metrics)
+        for p in self.fleet.pools:
+            metrics[f"llm/load/{p.name}"] = loads[p.name]
+            metrics[f"llm/engines/{p.name}"] = len(self.engines[p.name])
         start = time.time()
-        planned = self.pool.rebalance(loads) if self.cfg.llm.load_balancing else []
+        planned = self.fleet.rebalance(loads) if self.cfg.llm.load_balancing else []
         metrics["perf/rebalance_s"] = time.time() - start
         metrics["llm/engine_moves"] = len(planned)
 
@@ -179,9 +180,9 @@ def logprob_agreement(workload: LLMWorkload, samples: int = 8, seed: int = 0) ->
         tokenizer = load_tokenizer(g.model_dir)
         examples = workload.task.sft_examples(rng, samples)[g.agents[0]]
         prompts = [tokenizer.encode(prompt) for prompt, _ in examples]
-        engine = workload.engines[g.name][0]
+        engine = workload.engines[g.pool][0]
         outs = runtime.get([runtime.call(engine, "generate", p, workload.cfg.llm.max_new_tokens, 1.0, 1000 + i,
-                                         workload.pool.version) for i, p in enumerate(prompts)])
+                                         workload.fleet.version, *g.push_args) for i, p in enumerate(prompts)])
         recomputed = runtime.get(runtime.call(workload.trainers[g.name], "token_logprobs", prompts,
                                               [list(o.token_ids) for o in outs]))
         for out, ref in zip(outs, recomputed):

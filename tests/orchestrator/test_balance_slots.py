@@ -6,7 +6,7 @@ fails clearly and the checkpoint brings it back."""
 import pytest
 import torch
 
-from flexmarl.llm.engine_pool import same_checkpoint_layout
+from flexmarl.llm.fleet import same_checkpoint_layout
 from flexmarl.llm.slots import TrainerSlot, TrainingStateLost
 from flexmarl.llm.tasks import make_task
 from orchestrator.core import make_orchestrator

@@ -13,7 +13,8 @@ import yaml
 
 from flexmarl.config import ConfigError, config_from_dict
 from flexmarl.errors import first_line
-from flexmarl.llm.engine import HFEngine, WeightSyncError
+from flexmarl.llm.engine import WeightSyncError
+from flexmarl.llm.hf_engine import HFEngine
 from flexmarl.llm.engine_registry import ENGINES
 from flexmarl.llm.workload import logprob_agreement
 from orchestrator.cli import main
@@ -150,13 +151,19 @@ SPEAKER_LISTENER = str(Path(__file__).resolve().parents[2] / "configs/llm/speake
 ])
 def test_llm_setup_errors_are_config_errors_before_ray_or_a_run_directory(tiny_task_models, tmp_path, capsys,
                                                                            overrides, fragments):
-    import ray
-
     weightless = tmp_path / "models" / "weightless"
     weightless.mkdir(parents=True)
     (weightless / "config.json").write_text((tiny_task_models["speaker"] / "config.json").read_text())
     paths = {"WEIGHTLESS": str(weightless), "SPEAKER": str(tiny_task_models["speaker"]),
              "UNBUILT": str(tmp_path / "models" / "unbuilt")}
+    assert_setup_error(tmp_path, capsys, overrides, fragments, paths)
+
+
+def assert_setup_error(tmp_path, capsys, overrides: list[str], fragments: list[str], paths: dict[str, str]) -> None:
+    """`flexmarl train` of the speaker-listener config with `overrides` (placeholders of `paths` filled in)
+    fails with one `error:` line holding every fragment, before Ray or a run directory."""
+    import ray
+
     for name, path in paths.items():
         overrides = [o.replace(name, path) for o in overrides]
         fragments = [f.replace(name, path) for f in fragments]
@@ -201,7 +208,7 @@ def test_llm_build_takes_a_module_class_task_and_its_kwargs(tmp_path, monkeypatc
 
 def test_error_text_carries_no_terminal_colour_codes(tmp_path):
     from flexmarl.llm.workflow import EngineDiedError
-    from flexmarl.llm.engine_pool import EngineFailure
+    from flexmarl.llm.fleet import EngineFailure
     from orchestrator.train import _stop
 
     coloured = RuntimeError("\x1b[36mray::VLLMEngine.generate_many()\x1b[39m (pid=1) died\nTraceback ...")
@@ -370,7 +377,7 @@ def test_vllm_engines_on_ray_zero_lag_pushed_weights_and_a_killed_engine(tiny_ta
         ray.kill(listener, no_restart=True)
         results = orch.collect(in_flight, on_publish=orch.training.feed)
         finished = orch.training.finish()
-        assert orch.workload.pool.restarts == 1 and len(results) == cfg.requests_per_iteration
+        assert orch.workload.fleet.restarts == 1 and len(results) == cfg.requests_per_iteration
         assert finished["perf/policy_lag_max"] == 0
         assert sorted(r.request_id for r in results) == [f"it000001-req{r:04d}" for r in range(cfg.requests_per_iteration)]
         assert rt.get(rt.call(orch.workload.engines["listener"][0], "version")) == 1  # the replacement got version 1

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flexmarl.llm.engine import HFEngine
+from flexmarl.llm.hf_engine import HFEngine
 from flexmarl.llm.models import load_causal_lm, load_tokenizer, prompt_token_ids
 from flexmarl.llm.weights import engine_weights
 from tests.flexmarl.llm.chat_checkpoints import FAMILIES, generation_eos_ids

@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from flexmarl.llm.engine import Generation, HFEngine, VersionMismatchError, WeightSyncError, generation_throughput
+from flexmarl.llm.engine import Generation, VersionMismatchError, WeightSyncError, generation_throughput
+from flexmarl.llm.hf_engine import HFEngine
 from flexmarl.llm.weights import engine_weights, measure_weight_push
 
 PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16], [20, 21, 22]]

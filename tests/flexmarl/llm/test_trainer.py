@@ -85,6 +85,13 @@ def test_streamed_out_of_order_equals_sync(make_cfg, model_dir, loss_agg):
     cfg = _cfg(make_cfg, loss_agg=loss_agg, trainer={"num_minibatches": 2, "epochs": 2})
     sync = LLMGroupTrainer(cfg, "speaker", model_dir, seed=1)
     streamed = LLMGroupTrainer(cfg, "speaker", model_dir, seed=1)
+    update_sync_and_streamed_out_of_order(sync, streamed)
+    assert _max_param_diff(sync, streamed) < 1e-6
+
+
+def update_sync_and_streamed_out_of_order(sync, streamed) -> None:
+    """One update of two equal trainers on the same 4 micro-batches (2 minibatches): `sync` gets them at
+    once, `streamed` one by one, the later minibatch's first and in another order within each."""
     mbs = _micro_batches(sync, 4)
     ids = ["a", "b", "c", "d"]
     sync.update(ids, [0] * 4, *mbs)
@@ -93,7 +100,6 @@ def test_streamed_out_of_order_equals_sync(make_cfg, model_dir, loss_agg):
         streamed.consume(ids[slot], 0, mbs[slot], slot)
     streamed.finish_update()
     assert streamed.version == sync.version == 1
-    assert _max_param_diff(sync, streamed) < 1e-6
 
 
 def _normalised_gradient(trainer, payloads):

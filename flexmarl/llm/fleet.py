@@ -1,13 +1,14 @@
-"""Each model group's inference engines, as the LLM workload runs them: created on the rollout pool,
-loaded with pushed weights in place, replaced when one dies serving a request, and moved between groups
-by inter-agent load balancing. The workflow workers' routers follow every change (`set_engine`,
+"""The run's inference engines, per engine pool (`flexmarl/llm/groups.py`: a full-model group has its own
+pool, all LoRA adapter groups share one over their base), as the LLM workload runs them: created on the
+rollout resource pool, loaded with pushed weights (or adapters) in place, replaced when one dies serving a
+request, and moved between pools by inter-agent load balancing. The workflow workers' routers follow every change (`set_engine`,
 `remove_engine`), tagged with an incarnation number so that a late report of a dead engine never
 replaces its replacement.
 
-Moves (`llm.load_balancing`, between iterations: no call in flight): the calls each model group served go
-through `flexmarl.llm.balance.plan_allocation`; an instance moved from group A to B is reloaded in place
-with B's current weights and version when all groups' checkpoints share one layout (config.json and
-tokenizer), else it is rebuilt from B's model dir.
+Moves (`llm.load_balancing`, between iterations: no call in flight): the calls each pool served go
+through `flexmarl.llm.balance.plan_allocation`; an instance moved from pool A to B is reloaded in place
+with B's current weights and version when all pools' checkpoints share one layout (config.json and
+tokenizer) and none serves adapters, else it is rebuilt from B's model dir.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from flexmarl.config import Config
 from flexmarl.llm.balance import moves, plan_allocation
 from flexmarl.llm.cpus import engine_binding
 from flexmarl.llm.engine_registry import engine_class
-from flexmarl.llm.groups import LLMGroup
+from flexmarl.llm.groups import EnginePool, LLMGroup, engine_pools
 from flexmarl.llm.workflow import EngineDiedError
 from flexmarl.workload import Runtime
 
@@ -31,54 +32,61 @@ class EngineFailure(RuntimeError):
     """Inference engines died more often than `llm.max_engine_restarts` allows."""
 
 
-class EnginePool:
+class EngineFleet:
+    """Every engine instance of a run, by pool: `engines[pool][i]`, as the workflow workers' routers see them."""
+
     def __init__(self, cfg: Config, runtime: Runtime, groups: list[LLMGroup], workers: list, trainers: dict):
         """`workers`, `trainers`: the run's live handles (filled after the engines start: workers need them)."""
         self.cfg, self.runtime, self.groups = cfg, runtime, groups
+        self.pools = engine_pools(groups)
         self.workers, self.trainers = workers, trainers
         n = cfg.llm.engines_per_agent
         self._started = 0
-        self.engines = {g.name: [self._make(g, i) for i in range(n)] for g in groups}
-        self.incarnations = {g.name: [0] * n for g in groups}
+        self.engines = {p.name: [self._make(p, i) for i in range(n)] for p in self.pools}
+        self.incarnations = {p.name: [0] * n for p in self.pools}
         self._next_incarnation = 1
         self.restarts = 0
         self.weights: dict = {}
         """Per group, a reference to the weights last pushed (loaded into replacements and moved instances)."""
         self.version = 0
-        self._reload_in_place = same_checkpoint_layout([g.model_dir for g in groups])
+        self._reload_in_place = (same_checkpoint_layout([p.model_dir for p in self.pools])
+                                 and not any(p.adapters for p in self.pools))
 
-    def _make(self, group: LLMGroup, index: int):
+    def _make(self, pool: EnginePool, index: int):
         cfg, llm = self.cfg, self.cfg.llm
         self._started += 1
-        settings = dict(model_dir=group.model_dir, seed=cfg.run.seed,
+        settings = dict(model_dir=pool.model_dir, seed=cfg.run.seed,
                         max_model_len=llm.max_prompt_tokens + llm.max_new_tokens,
                         omp_threads_bind=engine_binding(cfg, self._started - 1),
                         kv_cache_gib=llm.engine_kv_cache_gib,
-                        device=self.runtime.device_for(f"engine/{group.name}/{index}", llm.engine_device),
-                        gpu_memory_utilization=llm.gpu_memory_utilization, engine_name=f"{group.name}/{index}",
-                        max_batch=llm.engine_max_batch)
+                        device=self.runtime.device_for(f"engine/{pool.name}/{index}", llm.engine_device),
+                        gpu_memory_utilization=llm.gpu_memory_utilization, engine_name=f"{pool.name}/{index}",
+                        max_batch=llm.engine_max_batch, **({"adapters": pool.adapters} if pool.adapters else {}))
         # Concurrency: the calls of every in-flight request batch together inside the engine.
         concurrency = max(8, llm.concurrent_requests * llm.max_concurrent_calls)
-        return self.runtime.create(engine_class(llm.backend), actor=f"engine/{group.name}/{index}",
+        return self.runtime.create(engine_class(llm.backend), actor=f"engine/{pool.name}/{index}",
                                    concurrency=concurrency, **settings)
 
-    def _group(self, name: str) -> LLMGroup:
-        return next(g for g in self.groups if g.name == name)
+    def _pool(self, name: str) -> EnginePool:
+        return next(p for p in self.pools if p.name == name)
 
     def _tell_workers(self, method: str, *args) -> None:
         self.runtime.get([self.runtime.call(w, method, *args) for w in self.workers])
 
     # -- weights ----------------------------------------------------------------------------------
     def load(self, weights: dict, version: int) -> list:
-        """Push each group's weights to its engines, in place (into idle engines only); returns the acks."""
+        """Push each group's weights to its pool's engines, in place (into idle engines only): an adapter
+        group's push is its adapter alone, named (`push_args`). Returns the acks."""
         self.weights, self.version = dict(weights), version
-        return [self.runtime.call(e, "load_weights", weights[g], version) for g, es in self.engines.items() for e in es]
+        return [self.runtime.call(e, "load_weights", weights[g.name], version, *g.push_args)
+                for g in self.groups for e in self.engines[g.pool]]
 
-    def _load_current(self, group: str, engine) -> None:
-        weights = self.weights.get(group)
-        if weights is None:  # no push yet: the group trainer's (= its checkpoint's) weights
-            weights = self.runtime.call(self.trainers[group], "get_weights")
-        self.runtime.get(self.runtime.call(engine, "load_weights", weights, self.version))
+    def _load_current(self, pool: str, engine) -> None:
+        for g in self._pool(pool).groups:
+            weights = self.weights.get(g.name)
+            if weights is None:  # no push yet: the group trainer's (= its checkpoint's) weights
+                weights = self.runtime.call(self.trainers[g.name], "get_weights")
+            self.runtime.get(self.runtime.call(engine, "load_weights", weights, self.version, *g.push_args))
 
     # -- faults -----------------------------------------------------------------------------------
     def repair(self, dead: EngineDiedError) -> None:
@@ -91,7 +99,7 @@ class EnginePool:
                                 f"llm.max_engine_restarts = {self.cfg.llm.max_engine_restarts}")
         log.warning("%s; starting a replacement with version %d", dead, self.version)
         self.runtime.kill(self.engines[dead.group][dead.index])
-        engine = self._make(self._group(dead.group), dead.index)
+        engine = self._make(self._pool(dead.group), dead.index)
         if self.weights:
             self._load_current(dead.group, engine)
         self.engines[dead.group][dead.index] = engine
@@ -100,7 +108,7 @@ class EnginePool:
 
     # -- inter-agent load balancing (between iterations) -----------------------------------------
     def rebalance(self, loads: dict[str, float]) -> list[tuple[str, str]]:
-        """Move engine instances between model groups so that they follow `loads` (calls per group), when
+        """Move engine instances between pools so that they follow `loads` (calls per pool), when
         the load disparity exceeds `llm.rebalance_threshold`; returns the (from, to) moves made."""
         current = {g: len(e) for g, e in self.engines.items()}
         target = plan_allocation(loads, current, capacity=sum(current.values()),
@@ -108,12 +116,12 @@ class EnginePool:
         return self.apply_allocation(target) if target is not None else []
 
     def apply_allocation(self, target: dict[str, int]) -> list[tuple[str, str]]:
-        """Give each group `target[group]` engine instances (same total), moving the fewest instances."""
+        """Give each pool `target[pool]` engine instances (same total), moving the fewest instances."""
         planned = moves({g: len(e) for g, e in self.engines.items()}, target)
         for donor, receiver in planned:
             self._move(donor, receiver)
         if planned:
-            log.info("engines moved between model groups %s; now %s", planned,
+            log.info("engines moved between pools %s; now %s", planned,
                      {g: len(e) for g, e in self.engines.items()})
         return planned
 
@@ -127,7 +135,7 @@ class EnginePool:
         new_index = len(self.engines[receiver])
         if not self._reload_in_place:  # another architecture: a fresh engine from the receiver's model dir
             self.runtime.kill(engine)
-            engine = self._make(self._group(receiver), new_index)
+            engine = self._make(self._pool(receiver), new_index)
         if self._reload_in_place or self.weights:  # same architecture and tokenizer: only the weights differ
             self._load_current(receiver, engine)
         incarnation = self._next_incarnation

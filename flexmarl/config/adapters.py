@@ -1,0 +1,78 @@
+"""`llm.models.<group>` as a LoRA adapter: the model of an agent (or model group) may be a checkpoint
+directory (a string) or `{adapter: lora, rank, alpha, dropout, target_modules}`, a low-rank adapter
+trained over `llm.base_model` (docs/llm.md#lora-agents). Checked here what the config alone says; what
+needs the base checkpoint (its layer names and sizes) is checked before start by
+`flexmarl/llm/setup.py` from its config.json and safetensors headers, without torch."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, Field, PlainValidator, ValidationError
+
+from flexmarl.config.errors import config_error, from_validation_error
+from flexmarl.config.fields import SECTION, Number, PositiveInt, PositiveNumber
+
+DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
+"""The attention projections of the Llama/Qwen2/Mistral families."""
+
+
+def _module_names(value: Any) -> list[str]:
+    if isinstance(value, list) and value and all(isinstance(name, str) and name for name in value):
+        return value
+    raise config_error("a non-empty list of module names, e.g. [q_proj, v_proj]")
+
+
+ModuleNames = Annotated[list[str], PlainValidator(_module_names)]
+
+
+class LoraAdapter(BaseModel):
+    """A LoRA adapter (PEFT) over `llm.base_model`: its agents' policy is the base plus this adapter."""
+
+    model_config = SECTION
+
+    adapter: Literal["lora"]
+    """The adapter kind (PEFT LoRA)."""
+    rank: PositiveInt = 8
+    """LoRA rank r: at most the smaller dimension of every targeted layer."""
+    alpha: PositiveNumber = 16.0
+    """LoRA alpha: the update is scaled by alpha / rank."""
+    dropout: Annotated[Number, Field(ge=0, lt=1)] = 0.0
+    """Dropout on the adapter's input while training (0 keeps an update a deterministic function of its
+    batch, which the microbatch == sync equality needs)."""
+    target_modules: ModuleNames = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+    """Names of the linear layers that get an adapter (module names of the base architecture)."""
+    base: str = ""
+    """The checkpoint this adapter was meant for; empty = `llm.base_model`. Set, it must be that one (all
+    adapters of a run share the engines of one base)."""
+
+
+def _model_source(value: Any) -> dict[str, str | LoraAdapter]:
+    if not isinstance(value, dict):
+        raise config_error("a mapping {agent or group: checkpoint directory or {adapter: lora, ...}}")
+    sources = {}
+    for key, source in value.items():
+        if isinstance(source, (str, LoraAdapter)):
+            sources[key] = source
+        elif isinstance(source, dict):
+            sources[key] = _adapter(str(key), source)
+        else:
+            raise config_error("a checkpoint directory (a string) or an adapter {adapter: lora, rank, alpha, dropout, "
+                               "target_modules}", key=str(key), value=source)
+    return sources
+
+
+def _adapter(key: str, source: dict) -> LoraAdapter:
+    if "adapter" not in source:
+        raise config_error("a checkpoint directory (a string) or an adapter mapping with 'adapter: lora'",
+                           key=key, value=source)
+    try:
+        return LoraAdapter.model_validate(source)
+    except ValidationError as exc:  # re-raised under the full key path, llm.models.<key>.<field>
+        error = from_validation_error(exc, LoraAdapter, {})
+        allowed = error.allowed.replace("'<root>'", f"'llm.models.{key}'")
+        raise config_error(allowed, key=f"{key}.{error.path}", value=error.value) from None
+
+
+ModelSources = Annotated[dict[str, str | LoraAdapter], BeforeValidator(_model_source)]
+"""{agent or group: a checkpoint directory, or a LoRA adapter over llm.base_model}."""

@@ -1,0 +1,112 @@
+"""LoRA agents through the orchestrator (serial, HF engines, tiny task models): adapter agents over one
+base share one engine pool and train (adapters only pushed, versions advance), microbatch equals sync,
+full-model and adapter groups mix, and bad adapter configs are one error line before anything starts."""
+
+import pytest
+import torch
+
+from flexmarl.llm.workload import logprob_agreement
+from orchestrator.cli import main
+from orchestrator.core import make_orchestrator
+from orchestrator.runtime import SerialRuntime
+from tests.flexmarl.llm.conftest import tiny_task_models  # noqa: F401  (shared session fixture)
+from tests.orchestrator.test_llm import _close, assert_setup_error, llm_config, trainer_weights
+
+LORA = {"adapter": "lora", "rank": 4, "alpha": 16.0}
+
+
+def lora_config(models, adapters=("speaker", "listener"), **sections):
+    """Each agent in `adapters` a LoRA adapter over the build's shared base (warm-started on both agents'
+    examples: `llm.base_model` left empty); the others full models."""
+    chosen = {agent: dict(LORA) if agent in adapters else str(path) for agent, path in models.items()}
+    llm = {"models": chosen, "model_dir": str(models["speaker"].parent), **sections.pop("llm", {})}
+    return llm_config({}, llm=llm, **sections)
+
+
+def test_two_adapter_agents_on_one_base_share_one_engine_pool_and_train(tiny_task_models):
+    orch = make_orchestrator(lora_config(tiny_task_models), SerialRuntime())
+    assert list(orch.workload.engines) == ["lora"]  # one pool for both agents
+    start = trainer_weights(orch)
+    assert all(all("lora_" in name for name in w) for w in start.values())  # a push is the adapter alone
+    metrics = [orch.step() for _ in range(2)]
+    engine = orch.workload.engines["lora"][0]
+    assert {g: engine.version(g) for g in ("speaker", "listener")} == {"speaker": 2, "listener": 2}
+    trained = trainer_weights(orch)
+    for group in ("speaker", "listener"):
+        assert not _close({group: start[group]}, {group: trained[group]}, atol=1e-6)
+        assert all(m[f"losses/{group}/grad_norm"] > 0 and m[f"llm/{group}/tokens_trained"] > 0 for m in metrics)
+    assert metrics[-1]["llm/load/lora"] == metrics[-1]["llm/calls/speaker"] + metrics[-1]["llm/calls/listener"]
+    assert logprob_agreement(orch.workload, samples=4) < 1e-3  # the engines serve exactly the trained adapters
+
+
+def test_microbatch_equals_sync_with_adapter_agents(tiny_task_models):
+    runs = {}
+    for mode in ("sync", "microbatch"):
+        orch = make_orchestrator(lora_config(tiny_task_models, pipeline={"mode": mode}), SerialRuntime())
+        metrics = [orch.step() for _ in range(2)]
+        runs[mode] = (trainer_weights(orch), metrics)
+    assert _close(runs["sync"][0], runs["microbatch"][0], atol=1e-6)
+    assert all(m["perf/policy_lag_max"] == 0 for m in runs["microbatch"][1])
+    start = make_orchestrator(lora_config(tiny_task_models), SerialRuntime())
+    assert not _close(trainer_weights(start), runs["sync"][0], atol=1e-6)  # the adapters did train
+
+
+def test_full_model_and_adapter_groups_mix_in_one_run_on_one_trainer_slot(tiny_task_models):
+    cfg = lora_config(tiny_task_models, adapters=("listener",), resources={"trainer_slots": 1})
+    orch = make_orchestrator(cfg, SerialRuntime())
+    assert sorted(orch.workload.engines) == ["lora", "speaker"]
+    metrics = orch.step()
+    weights = trainer_weights(orch)
+    assert "model.embed_tokens.weight" in weights["speaker"] and all("lora_" in n for n in weights["listener"])
+    assert orch.workload.engines["lora"][0].version("listener") == 1 and orch.workload.engines["speaker"][0].version() == 1
+    assert metrics["perf/trainer_swaps"] > 0
+    assert logprob_agreement(orch.workload, samples=4) < 1e-3
+
+
+@pytest.mark.parametrize("overrides, fragments", [
+    (["llm.models={speaker: {adapter: lora, rank: 1000}, listener: {adapter: lora}}", "llm.base_model=SPEAKER"],
+     ["config key 'llm.models.speaker.rank': got 1000", "at most 128", "is 128 x 128"]),
+    (["llm.models={speaker: {adapter: lora, target_modules: [c_attn]}, listener: {adapter: lora}}"],
+     ["config key 'llm.models.speaker.target_modules'", "no 'c_attn'", "q_proj"]),
+    (["llm.models={speaker: {adapter: lora, base: /elsewhere}, listener: {adapter: lora}}", "llm.base_model=SPEAKER"],
+     ["config key 'llm.models.speaker.base': got '/elsewhere'", "the engines' base SPEAKER (llm.base_model)"]),
+    (["llm.models={speaker: {adapter: lora}, listener: {adapter: lora}}", "llm.base_model=/no/such/base"],
+     ["config key 'llm.base_model': got '/no/such/base'", "is not a directory"]),
+    (["llm.models={speaker: {adapter: lora, alpha: -1}}"], ["config key 'llm.models.speaker.alpha': got -1", "> 0"]),
+    (["llm.models={speaker: {adapter: lora, rnk: 4}}"],
+     ["config key 'llm.models.speaker.rnk'", "known keys under 'llm.models.speaker': adapter, rank, alpha"]),
+])
+def test_bad_adapter_configs_are_config_errors_before_ray_or_a_run_directory(tiny_task_models, tmp_path, capsys,
+                                                                              overrides, fragments):
+    model_dir = f"llm.model_dir={tiny_task_models['speaker'].parent}"
+    assert_setup_error(tmp_path, capsys, [model_dir, *overrides], fragments, {"SPEAKER": str(tiny_task_models["speaker"])})
+
+
+def test_export_writes_adapter_groups_as_peft_adapters_with_the_trained_logprobs(tiny_task_models, tmp_path):
+    from peft import PeftModel
+
+    from flexmarl.config.adapters import LoraAdapter
+    from flexmarl.llm.lora import AdapterHost
+    from flexmarl.llm.models import load_causal_lm
+    from flexmarl.llm.trainer import completion_logprobs, pack_tokens
+    from orchestrator.run_dir import load_checkpoint
+    from orchestrator.train import train
+
+    cfg = lora_config(tiny_task_models, adapters=("listener",), run={"iterations": 1})
+    train(cfg, tmp_path / "run")
+    checkpoint = tmp_path / "run" / "checkpoints" / "iter_000001"
+    assert main(["llm", "export", str(checkpoint), str(tmp_path / "out")]) == 0
+    base = str(tiny_task_models["speaker"].parent / "shared-base")
+    out = tmp_path / "out" / "listener"
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                     "flexmarl_export.json"]
+    assert (tmp_path / "out" / "speaker" / "model.safetensors").exists()  # the full-model group as before
+    exported = PeftModel.from_pretrained(load_causal_lm(base), str(out)).eval()  # PEFT over the base
+    host = AdapterHost(base)  # the checkpoint's adapter as its trainer held it
+    host.add("listener", LoraAdapter(adapter="lora", **{k: v for k, v in LORA.items() if k != "adapter"}))
+    host.load_weights("listener", load_checkpoint(checkpoint)["state"]["trainers"]["listener"]["adapter"])
+    batch = pack_tokens([[5, 6, 7, 8], [9, 10]], [[11, 12, 13], [14, 15]], "cpu")
+    with torch.no_grad():
+        logp = completion_logprobs(exported, batch)
+        assert torch.equal(logp, completion_logprobs(host.activate("listener"), batch))
+        assert not torch.allclose(logp, completion_logprobs(load_causal_lm(base), batch), atol=1e-5)  # trained
