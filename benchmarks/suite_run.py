@@ -1,9 +1,15 @@
 """Running a suite: every (task, algorithm, seed) trained (resumed where it stopped), the final evaluations,
-the random rows, then the report (definitions in benchmarks/suite.py, report in benchmarks/suite_report.py)."""
+the random rows, then the report (definitions in benchmarks/suite.py, report in benchmarks/suite_report.py).
+
+A finished run's small files (config, metrics, evaluations: no checkpoints) are archived beside the report
+(`<output>/archive/<task>/<algorithm>/seed<N>/`, committed with the results), and a run directory that lacks a
+finished run is restored from there: a suite spanning several machines or sessions continues where the
+committed results stopped, and every run's raw numbers stay with the report."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -29,6 +35,10 @@ def run_suite(suite: Suite, runs_dir: Path, output: Path, mode: str | None = Non
         for i, key in enumerate(plan, 1):
             cfg, run_dir = configs[key], run_directory(runs_dir, *key)
             label = f"[{i}/{len(plan)}] {' / '.join(map(str, key[:2]))} / seed {key[2]}"
+            archive = run_directory(output / "archive", *key)
+            if not is_complete(run_dir, cfg) and is_complete(archive, cfg):
+                _copy_run_files(archive, run_dir)
+                print(f"{label}: restored from {archive}", flush=True)
             if is_complete(run_dir, cfg):
                 print(f"{label}: done already, skipped", flush=True)
             else:
@@ -40,10 +50,15 @@ def run_suite(suite: Suite, runs_dir: Path, output: Path, mode: str | None = Non
                 start = time.perf_counter()
                 train(cfg, run_dir, resume=True)
                 print(f"{label}: trained in {time.perf_counter() - start:.0f} s", flush=True)
-            final_evaluation(suite, run_dir, cfg)
+            if final_evaluation(suite, run_dir, cfg) is not None or not suite.final_eval_episodes:
+                _copy_run_files(run_dir, archive)
         if suite.random_baseline:
             for task in tasks:
+                archive = output / "archive" / task / "random"
+                if (archive / FINAL_EVAL).exists() and not (runs_dir / task / "random" / FINAL_EVAL).exists():
+                    _copy_run_files(archive, runs_dir / task / "random")
                 random_baseline(suite, runs_dir, task, configs[next(k for k in plan if k[0] == task)])
+                _copy_run_files(runs_dir / task / "random", archive)
     return write_report(suite, runs_dir, output, tasks, algorithms, seeds, configs)
 
 
@@ -61,6 +76,17 @@ def random_baseline(suite: Suite, runs_dir: Path, task: str, cfg: Config) -> dic
     episodes = suite.final_eval_episodes or cfg.run.eval_episodes
     return _cached_evaluation(runs_dir / task / "random" / FINAL_EVAL, episodes,
                               lambda: random_policy_baseline(cfg, episodes, FINAL_EVAL_SEED))
+
+
+RUN_FILES = ("config.yaml", "metrics.csv", "eval_episodes.jsonl", FINAL_EVAL)
+"""What the report reads of a run: archived with the results (checkpoints and TensorBoard events are not)."""
+
+
+def _copy_run_files(source: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        if (source / name).exists():
+            shutil.copy2(source / name, target / name)
 
 
 def _cached_evaluation(path: Path, episodes: int, evaluate) -> dict:

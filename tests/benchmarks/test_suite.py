@@ -85,6 +85,18 @@ def test_interrupted_suite_resumes_and_skips_finished_runs(tmp_path, capsys, uni
         assert {k: got[k] for k in LEARNED} == {k: want[k] for k in LEARNED}
 
 
+def test_finished_runs_are_archived_with_the_results_and_restored_on_another_machine(tmp_path, capsys, uninterrupted):
+    """A fresh runs directory (another machine, a new session) continues from the archived finished runs:
+    nothing is retrained and the report is the same."""
+    path, _, out, summary = uninterrupted
+    archived = out / "archive/spread/mappo/seed0"
+    assert sorted(p.name for p in archived.iterdir()) == ["config.yaml", "eval_episodes.jsonl", "metrics.csv"]
+    capsys.readouterr()
+    assert run_suite(load_suite(str(path)), tmp_path / "fresh_runs", out) == summary
+    log = capsys.readouterr().out
+    assert "trained in" not in log and log.count("restored from") == 4
+
+
 def test_report_only_rebuilds_the_report_from_the_run_dirs(tmp_path, capsys, uninterrupted):
     path, runs, out, summary = uninterrupted
     again = tmp_path / "again"
