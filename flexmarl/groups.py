@@ -95,27 +95,32 @@ def _groups_override(mapping: dict[str, list[str]]) -> str:
     return "env.groups='{" + ", ".join(f"{g}: [{', '.join(agents)}]" for g, agents in mapping.items()) + "}'"
 
 
+def group_mapping(groups: str | dict, agents: tuple[str, ...], key: str, owner: str = "this env") -> dict[str, list[str]]:
+    """`shared` (one group of every agent), `independent` (a group per agent) or an explicit
+    {group: [agents]} mapping, checked against `agents`: every agent in exactly one group. The one resolver
+    of the group syntax, for `env.groups` and `llm.groups` (`key` names the config key in errors)."""
+    if groups == "shared":
+        return {"shared": list(agents)}
+    if groups == "independent":
+        return {agent: [agent] for agent in agents}
+    seen: dict[str, str] = {}
+    for name, members in groups.items():
+        for agent in members:
+            if agent not in agents:
+                raise ConfigError(f"{key}.{name}", agent, f"agents of {owner}: " + ", ".join(agents))
+            if agent in seen:
+                raise ConfigError(f"{key}.{name}", agent, f"each agent in one group; already in {seen[agent]!r}")
+            seen[agent] = name
+    missing = [a for a in agents if a not in seen]
+    if missing:
+        raise ConfigError(key, groups, f"a mapping covering every agent; missing: {', '.join(missing)}")
+    return {name: list(members) for name, members in groups.items()}
+
+
 def build_groups(cfg: Config, spec: EnvSpec) -> list[GroupLayout]:
     """Resolve `env.groups` against the env's agents and check every group is homogeneous."""
     _check_global_state(cfg, spec)
-    groups = cfg.env.groups
-    if groups == "shared":
-        mapping = {"shared": list(spec.agents)}
-    elif groups == "independent":
-        mapping = {agent: [agent] for agent in spec.agents}
-    else:
-        mapping = groups
-    seen: dict[str, str] = {}
-    for name, members in mapping.items():
-        for agent in members:
-            if agent not in spec.per_agent:
-                raise ConfigError(f"env.groups.{name}", agent, "agents of this env: " + ", ".join(spec.agents))
-            if agent in seen:
-                raise ConfigError(f"env.groups.{name}", agent, f"each agent in one group; already in {seen[agent]!r}")
-            seen[agent] = name
-    missing = [a for a in spec.agents if a not in seen]
-    if missing:
-        raise ConfigError("env.groups", groups, f"a mapping covering every agent; missing: {', '.join(missing)}")
+    mapping = group_mapping(cfg.env.groups, tuple(spec.agents), "env.groups")
 
     layouts = []
     for name, members in mapping.items():

@@ -37,16 +37,14 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
+from flexmarl.devices import resolve_device
+
 Location = Literal["device", "host", "remote"]
 LOCATIONS = ("device", "host", "remote")
 
 
 class StateLostError(RuntimeError):
     """A remote training state could not be fetched back (its object was lost or its owner died)."""
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass
@@ -89,7 +87,7 @@ class TrainingState:
         """The module's and optimizer's current tensors, by reference, at location "device": move or
         save it before training goes on (training changes those tensors in place)."""
         parameters = list(module.parameters())  # deduplicated: tied weights appear once
-        device = parameters[0].device if parameters else default_device()
+        device = parameters[0].device if parameters else resolve_device("auto")
         payload = _map({  # new containers (the optimizer's per-parameter dicts are its own), same tensors
             "parameters": [p.detach() for p in parameters],
             "buffers": dict(module.named_buffers(remove_duplicate=False)),
@@ -140,7 +138,7 @@ class TrainingState:
         flags = iter(saved["on_device"])
         payload = _map(saved["payload"], lambda t: _Leaf(_host_copy(t), t.dtype, tuple(t.shape), next(flags)))
         nbytes = sum(leaf.data.numel() * leaf.data.element_size() for leaf in _tensors(payload))
-        return cls(name=saved["name"], device=device or default_device(), nbytes=nbytes, location="host",
+        return cls(name=saved["name"], device=device or resolve_device("auto"), nbytes=nbytes, location="host",
                    payload=payload)
 
     def _put(self) -> None:
@@ -218,7 +216,7 @@ def measure_swap(nbytes_list: list[int], repeats: int = 3) -> dict:
     of device -> remote -> device (when Ray is initialized), and of one torch clone of the same bytes."""
     import ray
 
-    device = default_device()
+    device = resolve_device("auto")
     totals = {"swap": 0.0, "remote_swap": 0.0, "memcpy": 0.0}
     sizes = []
     for nbytes in nbytes_list:

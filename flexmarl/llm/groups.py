@@ -9,6 +9,7 @@ from pathlib import Path
 
 from flexmarl.config import ConfigError, LLMConfig
 from flexmarl.config.adapters import LoraAdapter
+from flexmarl.groups import group_mapping
 
 SHARED_BASE = "shared-base"
 """`flexmarl llm build` puts the model warm-started on all agents' examples there: LoRA agents' default base."""
@@ -92,18 +93,7 @@ def models_folder(llm: LLMConfig) -> str:
 def build_llm_groups(llm: LLMConfig, agents: tuple[str, ...]) -> list[LLMGroup]:
     """Resolve `llm.groups` against the task's agents; a group's model is `llm.models[group]` (or of its
     first agent), else `<llm.model_dir>/<first agent>`, made absolute against this process's directory."""
-    if llm.groups == "independent":
-        mapping = {agent: [agent] for agent in agents}
-    elif llm.groups == "shared":
-        mapping = {"shared": list(agents)}
-    else:
-        mapping = dict(llm.groups)
-        listed = [a for members in mapping.values() for a in members]
-        unknown = sorted(set(listed) - set(agents))
-        if unknown:
-            raise ConfigError("llm.groups", llm.groups, f"agents of the task: {', '.join(agents)} (unknown: {', '.join(unknown)})")
-        if sorted(listed) != sorted(agents):
-            raise ConfigError("llm.groups", llm.groups, f"every agent of the task ({', '.join(agents)}) in exactly one group")
+    mapping = group_mapping(llm.groups, agents, "llm.groups", owner="the task")
     unknown_models = sorted(set(llm.models) - set(agents) - set(mapping))
     if unknown_models:
         raise ConfigError(f"llm.models.{unknown_models[0]}", llm.models[unknown_models[0]],

@@ -127,7 +127,10 @@ def test_llm_config_errors_name_the_key(tiny_task_models):
     assert info.value.path == "llm.max_prompt_tokens" and "256-token context" in str(info.value)
     with pytest.raises(ConfigError) as info:
         make_orchestrator(llm_config(tiny_task_models, llm={"groups": {"a": ["speaker"], "b": ["nobody"]}}), SerialRuntime())
-    assert info.value.path == "llm.groups"
+    assert info.value.path == "llm.groups.b" and "agents of the task: speaker, listener" in str(info.value)
+    with pytest.raises(ConfigError) as info:  # the same resolver and checks as env.groups (flexmarl/groups.py)
+        make_orchestrator(llm_config(tiny_task_models, llm={"groups": {"a": ["speaker"]}}), SerialRuntime())
+    assert info.value.path == "llm.groups" and "missing: listener" in str(info.value)
 
 
 SPEAKER_LISTENER = str(Path(__file__).resolve().parents[2] / "configs/llm/speaker_listener.yaml")
