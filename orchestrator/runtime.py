@@ -16,15 +16,10 @@ from typing import Any
 
 from flexmarl.config import Config
 from flexmarl.errors import first_line
+from flexmarl.workload import WorkerDiedError  # noqa: F401  (raised by get; importers take it from here)
 from orchestrator.placement import ActorSpec, Node, PlacementPlan, check_plan
 
-
-class WorkerDiedError(RuntimeError):
-    """The process behind an actor is gone; `actor` is the plan's actor (ActorSpec) when known."""
-
-    def __init__(self, message: str, actor: ActorSpec | None = None):
-        super().__init__(message)
-        self.actor = actor
+log = logging.getLogger(__name__)
 
 
 def ray_address(address: str | None) -> str | None:
@@ -57,9 +52,29 @@ class Runtime(ABC):
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     @abstractmethod
-    def create(self, cls: type, *args, actor: str, concurrency: int = 1, **kwargs) -> Any:
+    def create(self, cls: type, *args, actor: str, concurrency: int = 1, replacement: bool = False, **kwargs) -> Any:
         """Start an instance of `cls` as the plan's `actor` (its key, e.g. "trainer/shared"), on that
-        actor's bundle; `concurrency` > 1: up to that many of its method calls run at once (threads)."""
+        actor's bundle; `concurrency` > 1: up to that many of its method calls run at once (threads).
+        `replacement` (for a dead actor): in its bundle while the bundle's node is alive, else (its node
+        died) on any live node with room for the bundle's demand."""
+
+    def misplaced(self, handle) -> bool:
+        """True when a replacement that is not running yet waits in the wrong place: in a bundle whose node
+        died, or outside its bundle while Ray has placed the bundle on a live node again (it would wait for
+        resources the bundle holds). Start it again then. Serial: never."""
+        return False
+
+    def node_of(self, actor: str) -> str:
+        """The node that hosts the actor's bundle (Ray node id); serial: this process."""
+        return "this process"
+
+    def run_on_node(self, node: str, fn, *args):
+        """Run the plain function `fn(*args)` on `node` (a Ray task that takes no CPU from the pools);
+        returns a reference to its result."""
+        try:
+            return SerialRef(fn(*args))
+        except Exception as exc:
+            return SerialRef(error=exc)
 
     @abstractmethod
     def call(self, handle, method: str, *args, num_returns: int = 1):
@@ -96,7 +111,7 @@ class SerialRuntime(Runtime):
         self._queues: dict[int, deque] = {}
         self._owner: dict[int, int] = {}  # id(ref) -> id(handle) while the ref is pending
 
-    def create(self, cls, *args, actor, concurrency=1, **kwargs):
+    def create(self, cls, *args, actor, concurrency=1, replacement=False, **kwargs):
         return cls(*args, **kwargs)
 
     def _run(self, handle, method, args, num_returns, refs: list[SerialRef]) -> None:
@@ -167,6 +182,8 @@ class RayRuntime(Runtime):
         self._cluster_gpus = 0.0
         self._actors: dict[str, ActorSpec] = {}
         """Actor id (hex) -> the plan's actor, so that a death names who died."""
+        self._off_bundle: set[str] = set()
+        """Actor ids (hex) of replacements started outside their bundle (its node had died)."""
 
     def _start(self, plan: PlacementPlan) -> None:
         ray = self.ray
@@ -211,14 +228,17 @@ class RayRuntime(Runtime):
             return device
         return "cuda" if self.plan.locate(actor)[2].gpus > 0 else "cpu"
 
-    def create(self, cls, *args, actor, concurrency=1, **kwargs):
+    def create(self, cls, *args, actor, concurrency=1, replacement=False, **kwargs):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         pool, index, bundle = self.plan.locate(actor)
         actor_cls = self._actor_classes.setdefault(cls, self.ray.remote(cls))
-        strategy = PlacementGroupSchedulingStrategy(placement_group=self.pools[pool], placement_group_bundle_index=index)
-        options = dict(num_cpus=bundle.cpus, num_gpus=bundle.gpus, scheduling_strategy=strategy, max_restarts=0,
-                       max_concurrency=concurrency)
+        in_bundle = not replacement or self._bundle_is_live(actor)
+        options = dict(num_cpus=bundle.cpus, num_gpus=bundle.gpus, max_restarts=0, max_concurrency=concurrency)
+        if in_bundle:
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                placement_group=self.pools[pool], placement_group_bundle_index=index)
+        # else: Ray's default scheduling, any live node with the bundle's demand free (outside both pools)
         if bundle.memory_bytes:
             options["memory"] = bundle.memory_bytes
         if self._cluster_gpus and not bundle.gpus:
@@ -226,7 +246,34 @@ class RayRuntime(Runtime):
             options["runtime_env"] = {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}}
         handle = actor_cls.options(**options).remote(*args, **kwargs)
         self._actors[handle._actor_id.hex()] = bundle.actor  # RayActorError names only the actor id
+        if not in_bundle:
+            self._off_bundle.add(handle._actor_id.hex())
+            log.warning("the node of %s's bundle is dead: its replacement starts on any live node with room for %s",
+                        actor, bundle.describe())
         return handle
+
+    def node_of(self, actor):
+        from ray.util.placement_group import placement_group_table
+
+        pool, index, _ = self.plan.locate(actor)
+        return placement_group_table(self.pools[pool])["bundles_to_node_id"].get(index) or ""
+
+    def _bundle_is_live(self, actor: str) -> bool:
+        """Whether the actor's bundle is placed on a node Ray counts alive (False while Ray re-places the
+        bundle of a dead node, or finds no room for it)."""
+        node = self.node_of(actor)
+        return bool(node) and node in {n.node_id for n in self.nodes()}
+
+    def misplaced(self, handle):
+        actor_id = handle._actor_id.hex()
+        return (actor_id in self._off_bundle) == self._bundle_is_live(self._actors[actor_id].key)
+
+    def run_on_node(self, node, fn, *args):
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        task = self.ray.remote(fn).options(num_cpus=0, max_retries=0,
+                                           scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+        return task.remote(*args)
 
     def call(self, handle, method, *args, num_returns=1):
         fn = getattr(handle, method)

@@ -124,7 +124,7 @@ def _actor_death(exc: WorkerDiedError) -> str:
                 "state since the last checkpoint died with it")
     if actor.role == "engine":
         return (f"an engine actor died: the {actor.describe()} ({exc}); an engine is replaced when it dies serving "
-                "requests, not while it loads weights (a weight push, its own replacement, a move between groups)")
+                "requests or during a weight push, not while it moves between groups")
     return f"a {actor.role} actor died: the {actor.describe()} ({exc})"
 
 

@@ -85,6 +85,12 @@ class LLMConfig(BaseModel):
     """vLLM on CUDA: share of the GPU's memory an engine may take."""
     max_engine_restarts: NonNegativeInt = 3
     """How many times a dead inference engine is replaced (its requests re-sent) before the run fails."""
+    engine_replace_timeout_s: PositiveNumber = 300.0
+    """How long the replacement of one dead engine may take, all attempts together: a replacement that
+    fails to start or to load the current weights (e.g. it was put on a node that died with the engine
+    and Ray has not declared dead yet) is started again, on a live node, until this passes; then the run
+    stops naming the engine. Must cover Ray noticing a dead node (about 30 s by default) plus an
+    engine's start and weight load."""
     max_task_errors: NonNegativeInt = 10
     """Trajectories whose task code may fail (its `run` raises or returns no usable Outcome) before the
     run stops with error.txt; each failure drops its query's GRPO group for every agent and counts in

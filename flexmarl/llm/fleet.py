@@ -13,8 +13,10 @@ tokenizer) and none serves adapters, else it is rebuilt from B's model dir.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import time
 from pathlib import Path
 
 from flexmarl.config import Config
@@ -23,13 +25,23 @@ from flexmarl.llm.cpus import engine_binding
 from flexmarl.llm.engine_registry import engine_class
 from flexmarl.llm.groups import EnginePool, LLMGroup, engine_pools
 from flexmarl.llm.workflow import EngineDiedError
-from flexmarl.workload import Runtime
+from flexmarl.workload import Runtime, WorkerDiedError
 
 log = logging.getLogger(__name__)
 
 
 class EngineFailure(RuntimeError):
-    """Inference engines died more often than `llm.max_engine_restarts` allows."""
+    """Inference engines died more often than `llm.max_engine_restarts` allows, or a dead engine's
+    replacement did not start within `llm.engine_replace_timeout_s`."""
+
+
+class _NotReady(Exception):
+    """A replacement that waits in the wrong place (`Runtime.misplaced`) or past the deadline."""
+
+
+def engine_key(pool: str, index: int) -> str:
+    """The plan's actor key of an engine instance (named in placement and in stop messages)."""
+    return f"engine/{pool}/{index}"
 
 
 class EngineFleet:
@@ -52,20 +64,20 @@ class EngineFleet:
         self._reload_in_place = (same_checkpoint_layout([p.model_dir for p in self.pools])
                                  and not any(p.adapters for p in self.pools))
 
-    def _make(self, pool: EnginePool, index: int):
+    def _make(self, pool: EnginePool, index: int, replacement: bool = False):
         cfg, llm = self.cfg, self.cfg.llm
         self._started += 1
         settings = dict(model_dir=pool.model_dir, seed=cfg.run.seed,
                         max_model_len=llm.max_prompt_tokens + llm.max_new_tokens,
                         omp_threads_bind=engine_binding(cfg, self._started - 1),
                         kv_cache_gib=llm.engine_kv_cache_gib,
-                        device=self.runtime.device_for(f"engine/{pool.name}/{index}", llm.engine_device),
+                        device=self.runtime.device_for(engine_key(pool.name, index), llm.engine_device),
                         gpu_memory_utilization=llm.gpu_memory_utilization, engine_name=f"{pool.name}/{index}",
                         max_batch=llm.engine_max_batch, **({"adapters": pool.adapters} if pool.adapters else {}))
         # Concurrency: the calls of every in-flight request batch together inside the engine.
         concurrency = max(8, llm.concurrent_requests * llm.max_concurrent_calls)
-        return self.runtime.create(engine_class(llm.backend), actor=f"engine/{pool.name}/{index}",
-                                   concurrency=concurrency, **settings)
+        return self.runtime.create(engine_class(llm.backend), actor=engine_key(pool.name, index),
+                                   concurrency=concurrency, replacement=replacement, **settings)
 
     def _pool(self, name: str) -> EnginePool:
         return next(p for p in self.pools if p.name == name)
@@ -76,35 +88,91 @@ class EngineFleet:
     # -- weights ----------------------------------------------------------------------------------
     def load(self, weights: dict, version: int) -> list:
         """Push each group's weights to its pool's engines, in place (into idle engines only): an adapter
-        group's push is its adapter alone, named (`push_args`). Returns the acks."""
+        group's push is its adapter alone, named (`push_args`). Waits for every ack here: an engine that
+        died before or during the push (e.g. with its node) is replaced, loaded with these weights, as one
+        that dies serving a request. Returns no acks left to wait for."""
         self.weights, self.version = dict(weights), version
-        return [self.runtime.call(e, "load_weights", weights[g.name], version, *g.push_args)
-                for g in self.groups for e in self.engines[g.pool]]
+        acks = [((g.pool, i), self.runtime.call(e, "load_weights", weights[g.name], version, *g.push_args))
+                for g in self.groups for i, e in enumerate(self.engines[g.pool])]
+        dead: dict[tuple[str, int], str] = {}
+        for (pool, index), ack in acks:
+            try:
+                self.runtime.get(ack)
+            except WorkerDiedError as exc:
+                if not _is_engine(exc, engine_key(pool, index)):
+                    raise  # e.g. the trainer that holds the weights: named as itself
+                dead.setdefault((pool, index), str(exc))
+        for (pool, index), reason in dead.items():  # replacements load `weights`: every group of the pool
+            self._replace(pool, index, f"inference engine {index} of model group {pool!r} died during the weight "
+                                       f"push of version {version}: {reason}")
+        return []
 
-    def _load_current(self, pool: str, engine) -> None:
+    def _load_current(self, pool: str, engine, deadline: float | None = None) -> None:
+        """Load the current weights into `engine` (the groups' trainers' before the first push); a
+        `deadline`: a replacement's, whose first call may wait in the wrong place (`_ready`)."""
         for g in self._pool(pool).groups:
             weights = self.weights.get(g.name)
             if weights is None:  # no push yet: the group trainer's (= its checkpoint's) weights
                 weights = self.runtime.call(self.trainers[g.name], "get_weights")
-            self.runtime.get(self.runtime.call(engine, "load_weights", weights, self.version, *g.push_args))
+            ack = self.runtime.call(engine, "load_weights", weights, self.version, *g.push_args)
+            self._ready(engine, ack, deadline) if deadline is not None else self.runtime.get(ack)
+
+    def _ready(self, engine, ref, deadline: float):
+        """`ref`'s value once the replacement `engine` answers; _NotReady when it waits in the wrong place
+        (Ray moved its bundle, or its node died) or past `deadline`. Polls: a replacement put on a node
+        that died, or waiting for resources, never answers by itself."""
+        while True:
+            ready, _ = self.runtime.wait([ref], timeout=max(0.0, min(2.0, deadline - time.monotonic())))
+            if ready:
+                return self.runtime.get(ref)
+            if self.runtime.misplaced(engine):
+                raise _NotReady("it waited for a placement Ray has since changed")
+            if time.monotonic() >= deadline:
+                raise _NotReady("it was not running yet")
 
     # -- faults -----------------------------------------------------------------------------------
     def repair(self, dead: EngineDiedError) -> None:
         """Replace a dead engine once: later reports name an incarnation that is already gone."""
         if dead.incarnation != self.incarnations[dead.group][dead.index]:
             return
+        self._replace(dead.group, dead.index, str(dead))
+
+    def _replace(self, pool: str, index: int, reason: str) -> None:
+        """Start a replacement for engine `index` of `pool` with the current weights and version, counted
+        as one restart however many attempts it takes. An attempt that dies or does not start (it was put
+        in the bundle of a node that died with the engine, before Ray declared that node dead; or it waits
+        where there is no room) is stopped and started again, where the runtime finds room, until
+        `llm.engine_replace_timeout_s` passes."""
+        llm, key = self.cfg.llm, engine_key(pool, index)
         self.restarts += 1
-        if self.restarts > self.cfg.llm.max_engine_restarts:
-            raise EngineFailure(f"{dead}; {self.restarts - 1} engine restarts already used, "
-                                f"llm.max_engine_restarts = {self.cfg.llm.max_engine_restarts}")
-        log.warning("%s; starting a replacement with version %d", dead, self.version)
-        self.runtime.kill(self.engines[dead.group][dead.index])
-        engine = self._make(self._pool(dead.group), dead.index)
-        if self.weights:
-            self._load_current(dead.group, engine)
-        self.engines[dead.group][dead.index] = engine
-        self.incarnations[dead.group][dead.index] += 1
-        self._tell_workers("set_engine", dead.group, dead.index, engine, self.incarnations[dead.group][dead.index])
+        if self.restarts > llm.max_engine_restarts:
+            raise EngineFailure(f"{key}: {reason}; {self.restarts - 1} engine restarts already used, "
+                                f"llm.max_engine_restarts = {llm.max_engine_restarts}")
+        log.warning("%s; starting a replacement with version %d", reason, self.version)
+        self.runtime.kill(self.engines[pool][index])
+        deadline = time.monotonic() + llm.engine_replace_timeout_s
+        for attempt in itertools.count(1):
+            engine = self._make(self._pool(pool), index, replacement=True)
+            try:
+                if self.weights:
+                    self._load_current(pool, engine, deadline)
+                else:  # the checkpoint's weights: a first call shows that it started
+                    self._ready(engine, self.runtime.call(engine, "version"), deadline)
+                break
+            except (WorkerDiedError, _NotReady) as exc:
+                if isinstance(exc, WorkerDiedError) and not _is_engine(exc, key):
+                    raise
+                self.runtime.kill(engine)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise EngineFailure(
+                        f"{key}: {reason}; its replacement did not start within llm.engine_replace_timeout_s = "
+                        f"{llm.engine_replace_timeout_s:g} s ({attempt} attempts; the last: {exc})") from None
+                log.warning("the replacement of %s failed (attempt %d: %s); trying again", key, attempt, exc)
+                time.sleep(min(1.0 * attempt, 5.0, left))  # Ray needs a moment to declare a node dead
+        self.engines[pool][index] = engine
+        self.incarnations[pool][index] += 1
+        self._tell_workers("set_engine", pool, index, engine, self.incarnations[pool][index])
 
     # -- inter-agent load balancing (between iterations) -----------------------------------------
     def rebalance(self, loads: dict[str, float]) -> list[tuple[str, str]]:
@@ -143,6 +211,12 @@ class EngineFleet:
         self.engines[receiver].append(engine)
         self.incarnations[receiver].append(incarnation)
         self._tell_workers("set_engine", receiver, new_index, engine, incarnation)
+
+
+def _is_engine(exc: WorkerDiedError, key: str) -> bool:
+    """Whether a death reported by a call to engine `key` is the engine's own (not that of the trainer
+    whose weights the call carried); unknown (serial runtime, an actor Ray cannot name): the engine's."""
+    return exc.actor is None or exc.actor.key == key
 
 
 def same_checkpoint_layout(model_dirs: list[str]) -> bool:

@@ -1,6 +1,8 @@
 """Before an LLM run starts: the task, the model groups and every checkpoint are checked, so that bad
 input is one `ConfigError` naming the key (`flexmarl train` runs `check_llm_run` before Ray starts and
-before a run directory exists), and the task's default models are built on first use (`ensure_models`)."""
+before a run directory exists), and the task's default models are built on first use (`ensure_models`).
+Once the actors are placed and before any starts, `check_nodes_read_models` checks the checkpoints again
+on every node that hosts an actor (a node without the shared folder fails here, not mid-start)."""
 
 from __future__ import annotations
 
@@ -10,12 +12,14 @@ import logging
 import os
 from pathlib import Path
 
+from flexmarl.actors import ActorSpec
 from flexmarl.config import Config, ConfigError
 from flexmarl.config.adapters import LoraAdapter
 from flexmarl.llm.adapters import linear_layers, targeted
 from flexmarl.llm.groups import LLMGroup, build_llm_groups, models_folder
 from flexmarl.llm.models import checkpoint_problem
 from flexmarl.llm.tasks import TextTask, task_class
+from flexmarl.workload import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -143,3 +147,39 @@ def check_adapters(groups: list[LLMGroup]) -> None:
         if spec.rank > min(shape):
             raise ConfigError(f"{key}.rank", spec.rank, f"at most {min(shape)}: the targeted layer {path} of {base} "
                                                         f"is {shape[0]} x {shape[1]}")
+
+
+def models_read_by(cfg: Config, groups: list[LLMGroup], actor: ActorSpec) -> list[LLMGroup]:
+    """The groups whose checkpoint an actor reads: a group trainer its group's; a trainer slot any group's
+    (it hosts each in turn); an engine its pool's, or every pool's when load balancing may rebuild it from
+    another pool's checkpoint; a workflow worker every group's (their tokenizers)."""
+    if actor.role == "trainer" and actor.group is not None:
+        return [g for g in groups if g.name == actor.group]
+    if actor.role == "engine" and not cfg.llm.load_balancing:
+        return [g for g in groups if g.pool == actor.group]
+    return list(groups)
+
+
+def check_nodes_read_models(cfg: Config, runtime: Runtime, groups: list[LLMGroup], actors: list[ActorSpec]) -> None:
+    """After placement, before any actor starts: one small task per node that hosts actors checks there
+    every checkpoint those actors read (`checkpoint_problem`: config.json, *.safetensors, tokenizer);
+    a ConfigError names the key, the node, the actor and what is missing. Serial: this process again."""
+    wanted: dict[str, dict[str, tuple[LLMGroup, ActorSpec]]] = {}  # node -> model dir -> (group, first actor)
+    for actor in actors:
+        node = runtime.node_of(actor.key)
+        for g in models_read_by(cfg, groups, actor):
+            wanted.setdefault(node, {}).setdefault(g.model_dir, (g, actor))
+    checks = {node: runtime.run_on_node(node, _problems, sorted(dirs)) for node, dirs in wanted.items()}
+    for node, ref in checks.items():
+        for model_dir, problem in runtime.get(ref).items():
+            g, actor = wanted[node][model_dir]
+            raise ConfigError(g.model_key, model_dir,
+                              f"{CHECKPOINT} under the same absolute path on every node that hosts the group's "
+                              f"actors (docs/cluster.md: what nodes must share); on node {node[:12]}, which hosts "
+                              f"the {actor.describe()}: {problem}")
+
+
+def _problems(model_dirs: list[str]) -> dict[str, str]:
+    """{model dir: why it cannot be loaded} for the unreadable ones (run on the node being checked)."""
+    found = {d: checkpoint_problem(d) for d in model_dirs}
+    return {d: problem for d, problem in found.items() if problem}

@@ -10,6 +10,8 @@
   engines only; workflow workers hold no weights.
 Engines that die mid-request are replaced (loaded with the group's current weights and version) and the
 core sends the requests that were using them again under the same sample ids: nothing lost, nothing twice.
+An engine that dies during a weight push is replaced too; a replacement that cannot start where its
+bundle is (its node died with the engine) is started again on a live node (flexmarl/llm/fleet.py).
 
 Units: trajectories (one query answered by the whole team), agent calls and generated tokens; a request's
 team reward per trajectory gives `charts/reward_mean`, the task's success flag `charts/success_rate`.
@@ -26,7 +28,7 @@ from flexmarl.actors import ActorSpec, llm_actors
 from flexmarl.config import Config
 from flexmarl.llm.fleet import EngineFleet
 from flexmarl.llm.groups import engine_pools
-from flexmarl.llm.setup import check_context, check_llm_run, ensure_models
+from flexmarl.llm.setup import check_context, check_llm_run, check_nodes_read_models, ensure_models
 from flexmarl.llm.slots import SlotGroupHandle, make_slotted_trainers
 from flexmarl.llm.workflow import EngineDiedError, WorkflowResult, WorkflowWorker
 from flexmarl.workload import ProgressUnit, Runtime
@@ -63,6 +65,7 @@ class LLMWorkload:
 
     def create_actors(self, runtime: Runtime, workers: list) -> dict:
         cfg = self.cfg
+        check_nodes_read_models(cfg, runtime, self.groups, self.actors())  # before any actor starts
         self.runtime, self.workers, self.trainers = runtime, workers, {}
         self.fleet = EngineFleet(cfg, runtime, self.groups, workers, self.trainers)
         self.trainers.update(make_slotted_trainers(runtime, cfg, self.groups) if cfg.resources.trainer_slots > 0 else {

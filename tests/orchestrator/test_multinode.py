@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import descendant_pids
+from tests.flexmarl.llm.conftest import tiny_task_models  # noqa: F401  (shared session fixture)
 
 from orchestrator.run_dir import latest_checkpoint, load_checkpoint
 
@@ -182,3 +183,59 @@ def test_a_job_spans_two_nodes_and_survives_losing_one(two_nodes, tmp_path):
     reference = _serial_reference(tmp_path, iterations)
     final = _params(run_dir / f"checkpoints/iter_{iterations:06d}")
     assert final.keys() == reference.keys() and all(np.array_equal(final[k], reference[k]) for k in final)
+
+
+def _llm_job(models: dict, out: Path, iterations: int) -> dict:
+    """Tiny speaker-listener run with HF engines, two per agent. SPREAD puts the rollout pool (4 engines and
+    the workflow worker, 0.1 CPU each) on both nodes; each trainer (1.1 CPUs) fits only on the head (3 CPUs),
+    which keeps at least as many CPUs spare as the second node's share of the rollout pool, so that its
+    lost bundles can be placed again there."""
+    return {
+        "run": {"name": "llm-2n", "workload": "llm", "mode": "ray", "seed": 0, "iterations": iterations,
+                "progress": False, "checkpoint_every": 1, "output_dir": str(out)},
+        "llm": {"task": "speaker_listener", "models": {k: str(v) for k, v in models.items()}, "backend": "hf",
+                "group_size": 4, "queries_per_request": 1, "queries_per_iteration": 4, "max_new_tokens": 4,
+                "concurrent_requests": 2, "engines_per_agent": 2, "load_balancing": False,
+                "engine_replace_timeout_s": 180},
+        "rollout": {"num_workers": 1},
+        "trainer": {"num_minibatches": 1},
+        "pipeline": {"mode": "microbatch"},
+        "resources": {"strategy": "SPREAD", "engine": {"cpus": 0.1}, "rollout_worker": {"cpus": 0.1},
+                      "trainer": {"cpus": 1.1}},
+    }
+
+
+@pytest.mark.slow
+def test_an_llm_run_replaces_the_engines_of_a_lost_node_and_finishes(two_nodes, tmp_path, tiny_task_models):
+    """Engines land on both nodes; the second node is SIGKILLed mid-run. Its engines' replacements (the
+    first may be put in a bundle of the dead node before Ray declares it dead, and is started again) take
+    the current weights, the requests that used the dead engines go again, and the run finishes every
+    iteration with every trajectory: none lost."""
+    import yaml
+
+    iterations = 6
+    out = tmp_path / "runs"
+    config = tmp_path / "llm-2n.yaml"
+    config.write_text(yaml.safe_dump(_llm_job(tiny_task_models, out, iterations)))
+    job_log = tmp_path / "job.log"
+    job = _submit(two_nodes, [str(config)], job_log)
+    deadline = time.monotonic() + 420
+    while not list(out.glob("*/checkpoints/iter_000001")):
+        assert job.poll() is None and time.monotonic() < deadline, job_log.read_text()[-3000:]
+        time.sleep(0.3)
+    actors = _actors(two_nodes["dashboard"])
+    nodes = {n.node_id: n for n in _alive_nodes(two_nodes["dashboard"])}
+    second = next(i for i, n in nodes.items() if "node2" in n.resources_total)
+    assert second in actors["HFEngine"] and len(set(actors["HFEngine"])) == 2, actors  # engines on both nodes
+    assert second not in actors["LLMGroupTrainer"], actors
+
+    two_nodes["second"].kill()  # mid-run: iteration 1 or 2 of 6
+    assert job.wait(timeout=600) == 0, job_log.read_text()[-5000:]
+    (run_dir,) = out.iterdir()
+    with (run_dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == list(range(1, iterations + 1))
+    per_iteration = 4 * 4  # queries_per_iteration x group_size trajectories, every iteration
+    assert [int(float(r["trajectories"])) for r in rows] == [per_iteration * i for i in range(1, iterations + 1)]
+    assert int(float(rows[-1]["perf/engine_restarts"])) >= 1, rows[-1]
+    print(json.dumps({k: rows[-1][k] for k in ("perf/engine_restarts", "perf/worker_restarts", "store/aborted_rows")}))
