@@ -29,6 +29,9 @@ serves every adapter from the same instance, each call carrying its adapter's `L
 different agents batch together. vLLM loads an adapter only from a PEFT folder: a push writes the adapter
 (versioned, a few hundred KiB) to the engine's scratch folder, re-registers it under the same LoRA id
 and resets the prefix cache (KV blocks of the old adapter must not be reused).
+
+Not vLLM's AsyncLLM: measured slower here, and it always puts the EngineCore in a child process (pushes
+then copy the weights across); docs/llm.md, benchmarks/engines_async.py.
 """
 
 from __future__ import annotations
