@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +41,29 @@ def _median(values: list[float]) -> float:
     return float(np.median(values)) if values else float("nan")
 
 
+def generation_throughput(engine, prompts: list[list[int]], max_tokens: int, batch: int,
+                          temperature: float = 1.0, seed: int = 0) -> dict:
+    """Generated tokens per second of `engine` (an InferenceEngine) with `batch` callers at once (threads
+    calling `generate`, as the workflow workers do), over all `prompts`."""
+    def one(i_prompt):
+        i, prompt = i_prompt
+        return engine.generate(prompt, max_tokens=max_tokens, temperature=temperature, seed=seed + i)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=batch) as pool:
+        results = list(pool.map(one, enumerate(prompts)))
+    seconds = time.perf_counter() - start
+    tokens = sum(len(r.token_ids) for r in results)
+    return {"tokens_per_s": tokens / seconds, "tokens": tokens, "seconds": seconds, "calls": len(results),
+            "batch": batch}
+
+
 def engine_measurements(model_dir: str, batch: int = 32, max_tokens: int = 8) -> dict:
     """In this process: weight push in memory vs through disk, and vLLM vs HF generate tokens/s at the
     same batch, on one agent's model."""
-    from flexmarl.llm.engine import generation_throughput
-    from flexmarl.llm.hf_engine import HFEngine
+    from flexmarl.llm.engines.hf import HFEngine
+    from flexmarl.llm.engines.vllm import VLLMEngine
     from flexmarl.llm.models import load_causal_lm
-    from flexmarl.llm.vllm_engine import VLLMEngine
     from flexmarl.llm.weights import engine_weights, measure_weight_push
 
     model = load_causal_lm(model_dir, "cpu")

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from envs import describe_env
 from flexmarl.config import Config, config_from_saved
 from flexmarl.errors import plain_text
-from flexmarl.llm.engine import WeightSyncError
+from flexmarl.llm.engines.base import WeightSyncError
 from flexmarl.groups import build_groups, critic_uses_state
 from flexmarl.rollout import EnvOutputError, EnvStepError, RandomPolicyBackend, TorchPolicyBackend
 from flexmarl.rollout.evaluate import evaluate_policy

@@ -10,7 +10,7 @@ from flexmarl.algorithms.registry import POLICY_LOSSES
 from flexmarl.config.adapters import ModelSources
 from flexmarl.config.fields import (SECTION, AgentGroups, Device, NonNegativeInt, NonNegativeNumber, Number,
                                     PositiveInt, PositiveNumber, registered)
-from flexmarl.llm.engine_registry import ENGINES
+from flexmarl.llm.engines.registry import ENGINES
 from flexmarl.llm.tasks import TASKS
 
 
@@ -41,7 +41,7 @@ class LLMConfig(BaseModel):
     """Agent -> model: 'independent' (each agent its own model, engine(s) and trainer), 'shared' (one model
     for all agents, the agent named in the prompt), or a mapping {group: [agents]}."""
     backend: Annotated[str, registered(ENGINES)] = "vllm"
-    """Registered inference engine (flexmarl.llm.engine_registry.ENGINES): vllm (vLLM; the CPU build here, the
+    """Registered inference engine (flexmarl.llm.engines.registry.ENGINES): vllm (vLLM; the CPU build here, the
     CUDA build on a GPU node) or hf (transformers, batched generation with a KV cache)."""
     engine_device: Device = "auto"
     """Inference engines' device: auto = cuda when the engine's placement bundle has a GPU (Ray) or this

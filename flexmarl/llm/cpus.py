@@ -1,4 +1,5 @@
-"""Which cores the rollout pool and the training pool use on a CPU node.
+"""CPU pinning, all of it: which cores the rollout pool and the training pool use on a CPU node, and
+the calls that pin a thread (an engine's model thread) or a whole process (a trainer) to them.
 
 vLLM on CPU binds its OpenMP threads to cores, and a trainer's torch threads spread over every core: on a
 small node the two fight, and whoever loses stalls the pipeline. So the rollout pool takes the first
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import math
 import os
+from typing import TYPE_CHECKING
 
-from flexmarl.config import Config
+if TYPE_CHECKING:  # the engines import this module: no config (nor torch) at import time
+    from flexmarl.config import Config
 
 
 def pool_cores(cfg: Config) -> tuple[list[int], list[int]] | None:
@@ -42,13 +45,35 @@ def trainer_binding(cfg: Config) -> str:
     return "nobind" if cores is None or cfg.run.mode == "serial" else _cpu_list(cores[1])
 
 
+def parse_cpu_list(spec: str) -> list[int]:
+    """'0' -> [0]; '0-2,5' -> [0, 1, 2, 5]."""
+    cpus = []
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def bind_this_thread(cpu_list: str) -> None:
+    """'nobind': leave threads alone. A CPU list ('0', '0-1'): pin the calling thread (the OpenMP threads it
+    starts inherit the mask) and set torch's thread count to its size. torch's count is process-wide, so
+    an engine that binds should have its own process (a Ray actor)."""
+    if cpu_list == "nobind":
+        return
+    import torch
+
+    cores = parse_cpu_list(cpu_list)
+    os.sched_setaffinity(0, cores)  # pid 0 = the calling thread only
+    torch.set_num_threads(len(cores))
+
+
 def bind_process(cpu_list: str) -> None:
     """Pin every thread of this process (and the threads they start) to `cpu_list`; 'nobind': no-op."""
     if cpu_list == "nobind":
         return
     import torch
 
-    cores = [int(c) for c in cpu_list.split(",")]
+    cores = parse_cpu_list(cpu_list)
     for tid in os.listdir("/proc/self/task"):
         try:
             os.sched_setaffinity(int(tid), cores)

@@ -22,7 +22,7 @@ from pathlib import Path
 from flexmarl.config import Config
 from flexmarl.llm.balance import moves, plan_allocation
 from flexmarl.llm.cpus import engine_binding
-from flexmarl.llm.engine_registry import engine_class
+from flexmarl.llm.engines.registry import engine_class
 from flexmarl.llm.groups import EnginePool, LLMGroup, engine_pools
 from flexmarl.llm.workflow import EngineDiedError
 from flexmarl.workload import Runtime, WorkerDiedError

@@ -46,7 +46,7 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 class LLMWorkload:
     inference_starts_synced = True  # engines and trainers load the same checkpoints
-    weights_apply_between_requests = False  # an engine takes a push only when idle (flexmarl/llm/engine.py)
+    weights_apply_between_requests = False  # an engine takes a push only when idle (flexmarl/llm/engines/base.py)
 
     def __init__(self, cfg: Config):
         self.cfg = cfg

@@ -13,9 +13,9 @@ import yaml
 
 from flexmarl.config import ConfigError, config_from_dict
 from flexmarl.errors import first_line
-from flexmarl.llm.engine import WeightSyncError
-from flexmarl.llm.hf_engine import HFEngine
-from flexmarl.llm.engine_registry import ENGINES
+from flexmarl.llm.engines.base import WeightSyncError
+from flexmarl.llm.engines.hf import HFEngine
+from flexmarl.llm.engines.registry import ENGINES
 from flexmarl.llm.workload import logprob_agreement
 from orchestrator.cli import main
 from orchestrator.core import make_orchestrator

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flexmarl.llm.hf_engine import HFEngine
+from flexmarl.llm.engines.hf import HFEngine
 from flexmarl.llm.models import load_causal_lm, load_tokenizer, prompt_token_ids
 from flexmarl.llm.weights import engine_weights
 from tests.flexmarl.llm.chat_checkpoints import FAMILIES, generation_eos_ids
@@ -55,7 +55,7 @@ def always_emit(model_dir: str, token: int) -> dict[str, torch.Tensor]:
 def make_engine(backend: str, model_dir: str):
     if backend == "hf":
         return HFEngine(model_dir, version=0, max_model_len=256, engine_name="hf-chat")
-    from flexmarl.llm.vllm_engine import VLLMEngine
+    from flexmarl.llm.engines.vllm import VLLMEngine
 
     return VLLMEngine(model_dir, 0, 0, 256, "nobind", 0.25, "cpu", 0.3, "vllm-chat")
 

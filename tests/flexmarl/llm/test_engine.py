@@ -1,4 +1,4 @@
-"""Inference engines (flexmarl/llm/engine.py, vllm_engine.py): one vLLM engine and one HF engine per module.
+"""Inference engines (flexmarl/llm/engines/): one vLLM engine and one HF engine per module.
 
 The model is a tiny Qwen2 with TIED embeddings (as Qwen2.5-0.5B has): the case where vLLM's CPU reload
 leaves the output projection stale unless it is repacked.
@@ -13,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from flexmarl.llm.engine import Generation, VersionMismatchError, WeightSyncError, generation_throughput
-from flexmarl.llm.hf_engine import HFEngine
+from benchmarks.llm import generation_throughput
+from flexmarl.llm.engines.base import Generation, VersionMismatchError, WeightSyncError
+from flexmarl.llm.engines.hf import HFEngine
 from flexmarl.llm.weights import engine_weights, measure_weight_push
 
 PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16], [20, 21, 22]]
@@ -42,7 +43,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vllm_engine(model_dir):
-    from flexmarl.llm.vllm_engine import VLLMEngine
+    from flexmarl.llm.engines.vllm import VLLMEngine
 
     start = time.perf_counter()
     engine = VLLMEngine(model_dir, 0, 0, 256, "nobind", 0.25, "cpu", 0.3, "vllm-test")
@@ -261,7 +262,7 @@ def test_generation_throughput(vllm_engine, hf_engine):
 
 def test_a_second_engine_in_the_process_on_a_task_model_with_untied_embeddings(vllm_engine, tiny_task_models):
     """The project's own models (untied lm_head, warm-started), beside the module's engine in one process."""
-    from flexmarl.llm.vllm_engine import VLLMEngine
+    from flexmarl.llm.engines.vllm import VLLMEngine
     from flexmarl.llm.weights import ties_embeddings
 
     model_dir = str(next(iter(tiny_task_models.values())))
@@ -292,7 +293,7 @@ def test_cuda_engines(model_dir):
 
     if current_platform.is_cpu():
         pytest.skip("the installed vLLM is the CPU build")
-    from flexmarl.llm.vllm_engine import VLLMEngine
+    from flexmarl.llm.engines.vllm import VLLMEngine
 
     engine = VLLMEngine(model_dir, 0, 0, 256, device="cuda", gpu_memory_utilization=0.2, engine_name="vllm-cuda",
                         dtype="float32")

@@ -9,7 +9,7 @@ from tests.orchestrator.test_llm import exported_run  # noqa: F401  (the exporte
 
 @pytest.mark.slow
 def test_vllm_serves_an_exported_model(exported_run):
-    from flexmarl.llm.vllm_engine import VLLMEngine
+    from flexmarl.llm.engines.vllm import VLLMEngine
     from flexmarl.llm.models import load_causal_lm, load_tokenizer, prompt_token_ids
     from tests.flexmarl.llm.test_engine import max_logprob_diff
 

@@ -11,8 +11,8 @@ import torch
 
 from flexmarl.config.adapters import LoraAdapter
 from flexmarl.llm.adapters import adapter_layout
-from flexmarl.llm.engine import VersionMismatchError, WeightSyncError
-from flexmarl.llm.hf_engine import HFEngine
+from flexmarl.llm.engines.base import VersionMismatchError, WeightSyncError
+from flexmarl.llm.engines.hf import HFEngine
 from flexmarl.llm.trainer import LLMGroupTrainer
 from tests.flexmarl.llm.test_engine import build_tied_model
 from tests.flexmarl.llm.test_trainer import _cfg
@@ -56,7 +56,7 @@ def engine(request, base_dir):
     if request.param == "hf":
         engine = HFEngine(base_dir, 0, 0, 256, engine_name="hf-lora", adapters=ADAPTERS)
     else:
-        from flexmarl.llm.vllm_engine import VLLMEngine
+        from flexmarl.llm.engines.vllm import VLLMEngine
 
         start = time.perf_counter()
         engine = VLLMEngine(base_dir, 0, 0, 256, "nobind", 0.25, "cpu", 0.3, "vllm-lora", adapters=ADAPTERS)

@@ -1,4 +1,4 @@
-"""vLLM behind the engine contract (flexmarl/llm/engine.py): one in-process vLLM engine per instance.
+"""vLLM behind the engine contract (flexmarl/llm/engines/base.py): one in-process vLLM engine per instance.
 
 The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), owned by the loop thread of
 `BatchingEngine`: the thread builds it, `add_request`s each admitted call (prompt token ids,
@@ -11,7 +11,7 @@ Things vLLM 0.32 (CPU build) does that this class works around, each checked by 
 - On CPU the linear layers run on packed copies of their weights. `reload_weights` repacks the layers it
   loads, but a tied `lm_head` is not loaded (its weight is the input embedding's) and keeps packing the
   OLD embedding: `_repack_cpu_copies` packs such layers again after every reload.
-- A reload that raises halfway leaves layers on the meta device: pushes are checked before (engine.py).
+- A reload that raises halfway leaves layers on the meta device: pushes are checked before (base.py).
 - The prefix cache keeps KV blocks computed with the old weights: it is reset after every push.
 - `reload_weights(weights_path=...)` repoints the model config at that folder for good: restored after.
 - In-process, vLLM ignores VLLM_CPU_OMP_THREADS_BIND (only its worker processes are bound); a CPU list in
@@ -29,6 +29,9 @@ serves every adapter from the same instance, each call carrying its adapter's `L
 different agents batch together. vLLM loads an adapter only from a PEFT folder: a push writes the adapter
 (versioned, a few hundred KiB) to the engine's scratch folder, re-registers it under the same LoRA id
 and resets the prefix cache (KV blocks of the old adapter must not be reused).
+
+Not vLLM's AsyncLLM: measured slower here, and it always puts the EngineCore in a child process (pushes
+then copy the weights across); docs/llm.md, benchmarks/engines_async.py.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ import tempfile
 import numpy as np
 import torch
 
-from flexmarl.llm.engine import BatchingEngine, bind_this_thread, parse_cpu_list
+from flexmarl.llm.cpus import bind_this_thread, parse_cpu_list
+from flexmarl.llm.engines.base import BatchingEngine
 
 
 class VLLMEngine(BatchingEngine):

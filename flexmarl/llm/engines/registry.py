@@ -1,6 +1,5 @@
-"""`llm.backend` -> inference engine class. Above both engines (flexmarl/llm/engine.py holds the contract,
-flexmarl/llm/hf_engine.py the HF engine, flexmarl/llm/vllm_engine.py the vLLM one), so neither engine
-module imports the other's.
+"""`llm.backend` -> inference engine class. Above both engines (base.py holds the contract, hf.py the HF
+engine, vllm.py the vLLM one), so neither engine module imports the other's.
 The engines are named as import paths, loaded on first use: a config checks `llm.backend` without
 importing torch, transformers or vLLM."""
 
@@ -11,10 +10,10 @@ from typing import TYPE_CHECKING
 from flexmarl.registry import Registry
 
 if TYPE_CHECKING:
-    from flexmarl.llm.engine import InferenceEngine
+    from flexmarl.llm.engines.base import InferenceEngine
 
-ENGINES = Registry("inference engine", {"hf": "flexmarl.llm.hf_engine:HFEngine",
-                                        "vllm": "flexmarl.llm.vllm_engine:VLLMEngine"})
+ENGINES = Registry("inference engine", {"hf": "flexmarl.llm.engines.hf:HFEngine",
+                                        "vllm": "flexmarl.llm.engines.vllm:VLLMEngine"})
 """Every engine takes the same constructor arguments (see HFEngine / VLLMEngine)."""
 
 

@@ -1,4 +1,4 @@
-"""The transformers engine behind the contract of flexmarl/llm/engine.py (batched generation with a KV
+"""The transformers engine behind the contract of flexmarl/llm/engines/base.py (batched generation with a KV
 cache; LoRA adapters through PEFT)."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from flexmarl.llm import weights as weight_io
-from flexmarl.llm.engine import BatchingEngine, _Call, bind_this_thread
+from flexmarl.llm.cpus import bind_this_thread
+from flexmarl.llm.engines.base import BatchingEngine, _Call
 
 
 class HFEngine(BatchingEngine):

@@ -1,7 +1,8 @@
-"""Inference engines for LLM agents: one contract, two implementations (by name: flexmarl/llm/engine_registry.py).
+"""Inference engines for LLM agents: the contract every engine implements, and the loop both share.
+Two implementations (by name: flexmarl/llm/engines/registry.py):
 
-- `VLLMEngine` (flexmarl/llm/vllm_engine.py): vLLM in-process, continuous batching.
-- `HFEngine` (flexmarl/llm/hf_engine.py): transformers, concurrent calls batched statically (all of a batch
+- `VLLMEngine` (flexmarl/llm/engines/vllm.py): vLLM in-process, continuous batching.
+- `HFEngine` (flexmarl/llm/engines/hf.py): transformers, concurrent calls batched statically (all of a batch
   start together).
 
 Both run the model on one background thread that owns it (`BatchingEngine`): `generate` may be called
@@ -27,12 +28,11 @@ trainer recomputes; temperature 0 is greedy.
 from __future__ import annotations
 
 import itertools
-import os
 import queue
 import threading
 import time
 from abc import ABC, abstractmethod
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
@@ -363,40 +363,3 @@ class BatchingEngine(InferenceEngine):
 
 def _of(adapter: str | None) -> str:
     return "" if adapter is None else f" of adapter {adapter!r}"
-
-
-def parse_cpu_list(spec: str) -> list[int]:
-    """'0' -> [0]; '0-2,5' -> [0, 1, 2, 5]."""
-    cpus = []
-    for part in spec.split(","):
-        lo, _, hi = part.strip().partition("-")
-        cpus.extend(range(int(lo), int(hi or lo) + 1))
-    return cpus
-
-
-def bind_this_thread(omp_threads_bind: str) -> None:
-    """'nobind': leave threads alone. A CPU list ('0', '0-1'): pin the calling thread (the OpenMP threads it
-    starts inherit the mask) and set torch's thread count to its size. torch's count is process-wide, so
-    an engine that binds should have its own process (a Ray actor)."""
-    if omp_threads_bind == "nobind":
-        return
-    cpus = parse_cpu_list(omp_threads_bind)
-    os.sched_setaffinity(0, cpus)  # pid 0 = the calling thread only
-    torch.set_num_threads(len(cpus))
-
-
-def generation_throughput(engine: InferenceEngine, prompts: list[list[int]], max_tokens: int, batch: int,
-                          temperature: float = 1.0, seed: int = 0) -> dict:
-    """Generated tokens per second with `batch` callers at once (threads calling `generate`, as the
-    workflow workers do), over all `prompts`."""
-    def one(i_prompt):
-        i, prompt = i_prompt
-        return engine.generate(prompt, max_tokens=max_tokens, temperature=temperature, seed=seed + i)
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=batch) as pool:
-        results = list(pool.map(one, enumerate(prompts)))
-    seconds = time.perf_counter() - start
-    tokens = sum(len(r.token_ids) for r in results)
-    return {"tokens_per_s": tokens / seconds, "tokens": tokens, "seconds": seconds, "calls": len(results),
-            "batch": batch}
