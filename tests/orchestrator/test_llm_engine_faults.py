@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from flexmarl.llm.fleet import EngineFailure
-from flexmarl.llm.hf_engine import HFEngine
-from flexmarl.llm.engine_registry import ENGINES
+from flexmarl.llm.engines.hf import HFEngine
+from flexmarl.llm.engines.registry import ENGINES
 from flexmarl.llm.setup import check_nodes_read_models
 from flexmarl.llm.workflow import EngineDiedError
 from flexmarl.config import ConfigError
