@@ -11,6 +11,7 @@ from pathlib import Path
 
 from benchmarks.aggregators import run_aggregator_bench
 from benchmarks.llm import run_llm_bench
+from benchmarks.lora import run_lora_bench
 from benchmarks.pipeline import run_pipeline_bench
 from benchmarks.recsys import run_recsys_suite
 from benchmarks.scale import run_scale_bench
@@ -40,6 +41,13 @@ def aggregators(out: Path | None = None) -> dict:
 
 def llm(iterations: int, out: Path | None = None, overrides: list[str] | None = None) -> dict:
     return _without(run_llm_bench(iterations=iterations, out=out, overrides=overrides), "settings", "history")
+
+
+def lora(agents: list[int] | None, iterations: int, quick: bool = False, out: Path | None = None,
+         overrides: list[str] | None = None) -> dict:
+    """Full-model vs LoRA agents for N in `agents` (default 2, 4, 8): memory, step, push, swap, learning."""
+    result = run_lora_bench(agents or (2, 4, 8), iterations, out=out, quick=quick, overrides=overrides)
+    return _without(result, "settings", "history")
 
 
 def scale(rounds: int, out: Path | None = None) -> dict:

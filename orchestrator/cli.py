@@ -182,6 +182,8 @@ def _cmd_bench(args) -> int:
             "aggregators": lambda: commands.aggregators(out),
             "llm": lambda: commands.llm(args.iterations, out, args.set),
             "scale": lambda: commands.scale(args.iterations, out),
+            "lora": lambda: commands.lora([int(n) for n in split(args.agents)] if args.agents else None,
+                                          args.iterations, args.quick, out, args.set),
         }[args.what]()
     except commands.SuiteError as exc:
         raise UsageError(str(exc)) from exc
@@ -204,10 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=12345)
     e.set_defaults(fn=_cmd_eval)
     b = sub.add_parser("bench", help="benchmarks that write benchmarks/results/*.json")
-    b.add_argument("what", choices=["throughput", "pipeline", "aggregators", "suite", "llm", "scale"])
+    b.add_argument("what", choices=["throughput", "pipeline", "aggregators", "suite", "llm", "scale", "lora"])
     b.add_argument("name", nargs="?", help="suite: a built-in name (smax, grf, mpe, recsys) or a suite YAML path")
     b.add_argument("--duration", type=float, default=60.0, help="timed seconds per system")
-    b.add_argument("--iterations", type=int, default=4, help="timed iterations per mode and round (pipeline); timed rounds (scale)")
+    b.add_argument("--iterations", type=int, default=4, help="timed iterations per mode and round (pipeline); timed rounds (scale); "
+                   "timed iterations per arm (lora)")
     b.add_argument("--out", "--output", help="result file (default benchmarks/results/<what>.json); suites: a "
                    "directory (default benchmarks/results/<suite>)")
     b.add_argument("--seeds", help="suite: comma-separated seeds instead of the suite's")
@@ -217,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mode", choices=["ray", "serial"], help="suite: override run.mode")
     b.add_argument("--runs-dir", help="suite: where run directories live (default runs/suites/<suite>)")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="llm: config overrides of the benchmark's workload, e.g. --set llm.queries_per_request=1")
+                   help="llm, lora: config overrides of the benchmark's workload, e.g. --set llm.queries_per_request=1")
+    b.add_argument("--agents", help="lora: comma-separated even agent counts (default 2,4,8)")
+    b.add_argument("--quick", action="store_true", help="lora: the tiny base (no widening) and a smaller batch")
     b.add_argument("--rows", help="recsys suite: comma-separated row families to re-run (baselines, learned, "
                    "generative, llm); the others are kept from the existing summary.json")
     b.add_argument("--report-only", action="store_true", help="suite: rebuild the report from existing runs")
