@@ -240,6 +240,8 @@ def run_lora_bench(agents=(2, 4, 8), iterations: int = 4, out: Path | None = Non
                      "llm.max_new_tokens=3", *overrides]
     per_n: dict[str, dict] = {}
     history: dict[str, dict] = {}
+    out = Path(out or RESULT)
+    out.parent.mkdir(parents=True, exist_ok=True)
     for n in agents:
         row: dict = {}
         for arm in ("full", "lora"):  # the full arm first: a LoRA arm cannot profit from a warmer cache
@@ -251,19 +253,17 @@ def run_lora_bench(agents=(2, 4, 8), iterations: int = 4, out: Path | None = Non
         row["step_s_ratio_lora_over_full"] = row["step_s_lora"] / row["step_s_full"]
         row["success_gap_full_minus_lora"] = row["success_full"] - row["success_lora"]
         per_n[str(n)] = row
-    result = {"agents": per_n, "targets": targets(per_n), "base": base_info,
-              "settings": {"iterations_timed": iterations, "warmup_iterations": 1, "quick": quick,
-                           "config": arm_config("lora", agents[0], base, iterations, overrides).to_dict()["llm"],
-                           "overrides": overrides, "lora": LORA, "runtime": "serial (one process per arm and N)",
-                           "trainer_slots": 1,
-                           "task": "N/2 independent speaker-listener teams per query (SpeakerListenerTeams)",
-                           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                       "load_avg_at_end": os.getloadavg()},
-                           "date": time.strftime("%Y-%m-%d")},
-              "history": history}
-    out = Path(out or RESULT)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+        result = {"agents": per_n, "targets": targets(per_n), "base": base_info,
+                  "settings": {"iterations_timed": iterations, "warmup_iterations": 1, "quick": quick,
+                               "config": arm_config("lora", agents[0], base, iterations, overrides).to_dict()["llm"],
+                               "overrides": overrides, "lora": LORA, "runtime": "serial (one process per arm and N)",
+                               "trainer_slots": 1,
+                               "task": "N/2 independent speaker-listener teams per query (SpeakerListenerTeams)",
+                               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                           "load_avg_at_end": os.getloadavg()},
+                               "date": time.strftime("%Y-%m-%d")},
+                  "history": history}
+        out.write_text(json.dumps(result, indent=1))  # after every N: an interrupted run keeps what it measured
     return result
 
 
