@@ -167,22 +167,11 @@ def _reload_from_blob(worker, payload: bytes | None, path: str | None) -> None:
 
 
 def tiny_model(out_dir) -> str:
-    """The tiny Qwen2 the engine tests use (2 layers, hidden 128, tied embeddings)."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from flexmarl.llm.models import build_tokenizer, save_model
+    """A tiny Qwen2 with tied embeddings (2 layers, hidden 128), the model the engine tests use."""
+    from flexmarl.llm.models import build_tiny_model, build_tokenizer
 
     corpus = [f"speaker says {c} {s} ." for c in ("red", "blue", "green") for s in ("box", "ball", "cone")] * 4
-    tokenizer = build_tokenizer(corpus, vocab_size=300)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, head_dim=64, max_position_embeddings=256,
-                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = Qwen2ForCausalLM(config)
-    return str(save_model(model, tokenizer, out_dir))
+    return str(build_tiny_model(out_dir, build_tokenizer(corpus, vocab_size=300), intermediate=256, tied=True))
 
 
 def run_engines_async_bench(repeats: int = 5, batch: int = 32, max_tokens: int = 16, calls: int = 64,

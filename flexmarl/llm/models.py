@@ -48,23 +48,25 @@ def build_tokenizer(corpus: list[str], vocab_size: int = 512) -> PreTrainedToken
 
 
 def build_tiny_model(out_dir, tokenizer, arch: str = "qwen2", hidden: int = 128, layers: int = 2, heads: int = 2,
-                     head_dim: int = 64, max_positions: int = 256, seed: int = 0) -> Path:
+                     head_dim: int = 64, max_positions: int = 256, seed: int = 0, intermediate: int | None = None,
+                     tied: bool = False) -> Path:
     """A randomly initialised fp32 causal LM sized for `tokenizer`, saved with safetensors to `out_dir`
-    together with the tokenizer. Same seed, same weights."""
+    together with the tokenizer. Same seed, same weights. `intermediate` defaults to 4 x hidden; `tied`
+    shares the input and output embeddings (as many real checkpoints do; the project's own models do not)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; known: {sorted(ARCHITECTURES)}")
     config_cls, model_cls = ARCHITECTURES[arch]
     config = config_cls(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
-        intermediate_size=4 * hidden,
+        intermediate_size=intermediate or 4 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=heads,
         head_dim=head_dim,
         max_position_embeddings=max_positions,
-        # Untied: the trainer and the engines then see the same parameter list, lm_head included.
-        tie_word_embeddings=False,
+        # Untied by default: the trainer and the engines then see the same parameter list, lm_head included.
+        tie_word_embeddings=tied,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
