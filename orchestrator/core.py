@@ -15,7 +15,6 @@ import time
 import numpy as np
 
 from flexmarl.config import Config
-from flexmarl.llm.workload import LLMWorkload
 from flexmarl.marl.workload import MARLWorkload
 from flexmarl.rollout import RolloutRequest
 from flexmarl.workload import Workload
@@ -27,7 +26,11 @@ from orchestrator.store import ExperienceStore
 
 
 def make_workload(cfg: Config) -> Workload:
-    return LLMWorkload(cfg) if cfg.run.workload == "llm" else MARLWorkload(cfg)
+    if cfg.run.workload == "llm":
+        from flexmarl.llm.workload import LLMWorkload  # transformers and the LLM stack: only for LLM runs
+
+        return LLMWorkload(cfg)
+    return MARLWorkload(cfg)
 
 
 def make_orchestrator(cfg: Config, runtime: Runtime) -> Orchestrator:

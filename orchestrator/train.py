@@ -12,13 +12,13 @@ from tqdm import tqdm
 from envs import describe_env
 from flexmarl.config import Config, config_from_saved
 from flexmarl.errors import plain_text
-from flexmarl.llm.engines.base import WeightSyncError
 from flexmarl.groups import build_groups, critic_uses_state
+from flexmarl.llm.engines.base import WeightSyncError
+from flexmarl.llm.fleet import EngineFailure
+from flexmarl.llm.workflow import TaskFailure
 from flexmarl.rollout import EnvOutputError, EnvStepError, RandomPolicyBackend, TorchPolicyBackend
 from flexmarl.rollout.evaluate import evaluate_policy
 from flexmarl.rollout.worker import make_eval_env
-from flexmarl.llm.fleet import EngineFailure
-from flexmarl.llm.workload import TaskFailure
 from orchestrator.core import make_orchestrator
 from orchestrator.dispatch import WorkerFailure
 from orchestrator.run_dir import (MetricsWriter, latest_checkpoint, load_checkpoint, prepare_run_dir,

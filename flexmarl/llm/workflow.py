@@ -41,6 +41,11 @@ from flexmarl.llm.tasks.base import Completion, Outcome
 from flexmarl.rollout.request import RolloutRequest
 
 
+class TaskFailure(RuntimeError):
+    """The task's own code failed in more trajectories than `llm.max_task_errors` allows (the workload
+    counts the failures the workflow reports; the run stops with this)."""
+
+
 class EngineDiedError(RuntimeError):
     """An inference engine died while serving a request; the request must be sent again."""
 

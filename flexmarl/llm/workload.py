@@ -30,14 +30,10 @@ from flexmarl.llm.fleet import EngineFleet
 from flexmarl.llm.groups import engine_pools
 from flexmarl.llm.setup import check_context, check_llm_run, check_nodes_read_models, ensure_models
 from flexmarl.llm.slots import SlotGroupHandle, make_slotted_trainers
-from flexmarl.llm.workflow import EngineDiedError, WorkflowResult, WorkflowWorker
+from flexmarl.llm.workflow import EngineDiedError, TaskFailure, WorkflowResult, WorkflowWorker
 from flexmarl.workload import ProgressUnit, Runtime
 
 log = logging.getLogger(__name__)
-
-
-class TaskFailure(RuntimeError):
-    """The task's own code failed in more trajectories than `llm.max_task_errors` allows."""
 
 
 def _root_cause(exc: BaseException) -> BaseException:

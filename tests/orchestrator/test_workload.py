@@ -38,3 +38,15 @@ def test_llm_runs_count_trajectories_not_fake_env_steps(tiny_task_models):
     assert (resumed.iteration, resumed.progress) == (1, trajectories)
     rt = resumed.runtime
     assert rt.get([rt.call(e, "version") for es in resumed.workload.engines.values() for e in es]) == [1, 1]
+
+
+def test_a_marl_run_does_not_import_the_llm_stack():
+    """The CLI, the run loop and the core import the LLM workload only for LLM runs (transformers alone
+    costs seconds at every start)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, orchestrator.cli, orchestrator.train, orchestrator.core; "
+            "print(sorted(m for m in ('transformers', 'vllm', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
