@@ -66,17 +66,25 @@ def two_nodes(tmp_path):
            "RAY_health_check_period_ms": "2000", "RAY_health_check_failure_threshold": "5"}
     env.pop("RAY_ADDRESS", None)
     temp_dir = tempfile.mkdtemp(prefix="flexmarl-2n-", dir="/tmp")  # short: Ray's socket paths must fit
-    port, dashboard = _free_port(), _free_port()
 
     def common() -> list[str]:  # every node its own agent and metrics ports
         return ["--num-gpus=0", "--object-store-memory=150000000", f"--temp-dir={temp_dir}",
                 f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
 
-    head = LocalNode(["--head", "--num-cpus=3", f"--port={port}", "--dashboard-host=127.0.0.1",
-                      f"--dashboard-port={dashboard}", *common()], env, tmp_path / "head.log")
-    nodes = [head]
+    nodes = []
     try:
-        _wait_for(lambda: _job_api_up(dashboard, env), 120, "head", tmp_path / "head.log")
+        for attempt in range(2):  # a port picked here may be taken by one Ray picks itself before its owner binds it
+            port, dashboard = _free_port(), _free_port()
+            head = LocalNode(["--head", "--num-cpus=3", f"--port={port}", "--dashboard-host=127.0.0.1",
+                              f"--dashboard-port={dashboard}", *common()], env, tmp_path / f"head-{attempt}.log")
+            nodes.append(head)
+            _wait_for(lambda: _job_api_up(dashboard, env) or head.proc.poll() is not None, 120, "head",
+                      tmp_path / f"head-{attempt}.log")
+            if _job_api_up(dashboard, env):
+                break
+            head.kill()
+        else:
+            raise AssertionError(f"head did not come up twice: {(tmp_path / 'head-1.log').read_text()[-2000:]}")
         for attempt in range(2):  # on a loaded machine the raylet may miss `ray start`'s 30 s deadline once
             second = LocalNode([f"--address=127.0.0.1:{port}", "--num-cpus=1", '--resources={"node2": 1}',
                                 f"--node-manager-port={_free_port()}", *common()], env, tmp_path / f"node2-{attempt}.log")
