@@ -12,6 +12,7 @@ from pathlib import Path
 from benchmarks.aggregators import run_aggregator_bench
 from benchmarks.llm import run_llm_bench
 from benchmarks.lora import run_lora_bench
+from benchmarks.lora_alpha import ITERATIONS as ALPHA_ITERATIONS, run_alpha_bench
 from benchmarks.pipeline import run_pipeline_bench
 from benchmarks.recsys import run_recsys_suite
 from benchmarks.scale import run_scale_bench
@@ -48,6 +49,12 @@ def lora(agents: list[int] | None, iterations: int, quick: bool = False, out: Pa
     """Full-model vs LoRA agents for N in `agents` (default 2, 4, 8): memory, step, push, swap, learning."""
     result = run_lora_bench(agents or (2, 4, 8), iterations, out=out, quick=quick, overrides=overrides)
     return _without(result, "settings", "history")
+
+
+def lora_alpha(iterations: int | None, out: Path | None = None) -> dict:
+    """LoRA alpha = c * sqrt(rank) against alpha = rank, 2 * rank and 16 on speaker-listener (resumable)."""
+    result = run_alpha_bench(out=out, iterations=iterations or ALPHA_ITERATIONS)
+    return {"summary": result["summary"], "cells": len(result["cells"])}
 
 
 def scale(rounds: int, out: Path | None = None) -> dict:

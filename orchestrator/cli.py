@@ -178,12 +178,13 @@ def _cmd_bench(args) -> int:
             return 0
         summary = {
             "throughput": lambda: commands.throughput(args.duration, out),
-            "pipeline": lambda: commands.pipeline(args.iterations, out),
+            "pipeline": lambda: commands.pipeline(args.iterations or 4, out),
             "aggregators": lambda: commands.aggregators(out),
-            "llm": lambda: commands.llm(args.iterations, out, args.set),
-            "scale": lambda: commands.scale(args.iterations, out),
+            "llm": lambda: commands.llm(args.iterations or 4, out, args.set),
+            "scale": lambda: commands.scale(args.iterations or 4, out),
             "lora": lambda: commands.lora([int(n) for n in split(args.agents)] if args.agents else None,
-                                          args.iterations, args.quick, out, args.set),
+                                          args.iterations or 4, args.quick, out, args.set),
+            "lora-alpha": lambda: commands.lora_alpha(args.iterations, out),
         }[args.what]()
     except commands.SuiteError as exc:
         raise UsageError(str(exc)) from exc
@@ -206,11 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=12345)
     e.set_defaults(fn=_cmd_eval)
     b = sub.add_parser("bench", help="benchmarks that write benchmarks/results/*.json")
-    b.add_argument("what", choices=["throughput", "pipeline", "aggregators", "suite", "llm", "scale", "lora"])
+    b.add_argument("what", choices=["throughput", "pipeline", "aggregators", "suite", "llm", "scale", "lora",
+                                          "lora-alpha"])
     b.add_argument("name", nargs="?", help="suite: a built-in name (smax, grf, mpe, recsys) or a suite YAML path")
     b.add_argument("--duration", type=float, default=60.0, help="timed seconds per system")
-    b.add_argument("--iterations", type=int, default=4, help="timed iterations per mode and round (pipeline); timed rounds (scale); "
-                   "timed iterations per arm (lora)")
+    b.add_argument("--iterations", type=int, help="timed iterations per mode and round (pipeline); timed rounds (scale); "
+                   "timed iterations per arm (lora) (default 4); iterations per run (lora-alpha, default 40)")
     b.add_argument("--out", "--output", help="result file (default benchmarks/results/<what>.json); suites: a "
                    "directory (default benchmarks/results/<suite>)")
     b.add_argument("--seeds", help="suite: comma-separated seeds instead of the suite's")

@@ -6,15 +6,19 @@ needs the base checkpoint (its layer names and sizes) is checked before start by
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, PlainValidator, ValidationError
 
 from flexmarl.config.errors import config_error, from_validation_error
-from flexmarl.config.fields import SECTION, Number, PositiveInt, PositiveNumber
+from flexmarl.config.fields import SECTION, Number, PositiveInt, yaml_number
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 """The attention projections of the Llama/Qwen2/Mistral families."""
+
+AUTO_ALPHA_COEFFICIENT = 8.0
+"""c of `alpha: auto` = c * sqrt(rank), measured on the speaker-listener task (docs/llm.md#lora-alpha)."""
 
 
 def _module_names(value: Any) -> list[str]:
@@ -26,6 +30,16 @@ def _module_names(value: Any) -> list[str]:
 ModuleNames = Annotated[list[str], PlainValidator(_module_names)]
 
 
+def _alpha(value: Any) -> float | str:
+    number = yaml_number(value)
+    if number == "auto" or (isinstance(number, (int, float)) and not isinstance(number, bool) and number > 0):
+        return number if number == "auto" else float(number)
+    raise config_error("a number > 0 or 'auto'")
+
+
+Alpha = Annotated[float | Literal["auto"], PlainValidator(_alpha)]
+
+
 class LoraAdapter(BaseModel):
     """A LoRA adapter (PEFT) over `llm.base_model`: its agents' policy is the base plus this adapter."""
 
@@ -35,8 +49,9 @@ class LoraAdapter(BaseModel):
     """The adapter kind (PEFT LoRA)."""
     rank: PositiveInt = 8
     """LoRA rank r: at most the smaller dimension of every targeted layer."""
-    alpha: PositiveNumber = 16.0
-    """LoRA alpha: the update is scaled by alpha / rank."""
+    alpha: Alpha = 16.0
+    """LoRA alpha: the update is scaled by alpha / rank. auto: AUTO_ALPHA_COEFFICIENT * sqrt(rank) (the
+    best alpha grows like the square root of the rank; measured in docs/llm.md#lora-alpha)."""
     dropout: Annotated[Number, Field(ge=0, lt=1)] = 0.0
     """Dropout on the adapter's input while training (0 keeps an update a deterministic function of its
     batch, which the microbatch == sync equality needs)."""
@@ -45,6 +60,15 @@ class LoraAdapter(BaseModel):
     base: str = ""
     """The checkpoint this adapter was meant for; empty = `llm.base_model`. Set, it must be that one (all
     adapters of a run share the engines of one base)."""
+    init: str = ""
+    """A PEFT adapter folder (adapter_config.json + adapter_model.safetensors, e.g. from `flexmarl llm export`
+    or PEFT's `save_pretrained`) the adapter starts from; empty: a fresh adapter (B = 0, the base). Its rank,
+    alpha and target modules are the folder's; set here as well, they must equal it."""
+
+    @property
+    def scale_alpha(self) -> float:
+        """The alpha PEFT gets (`alpha`, or auto's c * sqrt(rank))."""
+        return AUTO_ALPHA_COEFFICIENT * math.sqrt(self.rank) if self.alpha == "auto" else float(self.alpha)
 
 
 def _model_source(value: Any) -> dict[str, str | LoraAdapter]:

@@ -14,7 +14,7 @@ SECTION = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
 numbers written like 1e-3 are the one exception, below), each field documented by its docstring."""
 
 
-def _yaml_number(value: Any) -> Any:
+def yaml_number(value: Any) -> Any:
     """YAML 1.1 reads "1e-3" (no dot) as a string: numbers may arrive as strings."""
     if isinstance(value, str):
         try:
@@ -24,7 +24,7 @@ def _yaml_number(value: Any) -> Any:
     return value
 
 
-Number = Annotated[float, BeforeValidator(_yaml_number)]
+Number = Annotated[float, BeforeValidator(yaml_number)]
 PositiveNumber = Annotated[Number, Field(gt=0)]
 NonNegativeNumber = Annotated[Number, Field(ge=0)]
 PositiveInt = Annotated[int, Field(gt=0)]

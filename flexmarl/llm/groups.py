@@ -10,6 +10,7 @@ from pathlib import Path
 from flexmarl.config import ConfigError, LLMConfig
 from flexmarl.config.adapters import LoraAdapter
 from flexmarl.groups import group_mapping
+from flexmarl.llm.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, saved_adapter
 
 SHARED_BASE = "shared-base"
 """`flexmarl llm build` puts the model warm-started on all agents' examples there: LoRA agents' default base."""
@@ -106,7 +107,8 @@ def build_llm_groups(llm: LLMConfig, agents: tuple[str, ...]) -> list[LLMGroup]:
         source = llm.models.get(key)
         if isinstance(source, LoraAdapter):
             base, base_key = adapter_base(llm)
-            groups.append(LLMGroup(name, tuple(members), base, base_key, source, f"llm.models.{key}"))
+            adapter = started_adapter(source, f"llm.models.{key}")
+            groups.append(LLMGroup(name, tuple(members), base, base_key, adapter, f"llm.models.{key}"))
             continue
         if source:
             model, model_key = source, f"llm.models.{key}"
@@ -122,3 +124,22 @@ def adapter_base(llm: LLMConfig) -> tuple[str, str]:
     if llm.base_model:
         return os.path.abspath(llm.base_model), "llm.base_model"
     return os.path.abspath(Path(models_folder(llm)) / SHARED_BASE), "llm.model_dir"
+
+
+def started_adapter(spec: LoraAdapter, key: str) -> LoraAdapter:
+    """An adapter with `init` takes its folder's rank, alpha and target modules (absolute folder path);
+    those set in the config as well must equal the folder's. ConfigError naming the key otherwise."""
+    if not spec.init:
+        return spec
+    try:
+        saved = saved_adapter(spec.init)
+    except ValueError as exc:
+        raise ConfigError(f"{key}.init", spec.init, f"a PEFT LoRA adapter folder ({ADAPTER_CONFIG} + "
+                                                    f"{ADAPTER_WEIGHTS}); {exc}") from None
+    configured = {"rank": spec.rank, "alpha": spec.scale_alpha, "target_modules": sorted(spec.target_modules)}
+    for field in ("rank", "alpha", "target_modules"):
+        if field in spec.model_fields_set and configured[field] != saved[field]:
+            raise ConfigError(f"{key}.{field}", getattr(spec, field),
+                              f"{saved[field]!r} as the adapter in {spec.init} has (or leave {field} out: an adapter "
+                              f"that starts from init takes its folder's)")
+    return spec.model_copy(update={**saved, "init": os.path.abspath(spec.init)})

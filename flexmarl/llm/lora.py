@@ -13,24 +13,24 @@ an exported adapter's file, an engine loads them by those names, and vLLM reads 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
 
 from flexmarl.config.adapters import LoraAdapter
+from flexmarl.llm.adapters import ADAPTER_WEIGHTS
 from flexmarl.llm.models import load_causal_lm
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
+START_SUFFIX = "__start"
+"""A frozen copy of an adapter's `init` (its group name + this) is the KL reference of an adapter group."""
 
 
 def lora_config(spec: LoraAdapter, base_dir: str | None = None):
     """The PEFT LoraConfig of `spec` (causal LM; `base_dir` recorded as the base a saved adapter names)."""
     from peft import LoraConfig
 
-    return LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+    return LoraConfig(r=spec.rank, lora_alpha=spec.scale_alpha, lora_dropout=spec.dropout,
                       target_modules=list(spec.target_modules), task_type="CAUSAL_LM",
                       base_model_name_or_path=base_dir)
 
@@ -128,5 +128,8 @@ def save_adapter(weights: dict[str, torch.Tensor], spec: LoraAdapter, base_dir: 
     return out
 
 
-def read_adapter_config(adapter_dir) -> dict:
-    return json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text())
+def load_adapter_weights(adapter_dir) -> dict[str, torch.Tensor]:
+    """The tensors of a PEFT adapter folder under their file names (what `AdapterHost.load_weights` takes)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(adapter_dir) / ADAPTER_WEIGHTS))

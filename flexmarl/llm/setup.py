@@ -15,7 +15,8 @@ from pathlib import Path
 from flexmarl.actors import ActorSpec
 from flexmarl.config import Config, ConfigError
 from flexmarl.config.adapters import LoraAdapter
-from flexmarl.llm.adapters import linear_layers, targeted
+from flexmarl.llm.adapters import (ADAPTER_WEIGHTS, adapter_layout, linear_layers, safetensors_problem, targeted,
+                                   tensor_shapes)
 from flexmarl.llm.groups import LLMGroup, build_llm_groups, models_folder
 from flexmarl.llm.models import checkpoint_problem
 from flexmarl.llm.tasks import TextTask, task_class
@@ -147,6 +148,22 @@ def check_adapters(groups: list[LLMGroup]) -> None:
         if spec.rank > min(shape):
             raise ConfigError(f"{key}.rank", spec.rank, f"at most {min(shape)}: the targeted layer {path} of {base} "
                                                         f"is {shape[0]} x {shape[1]}")
+        if spec.init:
+            _check_adapter_weights(spec, key, base)
+
+
+def _check_adapter_weights(spec: LoraAdapter, key: str, base: str) -> None:
+    """An adapter's `init` weights: a consistent safetensors file whose tensors are the adapter's over `base`."""
+    from flexmarl.llm.weights import layout_problems
+
+    weights = Path(spec.init) / ADAPTER_WEIGHTS
+    problem = safetensors_problem(weights)
+    if not problem:
+        problems = layout_problems(tensor_shapes(spec.init), adapter_layout(base, spec))
+        problem = f"its tensors do not fit a rank-{spec.rank} adapter of {base}: {'; '.join(problems[:3])}" if problems else ""
+    if problem:
+        raise ConfigError(f"{key}.init", spec.init, f"a PEFT LoRA adapter folder whose {ADAPTER_WEIGHTS} fits the "
+                                                    f"base; {problem}")
 
 
 def models_read_by(cfg: Config, groups: list[LLMGroup], actor: ActorSpec) -> list[LLMGroup]:

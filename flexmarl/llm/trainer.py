@@ -32,7 +32,7 @@ from flexmarl.config import Config
 from flexmarl.config.adapters import LoraAdapter
 from flexmarl.llm.cpus import bind_process, trainer_binding
 from flexmarl.llm import weights as weight_io
-from flexmarl.llm.lora import AdapterHost, AdapterState
+from flexmarl.llm.lora import START_SUFFIX, AdapterHost, AdapterState, load_adapter_weights
 from flexmarl.llm.models import load_causal_lm
 from flexmarl.devices import resolve_device, state_to_cpu
 from flexmarl.streaming import StreamingTrainer
@@ -116,11 +116,18 @@ class LLMGroupTrainer(StreamingTrainer):
             self.state_module = self.model
             """What an agent's training state is (with the optimizer's): what a trainer slot swaps."""
             self.reference = copy.deepcopy(self.model).requires_grad_(False) if llm.kl_coef > 0 else None
-        else:  # the base frozen and held once per host; the KL reference is the base itself (adapter off)
+        else:  # the base frozen and held once per host; the KL reference is the adapter's start (frozen)
             self.host = host or AdapterHost(self.model_dir, self.device)
             self.model = self.host.add(group, adapter, seed)
             self.state_module = AdapterState(list(self.host.named_parameters(group).values()))
             self.reference = None
+            if adapter.init:
+                start = load_adapter_weights(adapter.init)
+                self.host.load_weights(group, start)
+                if llm.kl_coef > 0:  # a second, frozen adapter: the policy the run started from
+                    self.reference = f"{group}{START_SUFFIX}"
+                    self.host.add(self.reference, adapter, seed)
+                    self.host.load_weights(self.reference, start)
         self.opt = torch.optim.Adam(self.state_module.parameters(), lr=llm.lr)
         self.loss = POLICY_LOSSES[llm.loss]
         self.hparams = loss_hparams(cfg.trainer)
@@ -165,11 +172,17 @@ class LLMGroupTrainer(StreamingTrainer):
 
     @torch.no_grad()
     def _reference_logprobs(self, batch: TokenBatch) -> torch.Tensor | None:
-        """Log-probs of the frozen initial model (the base, for an adapter group); None without KL."""
+        """Log-probs of the frozen initial model (an adapter group's: the base, or the base with the adapter
+        it started from, `init`); None without KL."""
         if self.cfg.llm.kl_coef <= 0:
             return None
         if self.host is None:
             return completion_logprobs(self.reference, batch)
+        if self.reference is not None:
+            try:
+                return completion_logprobs(self.host.activate(self.reference), batch)
+            finally:
+                self.host.activate(self.group)
         with self._policy().disable_adapter():
             return completion_logprobs(self.model, batch)
 

@@ -41,7 +41,6 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 
 class LLMWorkload:
-    inference_starts_synced = True  # engines and trainers load the same checkpoints
     weights_apply_between_requests = False  # an engine takes a push only when idle (flexmarl/llm/engines/base.py)
 
     def __init__(self, cfg: Config):
@@ -53,6 +52,12 @@ class LLMWorkload:
         self.progress = ProgressUnit("trajectories", "traj", llm.queries_per_iteration * llm.group_size,
                                      "charts/reward_mean")
         self.task_errors = 0
+
+    @property
+    def inference_starts_synced(self) -> bool:
+        """Engines and trainers load the same checkpoints; an adapter that starts from `init` is loaded by
+        its trainer and reaches the engines with the first push."""
+        return not any(g.adapter is not None and g.adapter.init for g in self.groups)
 
     # -- actors -----------------------------------------------------------------------------------
     def actors(self) -> list[ActorSpec]:

@@ -2,6 +2,8 @@
 base share one engine pool and train (adapters only pushed, versions advance), microbatch equals sync,
 full-model and adapter groups mix, and bad adapter configs are one error line before anything starts."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -72,7 +74,7 @@ def test_full_model_and_adapter_groups_mix_in_one_run_on_one_trainer_slot(tiny_t
      ["config key 'llm.models.speaker.base': got '/elsewhere'", "the engines' base SPEAKER (llm.base_model)"]),
     (["llm.models={speaker: {adapter: lora}, listener: {adapter: lora}}", "llm.base_model=/no/such/base"],
      ["config key 'llm.base_model': got '/no/such/base'", "is not a directory"]),
-    (["llm.models={speaker: {adapter: lora, alpha: -1}}"], ["config key 'llm.models.speaker.alpha': got -1", "> 0"]),
+    (["llm.models={speaker: {adapter: lora, alpha: -1}}"], ["config key 'llm.models.speaker.alpha': got -1", "a number > 0 or 'auto'"]),
     (["llm.models={speaker: {adapter: lora, rnk: 4}}"],
      ["config key 'llm.models.speaker.rnk'", "known keys under 'llm.models.speaker': adapter, rank, alpha"]),
 ])
@@ -82,7 +84,19 @@ def test_bad_adapter_configs_are_config_errors_before_ray_or_a_run_directory(tin
     assert_setup_error(tmp_path, capsys, [model_dir, *overrides], fragments, {"SPEAKER": str(tiny_task_models["speaker"])})
 
 
-def test_export_writes_adapter_groups_as_peft_adapters_with_the_trained_logprobs(tiny_task_models, tmp_path):
+@pytest.fixture(scope="module")
+def exported(tiny_task_models, tmp_path_factory):
+    """A run with the listener as an adapter, trained one iteration and exported: (checkpoint, export dir)."""
+    from orchestrator.train import train
+
+    tmp = tmp_path_factory.mktemp("exported")
+    train(lora_config(tiny_task_models, adapters=("listener",), run={"iterations": 1}), tmp / "run")
+    checkpoint = tmp / "run" / "checkpoints" / "iter_000001"
+    assert main(["llm", "export", str(checkpoint), str(tmp / "out")]) == 0
+    return checkpoint, tmp / "out"
+
+
+def test_export_writes_adapter_groups_as_peft_adapters_with_the_trained_logprobs(tiny_task_models, exported):
     from peft import PeftModel
 
     from flexmarl.config.adapters import LoraAdapter
@@ -90,23 +104,94 @@ def test_export_writes_adapter_groups_as_peft_adapters_with_the_trained_logprobs
     from flexmarl.llm.models import load_causal_lm
     from flexmarl.llm.trainer import completion_logprobs, pack_tokens
     from orchestrator.run_dir import load_checkpoint
-    from orchestrator.train import train
 
-    cfg = lora_config(tiny_task_models, adapters=("listener",), run={"iterations": 1})
-    train(cfg, tmp_path / "run")
-    checkpoint = tmp_path / "run" / "checkpoints" / "iter_000001"
-    assert main(["llm", "export", str(checkpoint), str(tmp_path / "out")]) == 0
+    checkpoint, export = exported
     base = str(tiny_task_models["speaker"].parent / "shared-base")
-    out = tmp_path / "out" / "listener"
+    out = export / "listener"
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
                                                      "flexmarl_export.json"]
-    assert (tmp_path / "out" / "speaker" / "model.safetensors").exists()  # the full-model group as before
-    exported = PeftModel.from_pretrained(load_causal_lm(base), str(out)).eval()  # PEFT over the base
+    assert (export / "speaker" / "model.safetensors").exists()  # the full-model group as before
+    exported_model = PeftModel.from_pretrained(load_causal_lm(base), str(out)).eval()  # PEFT over the base
     host = AdapterHost(base)  # the checkpoint's adapter as its trainer held it
     host.add("listener", LoraAdapter(adapter="lora", **{k: v for k, v in LORA.items() if k != "adapter"}))
     host.load_weights("listener", load_checkpoint(checkpoint)["state"]["trainers"]["listener"]["adapter"])
     batch = pack_tokens([[5, 6, 7, 8], [9, 10]], [[11, 12, 13], [14, 15]], "cpu")
     with torch.no_grad():
-        logp = completion_logprobs(exported, batch)
+        logp = completion_logprobs(exported_model, batch)
         assert torch.equal(logp, completion_logprobs(host.activate("listener"), batch))
         assert not torch.allclose(logp, completion_logprobs(load_causal_lm(base), batch), atol=1e-5)  # trained
+
+
+def _init_config(models, init: str, **adapter):
+    chosen = {"speaker": str(models["speaker"]), "listener": {"adapter": "lora", "init": init, **adapter}}
+    return {"models": chosen, "model_dir": str(models["speaker"].parent)}
+
+
+def test_an_adapter_starts_from_an_exported_one_engines_included_and_its_kl_reference_is_that_start(
+        tiny_task_models, exported):
+    from flexmarl.llm.trainer import completion_logprobs, pack_tokens
+    from orchestrator.run_dir import load_checkpoint
+
+    checkpoint, export = exported
+    cfg = llm_config({}, llm={**_init_config(tiny_task_models, str(export / "listener")), "kl_coef": 0.5})
+    orch = make_orchestrator(cfg, SerialRuntime())
+    adapter = next(g.adapter for g in orch.workload.groups if g.name == "listener")
+    assert (adapter.rank, adapter.scale_alpha) == (LORA["rank"], LORA["alpha"])  # the folder's, not the defaults
+    saved = load_checkpoint(checkpoint)["state"]["trainers"]["listener"]["adapter"]
+    start = trainer_weights(orch)["listener"]
+    assert sorted(start) == sorted(saved) and all(torch.equal(start[n], saved[n]) for n in saved)
+    assert logprob_agreement(orch.workload, samples=4) < 1e-3  # pushed to the engines before the first call
+    trainer = orch.trainers["listener"]
+    batch = pack_tokens([[5, 6, 7, 8], [9, 10]], [[11, 12, 13], [14, 15]], "cpu")
+    with torch.no_grad():
+        policy = completion_logprobs(trainer._policy(), batch)
+        assert torch.equal(trainer._reference_logprobs(batch), policy)  # KL to where it started, not the base
+    metrics = orch.step()
+    assert metrics["losses/listener/grad_norm"] > 0 and trainer._policy().active_adapter == "listener"
+
+
+def _write_adapter(folder: Path, config: dict, tensors: dict) -> Path:
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 16,
+                                                            "target_modules": ["q_proj"], **config}))
+    save_file({n: np.zeros(shape, np.float32) for n, shape in tensors.items()}, str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("case, fragments", [
+    ("missing", ["config key 'llm.models.listener.init'", "adapter_config.json", "cannot read"]),
+    ("not_lora", ["config key 'llm.models.listener.init'", "is not a LoRA adapter's (peft_type 'IA3')"]),
+    ("dora", ["config key 'llm.models.listener.init'", "use_dora = True; supported: False"]),
+    ("rank", ["config key 'llm.models.listener.rank': got 8", "4 as the adapter in", "or leave rank out"]),
+    ("truncated", ["config key 'llm.models.listener.init'", "a truncated or corrupt file"]),
+    ("other_base", ["config key 'llm.models.listener.init'", "do not fit a rank-4 adapter of",
+                    "has shape [4, 64], the model needs [4, 128]"]),
+])
+def test_a_corrupt_or_mismatched_adapter_to_start_from_is_a_config_error_before_start(
+        tiny_task_models, exported, tmp_path, capsys, case, fragments):
+    _, export = exported
+    layer = "base_model.model.model.layers.0.self_attn.q_proj"
+    good = {f"{layer}.lora_A.weight": (4, 128), f"{layer}.lora_B.weight": (128, 4)}
+    folder, extra = tmp_path / "adapter", []
+    if case == "missing":
+        folder = tmp_path / "nowhere"
+    elif case == "not_lora":
+        _write_adapter(folder, {"peft_type": "IA3"}, good)
+    elif case == "dora":
+        _write_adapter(folder, {"use_dora": True}, good)
+    elif case == "rank":
+        folder, extra = export / "listener", ["rank: 8"]
+    elif case == "truncated":
+        weights = _write_adapter(folder, {}, good) / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-10])
+    else:  # an adapter of a narrower base
+        _write_adapter(folder, {}, {f"{layer}.lora_A.weight": (4, 64), f"{layer}.lora_B.weight": (64, 4)})
+    source = "{adapter: lora, init: " + str(folder) + "".join(", " + e for e in extra) + "}"
+    overrides = [f"llm.models={{speaker: SPEAKER, listener: {source}}}"]
+    assert_setup_error(tmp_path, capsys, [f"llm.model_dir={tiny_task_models['speaker'].parent}", *overrides],
+                       fragments, {"SPEAKER": str(tiny_task_models["speaker"])})

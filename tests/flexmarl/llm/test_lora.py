@@ -119,3 +119,13 @@ def test_a_slot_swaps_an_adapter_group_as_its_adapter_and_trains_as_dedicated_tr
     base_bytes = sum(p.numel() * p.element_size() for n, p in slot.trainers["speaker"].model.named_parameters()
                      if "lora_" not in n)
     assert state.nbytes < base_bytes / 5
+
+
+@pytest.mark.parametrize("rank", [1, 4, 16])
+def test_alpha_auto_scales_with_the_square_root_of_the_rank(rank):
+    from flexmarl.config.adapters import AUTO_ALPHA_COEFFICIENT
+    from flexmarl.llm.lora import lora_config
+
+    spec = LoraAdapter(adapter="lora", rank=rank, alpha="auto")
+    assert lora_config(spec).lora_alpha == pytest.approx(AUTO_ALPHA_COEFFICIENT * rank ** 0.5)
+    assert lora_config(LoraAdapter(adapter="lora", rank=rank, alpha=3)).lora_alpha == 3.0
