@@ -1,4 +1,5 @@
-"""Where a trainer puts its model: one rule for the MARL and the LLM trainers."""
+"""Devices: a concrete device checked before a model goes there, and states copied to the CPU. Which
+device an actor gets is one rule, `Runtime.device_for` (orchestrator/runtime.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ import copy
 import torch
 
 
-def resolve_device(device: str) -> torch.device:
-    """auto = cuda when a GPU is visible to this process (a Ray actor sees only the GPUs it was given)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A concrete device ("cpu", "cuda", "cuda:1"), checked: cuda must be visible to this process (a Ray
+    actor sees only the GPUs it was given). Which device an actor gets ("auto") is `Runtime.device_for`'s rule."""
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} asked for, but no CUDA GPU is visible to this process (torch "

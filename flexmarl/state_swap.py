@@ -87,7 +87,7 @@ class TrainingState:
         """The module's and optimizer's current tensors, by reference, at location "device": move or
         save it before training goes on (training changes those tensors in place)."""
         parameters = list(module.parameters())  # deduplicated: tied weights appear once
-        device = parameters[0].device if parameters else resolve_device("auto")
+        device = parameters[0].device if parameters else torch.device("cpu")
         payload = _map({  # new containers (the optimizer's per-parameter dicts are its own), same tensors
             "parameters": [p.detach() for p in parameters],
             "buffers": dict(module.named_buffers(remove_duplicate=False)),
@@ -132,13 +132,13 @@ class TrainingState:
         torch.save({"name": self.name, "payload": payload, "on_device": flags}, path)
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device | None = None) -> "TrainingState":
-        """A state at location "host" from a checkpoint written by `save`."""
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "TrainingState":
+        """A state at location "host" from a checkpoint written by `save`; `device`: where swap_in puts it."""
         saved = torch.load(path, weights_only=False)
         flags = iter(saved["on_device"])
         payload = _map(saved["payload"], lambda t: _Leaf(_host_copy(t), t.dtype, tuple(t.shape), next(flags)))
         nbytes = sum(leaf.data.numel() * leaf.data.element_size() for leaf in _tensors(payload))
-        return cls(name=saved["name"], device=device or resolve_device("auto"), nbytes=nbytes, location="host",
+        return cls(name=saved["name"], device=resolve_device(device), nbytes=nbytes, location="host",
                    payload=payload)
 
     def _put(self) -> None:
@@ -213,10 +213,11 @@ def swap_in(state: TrainingState, module: torch.nn.Module, optimizer: torch.opti
 
 def measure_swap(nbytes_list: list[int], repeats: int = 3) -> dict:
     """Seconds per MiB (median over repeats, total over sizes) of a round trip device -> host -> device,
-    of device -> remote -> device (when Ray is initialized), and of one torch clone of the same bytes."""
+    of device -> remote -> device (when Ray is initialized), and of one torch clone of the same bytes, on
+    this machine's accelerator when it has one (what the bench measures), else the CPU."""
     import ray
 
-    device = resolve_device("auto")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     totals = {"swap": 0.0, "remote_swap": 0.0, "memcpy": 0.0}
     sizes = []
     for nbytes in nbytes_list:

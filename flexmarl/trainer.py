@@ -41,7 +41,7 @@ def _active_returns(mb: dict) -> np.ndarray:
 class GroupTrainer(StreamingTrainer):
     def __init__(self, cfg: Config, group: GroupLayout, seed: int, device: str = "cpu"):
         """device: where the model and its micro-batches live ("cuda" when the trainer's placement
-        bundle asks for one: `MARLWorkload._trainer_device`); weights and checkpoints leave it as CPU tensors."""
+        bundle asks for one: `Runtime.device_for`); weights and checkpoints leave it as CPU tensors."""
         super().__init__(group.name, seed, cfg.trainer.epochs, cfg.trainer.num_minibatches)
         self.cfg, self.group = cfg, group
         self.device = resolve_device(device)

@@ -43,13 +43,12 @@ class Runtime(ABC):
         self.plan = plan
 
     def device_for(self, actor: str, device: str) -> str:
-        """The torch device an actor should put its model on: `device` unless "auto"; auto = cuda when
-        this process sees a GPU (serial); the Ray runtime answers from the actor's bundle instead."""
+        """The torch device an actor puts its model on, the one rule for every actor (trainers of both
+        workloads, trainer slots, engines), serial and on Ray: `device` unless "auto"; auto = cuda when the
+        actor's placement bundle asks for a GPU, else cpu (a model does not go to a GPU nobody asked for)."""
         if device != "auto":
             return device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if self.plan is not None and self.plan.locate(actor)[2].gpus > 0 else "cpu"
 
     @abstractmethod
     def create(self, cls: type, *args, actor: str, concurrency: int = 1, replacement: bool = False, **kwargs) -> Any:
@@ -222,11 +221,6 @@ class RayRuntime(Runtime):
                     f"the {name} pool ({wanted}; strategy {plan.pools[name].strategy}) was not placed within 60 s: "
                     f"the cluster has the resources in total but they are in use; available now: "
                     f"{self.ray.available_resources()}")
-
-    def device_for(self, actor, device):
-        if device != "auto":
-            return device
-        return "cuda" if self.plan.locate(actor)[2].gpus > 0 else "cpu"
 
     def create(self, cls, *args, actor, concurrency=1, replacement=False, **kwargs):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy

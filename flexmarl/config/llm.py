@@ -44,8 +44,8 @@ class LLMConfig(BaseModel):
     """Registered inference engine (flexmarl.llm.engines.registry.ENGINES): vllm (vLLM; the CPU build here, the
     CUDA build on a GPU node) or hf (transformers, batched generation with a KV cache)."""
     engine_device: Device = "auto"
-    """Inference engines' device: auto = cuda when the engine's placement bundle has a GPU (Ray) or this
-    process sees one (serial), else cpu."""
+    """Inference engines' device: auto = cuda when the engine's placement bundle asks for a GPU
+    (`resources.engine.gpus`), else cpu: the trainers' rule (`trainer.device`), serial and on Ray."""
     engines_per_agent: PositiveInt = 1
     """Inference engine instances per model group at the start."""
     group_size: Annotated[int, Field(ge=2)] = 8

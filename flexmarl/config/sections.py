@@ -139,9 +139,9 @@ class TrainerConfig(BaseModel):
     num_minibatches: PositiveInt = 1
     """Optimizer steps per epoch; must divide the micro-batches (marl) / rollout requests (llm) per iteration."""
     device: Device = "auto"
-    """Trainer device. marl: auto = cuda when the trainer's placement bundle has a GPU (`resources.trainer.gpus`
-    or `resources.per_group.<group>.trainer.gpus`), else cpu; llm: auto = cuda when a GPU is visible to the
-    trainer actor, else cpu (inference engines: `llm.engine_device`)."""
+    """Trainer device (trainers and trainer slots, both workloads, serial and Ray): auto = cuda when the
+    trainer's placement bundle asks for a GPU (`resources.trainer.gpus` or
+    `resources.per_group.<group>.trainer.gpus`), else cpu (inference engines: `llm.engine_device`, same rule)."""
     max_grad_norm: NonNegativeNumber = 10.0
     """Gradient norm clip (marl: actor and critic separately). Default: 10.0 (marl), 1.0 (llm; 0 = no clip)."""
     clip_eps: NonNegativeNumber = 0.2

@@ -35,9 +35,10 @@ class TrainerSlot:
     the LLM trainer contract (begin_update, consume, finish_update, update, get_weights, get_state,
     set_state, spans, token_logprobs) on that group, binding it first."""
 
-    def __init__(self, cfg: Config, groups: list[tuple], where: str = "host"):
-        """groups: (name, model_dir, seed[, LoRA adapter]) of the groups on this slot; where: "host" or "remote"."""
-        self.cfg, self.where = cfg, where
+    def __init__(self, cfg: Config, groups: list[tuple], where: str = "host", device: str = "cpu"):
+        """groups: (name, model_dir, seed[, LoRA adapter]) of the groups on this slot; where: "host" or
+        "remote"; device: the slot's (`Runtime.device_for`)."""
+        self.cfg, self.where, self.device = cfg, where, device
         self.specs = {name: (model_dir, seed, *adapter) for name, model_dir, seed, *adapter in groups}
         self.trainers: dict = {}
         self.hosts: dict = {}
@@ -81,7 +82,7 @@ class TrainerSlot:
 
             model_dir, seed, *adapter = self.specs[group]
             adapter = adapter[0] if adapter else None
-            trainer = LLMGroupTrainer(self.cfg, group, model_dir, seed, adapter, self.hosts.get(model_dir))
+            trainer = LLMGroupTrainer(self.cfg, group, model_dir, seed, adapter, self.hosts.get(model_dir), self.device)
             if trainer.host is not None:
                 self.hosts[model_dir] = trainer.host
             self.trainers[group] = trainer
@@ -149,5 +150,7 @@ def make_slotted_trainers(runtime, cfg: Config, groups: list) -> dict[str, SlotG
     members: list[list[tuple]] = [[] for _ in range(n)]
     for i, g in enumerate(groups):
         members[i % n].append((g.name, g.model_dir, cfg.run.seed * 1000 + i, g.adapter))
-    slots = [runtime.create(TrainerSlot, cfg, m, cfg.llm.swap_to, actor=f"trainer-slot/{i}") for i, m in enumerate(members)]
+    slots = [runtime.create(TrainerSlot, cfg, m, cfg.llm.swap_to,
+                            runtime.device_for(f"trainer-slot/{i}", cfg.trainer.device), actor=f"trainer-slot/{i}")
+             for i, m in enumerate(members)]
     return {g.name: SlotGroupHandle(slots[i % n], g.name) for i, g in enumerate(groups)}

@@ -102,12 +102,12 @@ class LLMGroupTrainer(StreamingTrainer):
     on an `AdapterHost` that other adapter groups of the same trainer slot share (`host`)."""
 
     def __init__(self, cfg: Config, group: str, model_dir: str, seed: int, adapter: LoraAdapter | None = None,
-                 host: AdapterHost | None = None):
+                 host: AdapterHost | None = None, device: str = "cpu"):
         llm = cfg.llm
         super().__init__(group, seed, cfg.trainer.epochs, cfg.trainer.num_minibatches)
         self.cfg, self.group, self.model_dir, self.adapter = cfg, group, str(model_dir), adapter
         bind_process(trainer_binding(cfg))  # off the engines' cores (flexmarl/llm/cpus.py)
-        self.device = resolve_device(cfg.trainer.device)
+        self.device = resolve_device(device)  # the runtime's answer for this actor (Runtime.device_for)
         # Eval mode throughout: no dropout, so the trainer's log-probs are the engines' (the ratio is 1
         # on-policy) and an update is a deterministic function of its inputs.
         if adapter is None:

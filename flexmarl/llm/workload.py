@@ -71,6 +71,7 @@ class LLMWorkload:
         self.fleet = EngineFleet(cfg, runtime, self.groups, workers, self.trainers)
         self.trainers.update(make_slotted_trainers(runtime, cfg, self.groups) if cfg.resources.trainer_slots > 0 else {
             g.name: runtime.create(_trainer_class(), cfg, g.name, g.model_dir, cfg.run.seed * 1000 + i, g.adapter,
+                                   device=runtime.device_for(f"trainer/{g.name}", cfg.trainer.device),
                                    actor=f"trainer/{g.name}")
             for i, g in enumerate(self.groups)})
         workers.extend(self.make_worker(i) for i in range(cfg.rollout.num_workers))

@@ -34,18 +34,12 @@ class MARLWorkload:
         self.runtime = runtime
         workers.extend(self.make_worker(i) for i in range(self.cfg.rollout.num_workers))
         return {g.name: runtime.create(GroupTrainer, self.cfg, g, self.cfg.run.seed * 1000 + i,
-                                       self._trainer_device(g.name), actor=f"trainer/{g.name}")
+                                       runtime.device_for(f"trainer/{g.name}", self.cfg.trainer.device),
+                                       actor=f"trainer/{g.name}")
                 for i, g in enumerate(self.groups)}
 
     def make_worker(self, index: int):
         return self.runtime.create(RolloutWorker, self.cfg, index, actor=f"worker/{index}")
-
-    def _trainer_device(self, group: str) -> str:
-        """`trainer.device`; auto = cuda when the trainer's bundle asks for a GPU, else cpu: the same answer
-        serial and on Ray (small MLP policies are not moved to a GPU nobody asked for)."""
-        if self.cfg.trainer.device != "auto":
-            return self.cfg.trainer.device
-        return "cuda" if self.runtime.plan.locate(f"trainer/{group}")[2].gpus > 0 else "cpu"
 
     # -- weights: the workers hold the policies -----------------------------------------------------
     def push_weights(self, weights: dict, version: int) -> list:

@@ -27,7 +27,23 @@ def test_state_to_cpu_copies_every_tensor_and_keeps_the_structure():
 def test_cuda_without_a_gpu_names_the_problem():
     with pytest.raises(RuntimeError, match="no CUDA GPU is visible"):
         resolve_device("cuda")
-    assert resolve_device("auto").type == "cpu"
+    assert resolve_device("cpu").type == "cpu"
+
+
+def test_one_device_rule_for_every_actor_the_bundle_decides(make_cfg):
+    """auto = cuda exactly when the actor's placement bundle asks for a GPU, whatever this machine has;
+    the serial runtime answers like the Ray one (same plan, same rule); an explicit device passes through."""
+    from flexmarl.actors import llm_actors, marl_actors
+    from orchestrator.placement import plan_placement
+
+    cfg = make_cfg(resources={"trainer": {"gpus": 1}})
+    runtime, slotted = SerialRuntime(), SerialRuntime()
+    runtime.place(plan_placement(cfg, marl_actors(["shared"], 2)))
+    slotted.place(plan_placement(cfg, llm_actors(["speaker", "listener"], 1, 1, trainer_slots=1)))
+    assert runtime.device_for("trainer/shared", "auto") == "cuda" and slotted.device_for("trainer-slot/0", "auto") == "cuda"
+    assert runtime.device_for("worker/1", "auto") == "cpu" and slotted.device_for("engine/speaker/0", "auto") == "cpu"
+    assert runtime.device_for("trainer/shared", "cpu") == "cpu"
+    assert SerialRuntime().device_for("trainer/shared", "auto") == "cpu"  # nothing placed: nothing asked for a GPU
 
 
 @no_gpu
