@@ -195,3 +195,45 @@ def test_a_corrupt_or_mismatched_adapter_to_start_from_is_a_config_error_before_
     overrides = [f"llm.models={{speaker: SPEAKER, listener: {source}}}"]
     assert_setup_error(tmp_path, capsys, [f"llm.model_dir={tiny_task_models['speaker'].parent}", *overrides],
                        fragments, {"SPEAKER": str(tiny_task_models["speaker"])})
+
+
+def test_resume_restores_adapters_and_their_optimizer_states_bit_exactly(tiny_task_models, tmp_path):
+    """A LoRA run stopped after iteration 2 and resumed ends iteration 3 with exactly the adapters and Adam
+    states of the run that was never stopped (both agents adapters, one trainer slot: the swapped-out
+    state is what the checkpoint holds)."""
+    from orchestrator.run_dir import load_checkpoint
+    from orchestrator.train import train
+
+    def run(iterations, run_dir, resume=False):
+        cfg = lora_config(tiny_task_models, run={"iterations": iterations}, resources={"trainer_slots": 1})
+        train(cfg, run_dir, resume=resume)
+        return load_checkpoint(run_dir / "checkpoints" / f"iter_{iterations:06d}")["state"]["trainers"]
+
+    full = run(3, tmp_path / "full")
+    cut = run(2, tmp_path / "cut")
+    resumed = run(3, tmp_path / "cut", resume=True)
+    for group in ("speaker", "listener"):
+        a, b = full[group], resumed[group]
+        assert a["version"] == b["version"] == 3 and a["adapter"].keys() == b["adapter"].keys()
+        assert all(torch.equal(a["adapter"][n], b["adapter"][n]) for n in a["adapter"])
+        moments = [(sa, sb) for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values())]
+        assert moments and all(torch.equal(sa[k], sb[k]) for sa, sb in moments for k in ("exp_avg", "exp_avg_sq", "step"))
+        assert not all(torch.equal(a["adapter"][n], cut[group]["adapter"][n]) for n in a["adapter"])  # it trained on
+
+
+def test_a_replaced_adapter_engine_serves_every_adapters_current_version(tiny_task_models):
+    """The shared pool's engine dies after a push: its replacement is loaded with each adapter's current
+    version (both agents' trained adapters, not the base), and a request re-sent to it delivers its rows once."""
+    from flexmarl.llm.workflow import EngineDiedError
+
+    orch = make_orchestrator(lora_config(tiny_task_models, pipeline={"mode": "sync"}), SerialRuntime())
+    orch.step()  # both adapters trained and pushed as version 1
+    fleet, dead = orch.workload.fleet, orch.workload.engines["lora"][0]
+    fleet.repair(EngineDiedError("lora", 0, 0, "killed"))
+    replacement = orch.workload.engines["lora"][0]
+    assert replacement is not dead and fleet.restarts == 1
+    assert {g: replacement.version(g) for g in ("speaker", "listener")} == {"speaker": 1, "listener": 1}
+    assert logprob_agreement(orch.workload, samples=4) < 1e-3  # the trained adapters, not fresh ones
+    results = orch.collect(orch.dispatch())
+    assert sorted(r.request_id for r in results) == [f"it000001-req{r:04d}" for r in range(4)]
+    assert all(len(orch.store.ready_rows(g, policy_version=1)) == 4 for g in ("speaker", "listener"))
