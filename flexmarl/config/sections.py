@@ -76,6 +76,9 @@ class ModelConfig(BaseModel):
     """Add a GRU after the MLP (recurrent actor and critic, trained on whole fragments)."""
     gru_hidden: PositiveInt = 64
     """GRU hidden width."""
+    gru_chunk_length: NonNegativeInt = 0
+    """0: the GRU is trained through each whole rollout fragment; L > 0: through chunks of L steps, each
+    starting from the hidden state the rollout had there (rMAPPO's `data_chunk_length`, 10 in its runs)."""
 
 
 class AlgoConfig(BaseModel):

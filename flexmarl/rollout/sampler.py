@@ -33,6 +33,25 @@ def _pack_active(row: dict) -> dict:
     return packed
 
 
+def _chunked(row: dict, h_actor: np.ndarray, h_critic: np.ndarray, length: int) -> dict:
+    """A recurrent policy's [T, C] row as [length, C * ceil(T / length)] chunks (chunk-major columns), each
+    starting from the hidden state the rollout had at its first step (`h_*`: [T, C, H], each step's input
+    state): training backpropagates through `length` steps instead of the whole fragment. The last chunk
+    is padded with inactive steps."""
+    T, C = row["active"].shape
+    n = -(-T // length)
+
+    def chunk(v: np.ndarray) -> np.ndarray:
+        if n * length > T:
+            v = np.concatenate([v, np.zeros((n * length - T, *v.shape[1:]), v.dtype)])
+        return np.ascontiguousarray(v.reshape(n, length, *v.shape[1:]).swapaxes(0, 1).reshape(length, n * C, *v.shape[2:]))
+
+    chunks = {k: (chunk(v) if k in _TIME_MAJOR or k in ("advantages", "returns") else v) for k, v in row.items()}
+    chunks["h0_actor"] = h_actor[:T:length].reshape(n * C, -1)
+    chunks["h0_critic"] = h_critic[:T:length].reshape(n * C, -1)
+    return chunks
+
+
 class Sampler:
     """The state of one request: per-group [T, C] buffers and the policy outputs at each step."""
 
@@ -69,6 +88,9 @@ class Sampler:
         }
         if g.has_action_mask:
             buf["action_mask"] = np.ones((T, C, g.action.dim), bool)
+        if self.w.cfg.model.use_gru and self.w.cfg.model.gru_chunk_length:  # each step's input hidden state
+            buf["h_actor_steps"] = np.zeros((T, *h_actor.shape), np.float32)
+            buf["h_critic_steps"] = np.zeros((T, *h_critic.shape), np.float32)
         # Current step's inputs, refreshed after every env step.
         buf["cur_obs"] = np.zeros((C, g.obs_dim), np.float32)
         buf["cur_critic"] = np.zeros((C, g.critic_dim), np.float32)
@@ -95,6 +117,8 @@ class Sampler:
         buf["active"][t], buf["episode_start"][t] = buf["cur_active"], buf["cur_start"]
         if buf["cur_mask"] is not None:
             buf["action_mask"][t] = buf["cur_mask"]
+        if "h_actor_steps" in buf:
+            buf["h_actor_steps"][t], buf["h_critic_steps"][t] = buf["h_actor"], buf["h_critic"]
         buf["h_actor"], buf["h_critic"] = out.h_actor, out.h_critic
 
     def _finish(self) -> None:
@@ -119,5 +143,7 @@ class Sampler:
                 row["action_mask"] = buf["action_mask"]
             if not self.w.cfg.model.use_gru:
                 row = _pack_active(row)
+            elif "h_actor_steps" in buf:
+                row = _chunked(row, buf["h_actor_steps"], buf["h_critic_steps"], self.w.cfg.model.gru_chunk_length)
             self.result.rows[g.name] = row
             self.result.num_active[g.name] = int(buf["active"].sum())

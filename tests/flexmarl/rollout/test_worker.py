@@ -151,3 +151,27 @@ def test_each_agents_own_return_is_reported_per_episode(make_cfg):
     assert set(result.agent_returns) == set(worker.spec.agents)
     per_episode = np.sum([result.agent_returns[a] for a in worker.spec.agents], axis=0)
     assert np.allclose(per_episode, result.episode_returns)
+
+
+@pytest.mark.parametrize("chunk", [0, 4])
+def test_gru_rows_replay_the_rollout_whole_or_in_chunks(make_cfg, chunk):
+    """Trained on the rows, the unchanged GRU policy recomputes the rollout's log-probs and values, from the
+    fragment's start (chunk 0) or from the hidden state stored at each chunk's first step (rMAPPO's chunks)."""
+    import torch
+
+    from flexmarl.trainer import to_tensors
+
+    cfg = make_cfg(model={"use_gru": True, "gru_hidden": 8, "gru_chunk_length": chunk})
+    worker = _worker(cfg)
+    row = worker.sample(RolloutRequest("r0", 0, seed=1, num_steps=10)).rows["shared"]
+    columns = 12 * (3 if chunk else 1)  # 4 env copies x 3 agents, x ceil(10 / 4) chunks
+    assert row["obs"].shape[:2] == ((chunk or 10), columns) and row["h0_actor"].shape == (columns, 8)
+    trainer = GroupTrainer(cfg, worker.groups[0], seed=0)  # the worker's weights
+    mb = to_tensors(row)
+    with torch.no_grad():
+        logp, _, _ = trainer._policy_terms(mb, mb["advantages"])
+        values, _ = trainer.policy.critic(mb["critic_in"], mb["h0_critic"], mb["episode_start"])
+    active = mb["active"] > 0
+    assert int(active.sum()) == 120  # 10 steps x 12 columns, padding inactive
+    assert torch.allclose(logp[active], mb["logp"][active], atol=1e-5)
+    assert torch.allclose(values[active], mb["values_norm"][active], atol=1e-5)
