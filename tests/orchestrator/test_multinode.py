@@ -140,6 +140,18 @@ def _submit(cluster: dict, args: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=cluster["env"], stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
 
 
+def _running_on_both(cluster: dict, job: subprocess.Popen, job_log: Path, out: Path, checkpoint: str,
+                     timeout: float) -> tuple[dict, str]:
+    """Once the job has written `checkpoint`: (actor class -> node ids of its live actors, the second
+    node's id)."""
+    deadline = time.monotonic() + timeout
+    while not list(out.glob(f"*/checkpoints/{checkpoint}")):
+        assert job.poll() is None and time.monotonic() < deadline, job_log.read_text()[-3000:]
+        time.sleep(0.3)
+    nodes = {n.node_id: n for n in _alive_nodes(cluster["dashboard"])}
+    return _actors(cluster["dashboard"]), next(i for i, n in nodes.items() if "node2" in n.resources_total)
+
+
 def _params(checkpoint: Path) -> dict:
     return {k: v.numpy() for k, v in load_checkpoint(checkpoint)["state"]["trainers"]["shared"]["policy"].items()}
 
@@ -165,13 +177,7 @@ def test_a_job_spans_two_nodes_and_survives_losing_one(two_nodes, tmp_path):
     job_log = tmp_path / "job.log"
     job = _submit(two_nodes, ["configs/demo.yaml", f"run.output_dir={out}", f"run.iterations={iterations}", *JOB],
                   job_log)
-    deadline = time.monotonic() + 240
-    while not list(out.glob("*/checkpoints/iter_000002")):
-        assert job.poll() is None and time.monotonic() < deadline, job_log.read_text()[-3000:]
-        time.sleep(0.3)
-    actors = _actors(two_nodes["dashboard"])
-    nodes = {n.node_id: n for n in _alive_nodes(two_nodes["dashboard"])}
-    second = next(i for i, n in nodes.items() if "node2" in n.resources_total)
+    actors, second = _running_on_both(two_nodes, job, job_log, out, "iter_000002", timeout=240)
     assert len(set(actors["RolloutWorker"])) == 2, actors  # the rollout pool spans both nodes
     assert second in actors["RolloutWorker"] and actors["GroupTrainer"] != [second]
 
@@ -227,13 +233,7 @@ def test_an_llm_run_replaces_the_engines_of_a_lost_node_and_finishes(two_nodes, 
     config.write_text(yaml.safe_dump(_llm_job(tiny_task_models, out, iterations)))
     job_log = tmp_path / "job.log"
     job = _submit(two_nodes, [str(config)], job_log)
-    deadline = time.monotonic() + 420
-    while not list(out.glob("*/checkpoints/iter_000001")):
-        assert job.poll() is None and time.monotonic() < deadline, job_log.read_text()[-3000:]
-        time.sleep(0.3)
-    actors = _actors(two_nodes["dashboard"])
-    nodes = {n.node_id: n for n in _alive_nodes(two_nodes["dashboard"])}
-    second = next(i for i, n in nodes.items() if "node2" in n.resources_total)
+    actors, second = _running_on_both(two_nodes, job, job_log, out, "iter_000001", timeout=420)
     assert second in actors["HFEngine"] and len(set(actors["HFEngine"])) == 2, actors  # engines on both nodes
     assert second not in actors["LLMGroupTrainer"], actors
 
