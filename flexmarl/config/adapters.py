@@ -17,8 +17,9 @@ from flexmarl.config.fields import SECTION, Number, PositiveInt, yaml_number
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 """The attention projections of the Llama/Qwen2/Mistral families."""
 
-AUTO_ALPHA_COEFFICIENT = 8.0
-"""c of `alpha: auto` = c * sqrt(rank), measured on the speaker-listener task (docs/llm.md#lora-alpha)."""
+AUTO_ALPHA_COEFFICIENT = 32.0
+"""c of `alpha: auto` = c * sqrt(rank): the best of c = 2, 8, 32 on the speaker-listener task, by the
+pre-registered rule of `flexmarl bench lora-alpha` (docs/llm.md#lora-alpha; a small effect there)."""
 
 
 def _module_names(value: Any) -> list[str]:
@@ -49,9 +50,10 @@ class LoraAdapter(BaseModel):
     """The adapter kind (PEFT LoRA)."""
     rank: PositiveInt = 8
     """LoRA rank r: at most the smaller dimension of every targeted layer."""
-    alpha: Alpha = 16.0
-    """LoRA alpha: the update is scaled by alpha / rank. auto: AUTO_ALPHA_COEFFICIENT * sqrt(rank) (the
-    best alpha grows like the square root of the rank; measured in docs/llm.md#lora-alpha)."""
+    alpha: Alpha = "auto"
+    """LoRA alpha: the update is scaled by alpha / rank. auto (the default): AUTO_ALPHA_COEFFICIENT *
+    sqrt(rank), as the best alpha grows like the square root of the rank; chosen over alpha = rank,
+    2 * rank and 16 by the sweep in docs/llm.md#lora-alpha."""
     dropout: Annotated[Number, Field(ge=0, lt=1)] = 0.0
     """Dropout on the adapter's input while training (0 keeps an update a deterministic function of its
     batch, which the microbatch == sync equality needs)."""
