@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 SCENARIOS = {
+    "academy_empty_goal_close": 1,  # a smoke test: one attacker before an empty goal (learned in ~30k env steps)
     "academy_3_vs_1_with_keeper": 3,
     "academy_counterattack_easy": 4,
     "academy_counterattack_hard": 4,
