@@ -27,7 +27,8 @@ def _init(layer: nn.Linear, gain: float) -> nn.Linear:
 
 
 class Trunk(nn.Module):
-    """Input LayerNorm (or a CNN for images) -> MLP -> optional GRU (hidden state reset at episode starts)."""
+    """Input LayerNorm (or a CNN for images) -> MLP (optionally a LayerNorm after each hidden layer) ->
+    optional GRU (hidden state reset at episode starts)."""
 
     def __init__(self, in_dim: int, cfg: ModelConfig, image: ImageSpec | None = None):
         super().__init__()
@@ -42,6 +43,8 @@ class Trunk(nn.Module):
             width = in_dim
         for hidden in cfg.hidden_sizes:
             layers += [_init(nn.Linear(width, hidden), gain), act()]
+            if cfg.hidden_layer_norm:
+                layers.append(nn.LayerNorm(hidden))
             width = hidden
         self.mlp = nn.Sequential(*layers)
         self.gru = nn.GRU(width, cfg.gru_hidden) if cfg.use_gru else None

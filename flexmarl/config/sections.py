@@ -72,6 +72,9 @@ class ModelConfig(BaseModel):
     """Hidden activation."""
     input_layer_norm: bool = True
     """LayerNorm on inputs (MAPPO's feature normalisation)."""
+    hidden_layer_norm: bool = False
+    """A LayerNorm after each hidden layer's activation, as the reference MAPPO codes' MLPs (on-policy,
+    HARL) have."""
     use_gru: bool = False
     """Add a GRU after the MLP (recurrent actor and critic, trained on whole fragments)."""
     gru_hidden: PositiveInt = 64

@@ -70,3 +70,14 @@ def test_candidate_scorer_needs_an_env_with_a_candidate_layout():
     cfg = config_from_dict({"env": {"name": "recsys/movielens"}, "model": {"actor": "candidate_scorer"}})
     (group,) = build_groups(cfg, describe_env(recsys))
     assert isinstance(GroupPolicy.for_group(group, cfg.model).actor, CandidateScorer)
+
+
+def test_hidden_layer_norm_normalises_each_hidden_layer():
+    from flexmarl.models import Trunk
+
+    plain, normed = Trunk(6, ModelConfig(hidden_sizes=[16, 8])), Trunk(6, ModelConfig(hidden_sizes=[16, 8], hidden_layer_norm=True))
+    assert sum(isinstance(m, torch.nn.LayerNorm) for m in plain.mlp) == 1  # the input's only
+    assert sum(isinstance(m, torch.nn.LayerNorm) for m in normed.mlp) == 3
+    features, _ = normed(5 * torch.randn(2, 4, 6), torch.zeros(4, 0), torch.zeros(2, 4))
+    assert torch.allclose(features.mean(-1), torch.zeros(2, 4), atol=1e-5)
+    assert torch.allclose(features.var(-1, unbiased=False), torch.ones(2, 4), atol=1e-3)
