@@ -55,7 +55,6 @@ from typing import Any
 import numpy as np
 
 SCENARIOS = {
-    "academy_empty_goal_close": 1,  # a smoke test: one attacker before an empty goal (learned in ~30k env steps)
     "academy_3_vs_1_with_keeper": 3,
     "academy_counterattack_easy": 4,
     "academy_counterattack_hard": 4,
@@ -63,6 +62,7 @@ SCENARIOS = {
     "academy_pass_and_shoot_with_keeper": 2,
     "academy_run_pass_and_shoot_with_keeper": 2,
     "5_vs_5": 4,
+    "academy_empty_goal_close": 1,  # a smoke test: one attacker before an empty goal (learned in ~64k env steps)
 }
 """Scenario -> default number of controlled left-team players."""
 
