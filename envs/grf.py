@@ -3,11 +3,18 @@
 `make_env("grf/academy_3_vs_1_with_keeper")` controls the scenario's left-team players
 `player_0 .. player_{K-1}` (K defaults to the count used by the MAPPO GRF benchmarks). Each agent observes
 the `simple115v2` vector (115 floats, the whole pitch from its side plus which player it is) and has
-Discrete(19) actions; `state()` is the controlled players' observations side by side. Rewards are per
-player: `scoring` (+1 / -1 per goal) or `scoring,checkpoints` (plus GRF's shaped approach rewards, paid
-to the player that carries the ball into each checkpoint zone). With `team_reward=True` every agent gets
-the sum of the controlled players' rewards, as the reference MAPPO code for GRF does (its `share_reward`):
-the team is credited for a checkpoint whoever reached it, and the env declares `shared_reward`.
+Discrete(19) actions; `state()` is the controlled players' observations side by side. Rewards
+(`rewards`): `scoring` (+1 / -1 per goal) or `scoring,checkpoints` (plus GRF's shaped approach rewards: ten
+zones at distances 0.99 .. 0.19 from the opponent goal, 0.1 each, the rest paid at a goal). `team_reward`:
+- False (default): per player, as GRF pays them: a player's checkpoints are paid when the player it drives
+  carries the ball into a zone, and GRF counts the zones per controlled player;
+- True: the team's reward, the same for every agent (the env declares `shared_reward`): the goal once and
+  each checkpoint zone once per episode, whoever carries the ball there (any left-team player);
+- "sum": every agent gets the sum of the controlled players' GRF rewards (the reference MAPPO code's
+  `share_reward`). Each player collects the zones on its own count, so a pass to a player another agent
+  drives pays the zones already reached a second time: on pass_and_shoot the attackers start 0.41 from
+  goal, a pass pays 0.7 again, and a policy trained on the sum learned to pass instead of shooting (greedy
+  return 1.4 per episode, no goal: benchmarks/results/grf/second_settings). True pays at most 1.0 before a goal.
 
 Time limit (`time_limit`): an episode that runs out of GRF's `game_duration` (400 steps in the academy
 scenarios) ends
@@ -68,6 +75,7 @@ SCENARIOS = {
 
 NUM_ACTIONS = 19
 OBS_DIM = 115
+NUM_CHECKPOINTS, CHECKPOINT_REWARD = 10, 0.1  # GRF's CheckpointRewardWrapper (gfootball 2.10.2)
 _SEED_RANGE = 2_000_000_000  # GRF draws its own engine seeds from [0, 2e9]
 
 
@@ -75,14 +83,20 @@ class FootballParallelEnv:
     metadata = {"name": "grf", "render_modes": []}
 
     def __init__(self, scenario: str, num_agents: int | None = None, rewards: str = "scoring,checkpoints",
-                 team_reward: bool = False, time_limit: str = "truncation", **create_kwargs: Any):
+                 team_reward: bool | str = False, time_limit: str = "truncation", **create_kwargs: Any):
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown GRF scenario {scenario!r}; valid scenarios: {', '.join(SCENARIOS)}")
         if rewards not in ("scoring", "scoring,checkpoints"):
             raise ValueError(f"GRF rewards {rewards!r}; allowed: 'scoring', 'scoring,checkpoints'")
         if time_limit not in ("truncation", "terminal"):
             raise ValueError(f"GRF time_limit {time_limit!r}; allowed: 'truncation', 'terminal'")
-        self.scenario, self.rewards, self.shared_reward = scenario, rewards, bool(team_reward)
+        if not (isinstance(team_reward, bool) or team_reward == "sum"):
+            raise ValueError(f"GRF team_reward {team_reward!r}; allowed: false, true, 'sum'")
+        self.scenario, self.rewards, self.team_reward = scenario, rewards, team_reward
+        self.shared_reward = team_reward is not False
+        # team_reward true counts the checkpoint zones here, once per team; GRF then pays only the goals
+        self._team_checkpoints = team_reward is True and rewards == "scoring,checkpoints"
+        self._checkpoints = 0  # zones the team has reached this episode (team_reward true)
         self.time_limit = time_limit
         self.num_controlled = int(num_agents or SCENARIOS[scenario])
         self.create_kwargs = create_kwargs
@@ -90,7 +104,7 @@ class FootballParallelEnv:
         self.agents: list[str] = []
         self._env = None
         self._obs = np.zeros((self.num_controlled, OBS_DIM), np.float32)
-        self._score = 0.0
+        self._score, self._checkpoints = 0.0, 0
         self._time_left, self._game_steps = 1.0, 1  # share of game time left; the episode's game duration
         self._seeds = np.random.default_rng()  # episode seeds for reset() without a seed
         from gymnasium import spaces
@@ -106,7 +120,8 @@ class FootballParallelEnv:
                               "2.10.2 once and caches the wheel)") from exc
         logging.getLogger("absl").setLevel(logging.WARNING)  # GRF logs a line per episode at INFO
         self._env = football.create_environment(
-            env_name=self.scenario, representation="simple115v2", rewards=self.rewards, render=False,
+            env_name=self.scenario, representation="simple115v2", render=False,
+            rewards="scoring" if self._team_checkpoints else self.rewards,
             number_of_left_players_agent_controls=self.num_controlled, **self.create_kwargs)
 
     def observation_space(self, agent: str):
@@ -128,7 +143,7 @@ class FootballParallelEnv:
         config["game_engine_random_seed"] = episode_seed
         config["reverse_team_processing"] = bool(episode_seed % 2)
         self._obs = self._as_rows(self._env.reset())
-        self._score = 0.0
+        self._score, self._checkpoints = 0.0, 0
         self._time_left, self._game_steps = 1.0, max(1, int(self._env.unwrapped.observation()[0]["steps_left"]))
         self.agents = list(self.possible_agents)
         return {a: self._obs[i] for i, a in enumerate(self.agents)}, {a: {} for a in self.agents}
@@ -143,8 +158,10 @@ class FootballParallelEnv:
         if self.time_limit == "terminal":  # GRF's own clock (its raw observation)
             self._time_left = max(0, self._env.unwrapped.observation()[0]["steps_left"]) / self._game_steps
         rewards = np.broadcast_to(np.asarray(reward, np.float32), (self.num_controlled,))
-        if self.shared_reward:
+        if self.team_reward == "sum":
             rewards = np.full(self.num_controlled, rewards.sum(), np.float32)
+        elif self.team_reward is True:  # every controlled player's GRF reward holds the same goal reward
+            rewards = np.full(self.num_controlled, rewards[0] + self._team_checkpoint_reward(info), np.float32)
         self._score += float(info.get("score_reward", 0.0))
         agents = self.agents
         done = bool(done)
@@ -159,6 +176,16 @@ class FootballParallelEnv:
         return (observations, {a: float(rewards[i]) for i, a in enumerate(agents)},
                 {a: done and not timed_out for a in agents}, {a: timed_out for a in agents}, infos)
 
+    def _team_checkpoint_reward(self, info: dict) -> float:
+        if not self._team_checkpoints:
+            return 0.0
+        before, raw = self._checkpoints, self._env.unwrapped.observation()[0]
+        if info.get("score_reward", 0) > 0:  # a goal pays the zones not yet reached, as GRF does
+            self._checkpoints = NUM_CHECKPOINTS
+        elif raw["ball_owned_team"] == 0:
+            self._checkpoints = checkpoints_reached(before, raw["ball"])
+        return CHECKPOINT_REWARD * (self._checkpoints - before)
+
     def state(self) -> np.ndarray:
         if self.time_limit == "terminal":
             return np.append(self._obs.reshape(-1), np.float32(self._time_left))
@@ -171,6 +198,15 @@ class FootballParallelEnv:
 
     def _as_rows(self, obs) -> np.ndarray:
         return np.asarray(obs, np.float32).reshape(self.num_controlled, OBS_DIM)
+
+
+def checkpoints_reached(collected: int, ball) -> int:
+    """GRF's checkpoint zones reached, in order, by a ball at `ball` (x, y, ...) after `collected` of them:
+    zone k (k = 0 .. 9) is reached within 0.99 - 0.8 / 9 * k of the opponent goal's centre (1, 0)."""
+    distance = float(np.hypot(ball[0] - 1.0, ball[1]))
+    while collected < NUM_CHECKPOINTS and distance <= 0.99 - 0.8 / (NUM_CHECKPOINTS - 1) * collected:
+        collected += 1
+    return collected
 
 
 def _factory(scenario: str):

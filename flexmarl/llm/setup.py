@@ -1,8 +1,9 @@
 """Before an LLM run starts: the task, the model groups and every checkpoint are checked, so that bad
 input is one `ConfigError` naming the key (`flexmarl train` runs `check_llm_run` before Ray starts and
 before a run directory exists), and the task's default models are built on first use (`ensure_models`).
-Once the actors are placed and before any starts, `check_nodes_read_models` checks the checkpoints again
-on every node that hosts an actor (a node without the shared folder fails here, not mid-start)."""
+Once the actors are placed and before any starts, `check_nodes_read_models` checks the checkpoints and
+adapter `init` folders again on every node that hosts an actor (a node without the shared folder fails
+here, not mid-start)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from pathlib import Path
 from flexmarl.actors import ActorSpec
 from flexmarl.config import Config, ConfigError
 from flexmarl.config.adapters import LoraAdapter
-from flexmarl.llm.adapters import (ADAPTER_WEIGHTS, adapter_layout, linear_layers, safetensors_problem, targeted,
-                                   tensor_shapes)
+from flexmarl.llm.adapters import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_layout, linear_layers, safetensors_problem,
+                                   saved_adapter, targeted, tensor_shapes)
 from flexmarl.llm.groups import LLMGroup, build_llm_groups, models_folder
 from flexmarl.llm.models import checkpoint_problem
 from flexmarl.llm.tasks import TextTask, task_class
@@ -177,26 +178,48 @@ def models_read_by(cfg: Config, groups: list[LLMGroup], actor: ActorSpec) -> lis
     return list(groups)
 
 
+def files_read_by(cfg: Config, groups: list[LLMGroup], actor: ActorSpec) -> list[tuple[str, str, str]]:
+    """(config key, path, what it must be) of each folder an actor reads as it starts: the checkpoints of
+    `models_read_by`, and for a trainer (group or slot) the `init` folder of each adapter it trains."""
+    read = models_read_by(cfg, groups, actor)
+    found = [(g.model_key, g.model_dir, CHECKPOINT) for g in read]
+    if actor.role == "trainer":
+        found += [(f"{g.adapter_key}.init", g.adapter.init, ADAPTER_FOLDER)
+                  for g in read if g.adapter is not None and g.adapter.init]
+    return found
+
+
 def check_nodes_read_models(cfg: Config, runtime: Runtime, groups: list[LLMGroup], actors: list[ActorSpec]) -> None:
     """After placement, before any actor starts: one small task per node that hosts actors checks there
-    every checkpoint those actors read (`checkpoint_problem`: config.json, *.safetensors, tokenizer);
-    a ConfigError names the key, the node, the actor and what is missing. Serial: this process again."""
-    wanted: dict[str, dict[str, tuple[LLMGroup, ActorSpec]]] = {}  # node -> model dir -> (group, first actor)
+    every folder those actors read (`files_read_by`: checkpoints, adapters' `init` folders); a ConfigError
+    names the key, the node, the actor and what is missing. Serial: this process again."""
+    wanted: dict[str, dict[str, tuple[str, str, ActorSpec]]] = {}  # node -> path -> (key, kind, first actor)
     for actor in actors:
         node = runtime.node_of(actor.key)
-        for g in models_read_by(cfg, groups, actor):
-            wanted.setdefault(node, {}).setdefault(g.model_dir, (g, actor))
-    checks = {node: runtime.run_on_node(node, _problems, sorted(dirs)) for node, dirs in wanted.items()}
+        for key, path, kind in files_read_by(cfg, groups, actor):
+            wanted.setdefault(node, {}).setdefault(path, (key, kind, actor))
+    checks = {node: runtime.run_on_node(node, _problems, sorted((path, kind) for path, (_, kind, _) in paths.items()))
+              for node, paths in wanted.items()}
     for node, ref in checks.items():
-        for model_dir, problem in runtime.get(ref).items():
-            g, actor = wanted[node][model_dir]
-            raise ConfigError(g.model_key, model_dir,
-                              f"{CHECKPOINT} under the same absolute path on every node that hosts the group's "
-                              f"actors (docs/cluster.md: what nodes must share); on node {node[:12]}, which hosts "
-                              f"the {actor.describe()}: {problem}")
+        for path, problem in runtime.get(ref).items():
+            key, kind, actor = wanted[node][path]
+            raise ConfigError(key, path, f"{kind} under the same absolute path on every node that hosts the "
+                                         f"group's actors (docs/cluster.md: what nodes must share); on node "
+                                         f"{node[:12]}, which hosts the {actor.describe()}: {problem}")
 
 
-def _problems(model_dirs: list[str]) -> dict[str, str]:
-    """{model dir: why it cannot be loaded} for the unreadable ones (run on the node being checked)."""
-    found = {d: checkpoint_problem(d) for d in model_dirs}
-    return {d: problem for d, problem in found.items() if problem}
+ADAPTER_FOLDER = f"a PEFT LoRA adapter folder ({ADAPTER_CONFIG}, {ADAPTER_WEIGHTS})"
+
+
+def _problems(paths: list[tuple[str, str]]) -> dict[str, str]:
+    """{path: why it cannot be read} for the unreadable ones (run on the node being checked)."""
+    found = {path: checkpoint_problem(path) if kind == CHECKPOINT else _adapter_problem(path) for path, kind in paths}
+    return {path: problem for path, problem in found.items() if problem}
+
+
+def _adapter_problem(folder: str) -> str:
+    try:
+        saved_adapter(folder)
+    except ValueError as exc:
+        return str(exc)
+    return safetensors_problem(Path(folder) / ADAPTER_WEIGHTS)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from envs import describe_env, make_env
+from envs.grf import checkpoints_reached
 
 pytest.importorskip("gfootball", reason="Google Research Football not built (run `make grf`)")
 
@@ -57,9 +58,9 @@ def test_an_episode_is_a_function_of_seed_and_actions():
     assert first.shape != other.shape or not np.array_equal(first, other)
 
 
-def test_team_reward_gives_every_player_the_sum_of_the_players_rewards():
+def test_team_reward_sum_gives_every_player_the_sum_of_the_players_rewards():
     own = make_env("grf/academy_3_vs_1_with_keeper", rewards="scoring,checkpoints")
-    team = make_env("grf/academy_3_vs_1_with_keeper", rewards="scoring,checkpoints", team_reward=True)
+    team = make_env("grf/academy_3_vs_1_with_keeper", rewards="scoring,checkpoints", team_reward="sum")
     assert describe_env(team, seed=0).shared_reward and not describe_env(own, seed=0).shared_reward
     own.reset(seed=5), team.reset(seed=5)
     paid = 0.0
@@ -73,6 +74,40 @@ def test_team_reward_gives_every_player_the_sum_of_the_players_rewards():
             break
     own.close(), team.close()
     assert paid > 0  # a checkpoint or a goal was paid, so the sums were tested on non-zero rewards
+
+
+def test_checkpoint_zones_are_reached_in_order_by_distance_to_goal():
+    assert checkpoints_reached(0, (0.0, 0.0)) == 0  # 1.0 from goal: outside the first zone (0.99)
+    assert checkpoints_reached(0, (0.7, -0.28)) == 7  # pass_and_shoot's attackers start 0.41 from goal
+    assert checkpoints_reached(7, (0.7, -0.28)) == 7  # nothing twice
+    assert checkpoints_reached(3, (1.0, 0.0)) == 10
+    with pytest.raises(ValueError, match="team_reward 'max'; allowed: false, true, 'sum'"):
+        make_env("grf/academy_pass_and_shoot_with_keeper", team_reward="max")
+
+
+def test_team_reward_pays_each_checkpoint_zone_once_per_team():
+    """`team_reward=True`: the same reward for every agent, at most 1.0 of checkpoints per episode before the
+    goal, where the per-player sum pays the zones again after a pass (random play finds such a pass)."""
+    summed = make_env("grf/academy_pass_and_shoot_with_keeper", team_reward="sum")
+    team = make_env("grf/academy_pass_and_shoot_with_keeper", team_reward=True)
+    assert describe_env(team, seed=0).shared_reward
+    paid_twice = False
+    for seed in range(30):
+        summed.reset(seed=seed), team.reset(seed=seed)
+        rng, sum_total, team_total = np.random.default_rng(seed), 0.0, 0.0
+        while team.agents:
+            actions = {a: int(rng.integers(19)) for a in team.agents}
+            sum_rewards = summed.step(actions)[1]
+            _, team_rewards, _, _, infos = team.step(actions)
+            assert len(set(team_rewards.values())) == 1
+            sum_total, team_total = sum_total + sum_rewards["player_0"], team_total + team_rewards["player_0"]
+        score = infos["player_0"]["score"]
+        assert team_total - score <= 1.0 + 1e-6
+        paid_twice |= sum_total - 2 * score > 1.0 + 1e-6
+        if paid_twice and seed >= 5:
+            break
+    summed.close(), team.close()
+    assert paid_twice
 
 
 def test_running_out_of_game_time_is_a_truncation():

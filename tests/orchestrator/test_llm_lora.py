@@ -150,6 +150,25 @@ def test_an_adapter_starts_from_an_exported_one_engines_included_and_its_kl_refe
     assert metrics["losses/listener/grad_norm"] > 0 and trainer._policy().active_adapter == "listener"
 
 
+def test_a_node_that_cannot_read_an_adapters_init_folder_is_a_config_error_naming_node_and_key(
+        tiny_task_models, exported, tmp_path):
+    import shutil
+
+    from flexmarl.config import ConfigError
+    from flexmarl.llm.setup import check_nodes_read_models
+
+    init = shutil.copytree(exported[1] / "listener", tmp_path / "init")
+    cfg = llm_config({}, llm=_init_config(tiny_task_models, str(init)))
+    orch = make_orchestrator(cfg, SerialRuntime())
+    (init / "adapter_model.safetensors").unlink()  # as a node without the shared folder's weights sees it
+    workload = orch.workload
+    with pytest.raises(ConfigError) as info:
+        check_nodes_read_models(cfg, orch.runtime, workload.groups, workload.actors())
+    text = str(info.value)
+    assert "llm.models.listener.init" in text and str(init) in text and "a PEFT LoRA adapter folder" in text
+    assert "on node this process, which hosts the trainer" in text and "adapter_model.safetensors" in text
+
+
 def _write_adapter(folder: Path, config: dict, tensors: dict) -> Path:
     import json
 
