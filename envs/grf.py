@@ -96,7 +96,6 @@ class FootballParallelEnv:
         self.shared_reward = team_reward is not False
         # team_reward true counts the checkpoint zones here, once per team; GRF then pays only the goals
         self._team_checkpoints = team_reward is True and rewards == "scoring,checkpoints"
-        self._checkpoints = 0  # zones the team has reached this episode (team_reward true)
         self.time_limit = time_limit
         self.num_controlled = int(num_agents or SCENARIOS[scenario])
         self.create_kwargs = create_kwargs
@@ -104,7 +103,7 @@ class FootballParallelEnv:
         self.agents: list[str] = []
         self._env = None
         self._obs = np.zeros((self.num_controlled, OBS_DIM), np.float32)
-        self._score, self._checkpoints = 0.0, 0
+        self._score, self._checkpoints = 0.0, 0  # goal difference; zones the team reached (team_reward true)
         self._time_left, self._game_steps = 1.0, 1  # share of game time left; the episode's game duration
         self._seeds = np.random.default_rng()  # episode seeds for reset() without a seed
         from gymnasium import spaces

@@ -26,6 +26,7 @@ from flexmarl.workload import Runtime
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "a local Hugging Face checkpoint directory (config.json, *.safetensors weights, tokenizer files)"
+ADAPTER_FOLDER = f"a PEFT LoRA adapter folder ({ADAPTER_CONFIG}, {ADAPTER_WEIGHTS})"
 
 
 def configured_task(cfg: Config) -> TextTask:
@@ -206,9 +207,6 @@ def check_nodes_read_models(cfg: Config, runtime: Runtime, groups: list[LLMGroup
             raise ConfigError(key, path, f"{kind} under the same absolute path on every node that hosts the "
                                          f"group's actors (docs/cluster.md: what nodes must share); on node "
                                          f"{node[:12]}, which hosts the {actor.describe()}: {problem}")
-
-
-ADAPTER_FOLDER = f"a PEFT LoRA adapter folder ({ADAPTER_CONFIG}, {ADAPTER_WEIGHTS})"
 
 
 def _problems(paths: list[tuple[str, str]]) -> dict[str, str]:
