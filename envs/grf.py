@@ -14,7 +14,11 @@ zones at distances 0.99 .. 0.19 from the opponent goal, 0.1 each, the rest paid 
   `share_reward`). Each player collects the zones on its own count, so a pass to a player another agent
   drives pays the zones already reached a second time: on pass_and_shoot the attackers start 0.41 from
   goal, a pass pays 0.7 again, and a policy trained on the sum learned to pass instead of shooting (greedy
-  return 1.4 per episode, no goal: benchmarks/results/grf/second_settings). True pays at most 1.0 before a goal.
+  return 1.4 per episode, no goal: benchmarks/results/grf/second_settings). True pays at most 1.0 before a goal;
+- "first": every agent gets the first controlled player's GRF reward (HARL's football env: `rew[0]`, the
+  reward behind the published curves). Which player an agent slot drives is GRF's choice, and it changes:
+  on pass_and_shoot slot 0 drives the keeper while slot 1's attacker has the ball, and the receiver once the
+  pass arrives, so the receiver's zones (0.7-0.8) pay the pass, while the carrier's dribbling pays nothing.
 
 Time limit (`time_limit`): an episode that runs out of GRF's `game_duration` (400 steps in the academy
 scenarios) ends
@@ -90,8 +94,8 @@ class FootballParallelEnv:
             raise ValueError(f"GRF rewards {rewards!r}; allowed: 'scoring', 'scoring,checkpoints'")
         if time_limit not in ("truncation", "terminal"):
             raise ValueError(f"GRF time_limit {time_limit!r}; allowed: 'truncation', 'terminal'")
-        if not (isinstance(team_reward, bool) or team_reward == "sum"):
-            raise ValueError(f"GRF team_reward {team_reward!r}; allowed: false, true, 'sum'")
+        if not (isinstance(team_reward, bool) or team_reward in ("sum", "first")):
+            raise ValueError(f"GRF team_reward {team_reward!r}; allowed: false, true, 'sum', 'first'")
         self.scenario, self.rewards, self.team_reward = scenario, rewards, team_reward
         self.shared_reward = team_reward is not False
         # team_reward true counts the checkpoint zones here, once per team; GRF then pays only the goals
@@ -159,6 +163,8 @@ class FootballParallelEnv:
         rewards = np.broadcast_to(np.asarray(reward, np.float32), (self.num_controlled,))
         if self.team_reward == "sum":
             rewards = np.full(self.num_controlled, rewards.sum(), np.float32)
+        elif self.team_reward == "first":
+            rewards = np.full(self.num_controlled, rewards[0], np.float32)
         elif self.team_reward is True:  # every controlled player's GRF reward holds the same goal reward
             rewards = np.full(self.num_controlled, rewards[0] + self._team_checkpoint_reward(info), np.float32)
         self._score += float(info.get("score_reward", 0.0))

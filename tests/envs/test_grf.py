@@ -81,7 +81,7 @@ def test_checkpoint_zones_are_reached_in_order_by_distance_to_goal():
     assert checkpoints_reached(0, (0.7, -0.28)) == 7  # pass_and_shoot's attackers start 0.41 from goal
     assert checkpoints_reached(7, (0.7, -0.28)) == 7  # nothing twice
     assert checkpoints_reached(3, (1.0, 0.0)) == 10
-    with pytest.raises(ValueError, match="team_reward 'max'; allowed: false, true, 'sum'"):
+    with pytest.raises(ValueError, match="team_reward 'max'; allowed: false, true, 'sum', 'first'"):
         make_env("grf/academy_pass_and_shoot_with_keeper", team_reward="max")
 
 
@@ -108,6 +108,23 @@ def test_team_reward_pays_each_checkpoint_zone_once_per_team():
             break
     summed.close(), team.close()
     assert paid_twice
+
+
+def test_team_reward_first_gives_every_agent_the_first_players_reward():
+    """`team_reward="first"` (HARL's `rew[0]`): slot 0 drives the keeper while slot 1's attacker has the ball,
+    then the receiver, so the pass pays the receiver's zones to everyone and the goal pays slot 0's rest."""
+    own = make_env("grf/academy_pass_and_shoot_with_keeper")
+    first = make_env("grf/academy_pass_and_shoot_with_keeper", team_reward="first")
+    assert describe_env(first, seed=0).shared_reward
+    own.reset(seed=3), first.reset(seed=3)
+    t, first_total = 0, 0.0
+    while first.agents:
+        actions = {a: 11 if t < 2 else 12 for a in first.possible_agents}  # short pass, then shoot
+        own_rewards, first_rewards = own.step(actions)[1], first.step(actions)[1]
+        assert first_rewards == pytest.approx({a: own_rewards["player_0"] for a in own_rewards})
+        first_total, t = first_total + first_rewards["player_1"], t + 1
+    own.close(), first.close()
+    assert first_total == pytest.approx(2.0)  # the pass (the receiver's 7 zones), then the goal (1 + 3 zones)
 
 
 def test_running_out_of_game_time_is_a_truncation():
