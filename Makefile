@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench grf clean
+.PHONY: demo test bench grf benchmarl clean
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,5 +55,20 @@ bench: $(STAMP)
 	$(VENV)/bin/flexmarl bench throughput
 	$(VENV)/bin/flexmarl bench pipeline
 
+# BenchMARL's MAPPO, the baseline of `flexmarl bench benchmarl`, in its own virtualenv (its torchrl pins
+# differ from ours). torchvision pinned: unpinned, it pulls a CUDA torch; PettingZoo 1.25 still ships MPE.
+BENCHMARL_VENV := .venv-benchmarl
+BENCHMARL_STAMP := $(BENCHMARL_VENV)/.installed
+
+$(BENCHMARL_STAMP):
+	test -x $(BENCHMARL_VENV)/bin/python || $(PYTHON) -m venv $(BENCHMARL_VENV)
+	$(BENCHMARL_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(BENCHMARL_VENV)/bin/python -m pip install --quiet torch==2.13.0 torchvision==0.28.0 benchmarl==1.5.2 \
+		torchrl==0.11.1 tensordict==0.11.0 "pettingzoo[mpe]==1.25.0"
+	touch $(BENCHMARL_STAMP)
+
+benchmarl: $(STAMP) $(BENCHMARL_STAMP)
+	$(VENV)/bin/flexmarl bench benchmarl
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(BENCHMARL_VENV) runs

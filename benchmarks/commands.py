@@ -19,6 +19,7 @@ from benchmarks.scale import run_scale_bench
 from benchmarks.suite import SuiteError, load_suite  # noqa: F401 (SuiteError: for the CLI)
 from benchmarks.suite_run import run_suite
 from benchmarks.throughput import run_throughput_bench
+from benchmarks.vs_benchmarl import run_vs_benchmarl
 
 RESULTS_DIR = Path("benchmarks/results")
 SUITE_RUNS_DIR = Path("runs/suites")
@@ -55,6 +56,11 @@ def lora_alpha(iterations: int | None, out: Path | None = None) -> dict:
     """LoRA alpha = c * sqrt(rank) against alpha = rank, 2 * rank and 16 on speaker-listener (resumable)."""
     result = run_alpha_bench(out=out, iterations=iterations or ALPHA_ITERATIONS)
     return {"summary": result["summary"], "cells": len(result["cells"])}
+
+
+def benchmarl(seeds: list[int] | None, out: Path | None = None) -> dict:
+    """Our MAPPO vs BenchMARL's on simple_spread, each seed side by side (needs `make benchmarl`)."""
+    return run_vs_benchmarl(seeds or [0, 1], out=out)
 
 
 def scale(rounds: int, out: Path | None = None) -> dict:

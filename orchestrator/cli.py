@@ -185,6 +185,7 @@ def _cmd_bench(args) -> int:
             "lora": lambda: commands.lora([int(n) for n in split(args.agents)] if args.agents else None,
                                           args.iterations or 4, args.quick, out, args.set),
             "lora-alpha": lambda: commands.lora_alpha(args.iterations, out),
+            "benchmarl": lambda: commands.benchmarl([int(s) for s in split(args.seeds)] if args.seeds else None, out),
         }[args.what]()
     except commands.SuiteError as exc:
         raise UsageError(str(exc)) from exc
@@ -208,14 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=_cmd_eval)
     b = sub.add_parser("bench", help="benchmarks that write benchmarks/results/*.json")
     b.add_argument("what", choices=["throughput", "pipeline", "aggregators", "suite", "llm", "scale", "lora",
-                                          "lora-alpha"])
+                                          "lora-alpha", "benchmarl"])
     b.add_argument("name", nargs="?", help="suite: a built-in name (smax, grf, mpe, recsys) or a suite YAML path")
     b.add_argument("--duration", type=float, default=60.0, help="timed seconds per system")
     b.add_argument("--iterations", type=int, help="timed iterations per mode and round (pipeline); timed rounds (scale); "
                    "timed iterations per arm (lora) (default 4); iterations per run (lora-alpha, default 40)")
     b.add_argument("--out", "--output", help="result file (default benchmarks/results/<what>.json); suites: a "
                    "directory (default benchmarks/results/<suite>)")
-    b.add_argument("--seeds", help="suite: comma-separated seeds instead of the suite's")
+    b.add_argument("--seeds", help="suite: comma-separated seeds instead of the suite's; benchmarl: seeds (default 0,1)")
     b.add_argument("--budget", type=int, help="suite: env steps per run instead of the suite's")
     b.add_argument("--only-tasks", help="suite: comma-separated subset of tasks")
     b.add_argument("--only-algorithms", help="suite: comma-separated subset of algorithms")
