@@ -116,12 +116,18 @@ def test_team_reward_first_gives_every_agent_the_first_players_reward():
     own = make_env("grf/academy_pass_and_shoot_with_keeper")
     first = make_env("grf/academy_pass_and_shoot_with_keeper", team_reward="first")
     assert describe_env(first, seed=0).shared_reward
-    own.reset(seed=3), first.reset(seed=3)
+    own.reset(seed=3)
+    observations, _ = first.reset(seed=3)
+    driven = lambda obs: [int(np.argmax(obs[a][97:108])) for a in first.possible_agents]  # noqa: E731 (active one-hot)
+    assert driven(observations) == [0, 2]  # slot 0: the keeper; slot 1: the attacker next to the ball
     t, first_total = 0, 0.0
     while first.agents:
         actions = {a: 11 if t < 2 else 12 for a in first.possible_agents}  # short pass, then shoot
-        own_rewards, first_rewards = own.step(actions)[1], first.step(actions)[1]
+        own_rewards = own.step(actions)[1]
+        observations, first_rewards, *_ = first.step(actions)
         assert first_rewards == pytest.approx({a: own_rewards["player_0"] for a in own_rewards})
+        if first_rewards["player_0"] > 0 and first_total == 0:  # the pass arrived: slot 0 drives the receiver
+            assert driven(observations) == [1, 2]
         first_total, t = first_total + first_rewards["player_1"], t + 1
     own.close(), first.close()
     assert first_total == pytest.approx(2.0)  # the pass (the receiver's 7 zones), then the goal (1 + 3 zones)

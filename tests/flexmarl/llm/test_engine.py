@@ -245,7 +245,9 @@ def test_hf_batches_equal_single_calls(hf_engine):
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)  # left padding reorders fp32 sums
 
 
-def test_generation_throughput(vllm_engine, hf_engine):
+def test_the_llm_benchmarks_throughput_helper_on_both_engines(vllm_engine, hf_engine):
+    """`flexmarl bench llm`'s tokens/s helper (benchmarks/llm.py), tested here for this module's engines: an
+    in-process vLLM engine is built once per process (tests/flexmarl/llm), not again under tests/benchmarks."""
     prompts = [p + [30 + i % 50] for i, p in enumerate(PROMPTS * 16)]
     for engine in (vllm_engine, hf_engine):
         result = generation_throughput(engine, prompts, max_tokens=8, batch=32)
