@@ -14,10 +14,8 @@ from benchmarks.llm import run_llm_bench
 from benchmarks.lora import run_lora_bench
 from benchmarks.lora_alpha import ITERATIONS as ALPHA_ITERATIONS, run_alpha_bench
 from benchmarks.pipeline import run_pipeline_bench
-from benchmarks.recsys import run_recsys_suite
 from benchmarks.scale import run_scale_bench
 from benchmarks.suite import SuiteError, load_suite  # noqa: F401 (SuiteError: for the CLI)
-from benchmarks.suite_run import run_suite
 from benchmarks.throughput import run_throughput_bench
 from benchmarks.vs_benchmarl import run_vs_benchmarl
 
@@ -74,6 +72,11 @@ def suite(name: str, out: Path | None = None, runs_dir: Path | None = None, budg
     """A built-in suite (configs/suites/<name>.yaml) or a suite YAML: its runs (resumed where an earlier
     call stopped) and report; returns (summary, report directory). `budget` replaces the suite's env-step
     budget, the others select a subset; `rows`: the recsys suite's row families to re-run."""
+    # Imported here: the suites' statistics (rliable) load numba's llvmlite, and vLLM's CPU start-up then fails
+    # on llvmlite's objects while scanning every loaded module (`bench llm` starts a vLLM engine in this process).
+    from benchmarks.recsys import run_recsys_suite
+    from benchmarks.suite_run import run_suite
+
     loaded = load_suite(name)
     if budget:
         loaded = loaded.with_budget(budget)

@@ -80,3 +80,13 @@ def test_scale_bench_set_ups_switch_pipeline_and_balancing_by_fresh_configs(tiny
     assert [h["mode"] for h in result["history"]] == list(MODES) * 2 and set(traces) == set(MODES)
     assert all(h["llm/engine_moves"] == 0 for h in result["history"])  # moves happen only between iterations
     assert cfg.pipeline.mode == "microbatch" and cfg.llm.load_balancing  # the caller's config is untouched
+
+
+def test_the_bench_commands_do_not_load_llvmlite_before_a_vllm_engine_starts():
+    """`bench llm` starts a vLLM engine in its own process; vLLM's CPU start-up scans every loaded module and
+    fails on numba's llvmlite objects, which the suites' statistics (rliable) load: suites import them lazily."""
+    import subprocess
+    import sys
+
+    code = "import sys, benchmarks.commands; assert 'llvmlite' not in sys.modules, 'llvmlite loaded'"
+    subprocess.run([sys.executable, "-c", code], check=True)
