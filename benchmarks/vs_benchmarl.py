@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from flexmarl.config import load_config
+
 BENCHMARL_PYTHON = Path(".venv-benchmarl/bin/python")
 OUT = Path("benchmarks/results/mpe/vs_benchmarl.json")
-BATCH_ENV_STEPS = 3200  # configs/demo.yaml's run.batch_env_steps
+DEMO = Path("configs/demo.yaml")
 
 
 def _timed(command: list[str]) -> float:
@@ -31,8 +33,8 @@ def _timed(command: list[str]) -> float:
 
 
 def _ours(seed: int, env_steps: int, output_dir: str) -> dict:
-    iterations = env_steps // BATCH_ENV_STEPS
-    wall = _timed([sys.executable, "-m", "orchestrator.cli", "train", "configs/demo.yaml", f"run.seed={seed}",
+    iterations = env_steps // load_config(DEMO).run.batch_env_steps
+    wall = _timed([sys.executable, "-m", "orchestrator.cli", "train", str(DEMO), f"run.seed={seed}",
                    f"run.output_dir={output_dir}", "run.progress=false", f"run.name=ours-seed{seed}",
                    f"run.iterations={iterations}", f"run.eval_every={iterations}", "run.eval_episodes=50"])
     (metrics,) = Path(output_dir).glob(f"ours-seed{seed}-*/metrics.csv")
