@@ -17,7 +17,7 @@ from benchmarks.pipeline import run_pipeline_bench
 from benchmarks.scale import run_scale_bench
 from benchmarks.suite import SuiteError, load_suite  # noqa: F401 (SuiteError: for the CLI)
 from benchmarks.throughput import run_throughput_bench
-from benchmarks.vs_benchmarl import run_vs_benchmarl
+from benchmarks.vs_benchmarl import MissingSetupError, run_vs_benchmarl  # noqa: F401 (the error: for the CLI)
 
 RESULTS_DIR = Path("benchmarks/results")
 SUITE_RUNS_DIR = Path("runs/suites")

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -58,13 +59,30 @@ def generation_throughput(engine, prompts: list[list[int]], max_tokens: int, bat
             "batch": batch}
 
 
+def measure_weight_push(engine, weights: dict) -> dict:
+    """Times one push of `weights` into a running, idle engine, in memory and through disk (safetensors
+    saved to a temporary folder + the engine's reload from it). Both keep the engine's version."""
+    from flexmarl.llm.weights import drop_tied_aliases, save_weights, ties_embeddings
+
+    weights = drop_tied_aliases(weights, ties_embeddings(engine.model_dir))  # safetensors refuses shared storage
+    version = engine.version()
+    in_memory = engine.load_weights(weights, version)
+    with tempfile.TemporaryDirectory(prefix="flexmarl-weights-") as tmp:
+        start = time.perf_counter()
+        save_weights(weights, tmp)
+        engine.load_weights_from_dir(tmp, version)
+        disk = time.perf_counter() - start
+    return {"weight_push_s": in_memory, "weight_push_disk_s": disk,
+            "weight_bytes": sum(t.numel() * t.element_size() for t in weights.values())}
+
+
 def engine_measurements(model_dir: str, batch: int = 32, max_tokens: int = 8) -> dict:
     """In this process: weight push in memory vs through disk, and vLLM vs HF generate tokens/s at the
     same batch, on one agent's model."""
     from flexmarl.llm.engines.hf import HFEngine
     from flexmarl.llm.engines.vllm import VLLMEngine
     from flexmarl.llm.models import load_causal_lm
-    from flexmarl.llm.weights import engine_weights, measure_weight_push
+    from flexmarl.llm.weights import engine_weights
 
     model = load_causal_lm(model_dir, "cpu")
     weights = engine_weights({k: v.detach().clone() for k, v in model.state_dict().items()}, model_dir)

@@ -26,6 +26,10 @@ OUT = Path("benchmarks/results/mpe/vs_benchmarl.json")
 DEMO = Path("configs/demo.yaml")
 
 
+class MissingSetupError(RuntimeError):
+    """BenchMARL's virtualenv is not built; the CLI prints it as one `error:` line."""
+
+
 def _timed(command: list[str]) -> float:
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -55,7 +59,7 @@ def _benchmarl(seed: int, env_steps: int, output_dir: str) -> dict:
 def run_vs_benchmarl(seeds: list[int], out: Path | None = None, env_steps: int = 352_000) -> dict:
     """`env_steps`: a multiple of the demo's 3,200-step batch (352,000: the demo's 110 iterations)."""
     if not BENCHMARL_PYTHON.exists():
-        raise FileNotFoundError(f"{BENCHMARL_PYTHON} not found: run `make benchmarl` first (BenchMARL's own virtualenv)")
+        raise MissingSetupError(f"{BENCHMARL_PYTHON} not found: run `make benchmarl` first (BenchMARL's own virtualenv)")
     runs = []
     with tempfile.TemporaryDirectory(prefix="vs-benchmarl-") as output_dir:
         for seed in seeds:

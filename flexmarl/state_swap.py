@@ -28,7 +28,6 @@ capturable) go back to the CPU, not the accelerator.
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,47 +208,6 @@ def swap_in(state: TrainingState, module: torch.nn.Module, optimizer: torch.opti
         optimizer.load_state_dict(payload["optimizer"])
     state.payload, state.swapped_in = None, True
     return payload["extra"]
-
-
-def measure_swap(nbytes_list: list[int], repeats: int = 3) -> dict:
-    """Seconds per MiB (median over repeats, total over sizes) of a round trip device -> host -> device,
-    of device -> remote -> device (when Ray is initialized), and of one torch clone of the same bytes, on
-    this machine's accelerator when it has one (what the bench measures), else the CPU."""
-    import ray
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    totals = {"swap": 0.0, "remote_swap": 0.0, "memcpy": 0.0}
-    sizes = []
-    for nbytes in nbytes_list:
-        module = torch.nn.Module()
-        module.weight = torch.nn.Parameter(torch.randn(max(nbytes // 4, 1), device=device))
-        times = {key: [] for key in totals}
-        for _ in range(repeats):
-            times["memcpy"].append(_timed(lambda: module.weight.detach().clone(), device))
-            times["swap"].append(_timed(lambda: _round_trip(module, "host"), device))
-            if ray.is_initialized():
-                times["remote_swap"].append(_timed(lambda: _round_trip(module, "remote"), device))
-        medians = {key: float(np.median(t)) if t else 0.0 for key, t in times.items()}
-        for key in totals:
-            totals[key] += medians[key]
-        sizes.append({"nbytes": nbytes, **{f"{key}_s": value for key, value in medians.items()}})
-    mib = sum(nbytes_list) / 2**20
-    result = {f"{key}_s_per_mb": value / mib for key, value in totals.items()}
-    if not ray.is_initialized():
-        result["remote_swap_s_per_mb"] = None
-    return {**result, "device": str(device), "sizes": sizes}
-
-
-def _round_trip(module: torch.nn.Module, where: Location) -> None:
-    swap_in(swap_out(module, None, None, where), module, None)
-
-
-def _timed(work: Callable[[], Any], device: torch.device) -> float:
-    _synchronize(device)
-    start = time.perf_counter()
-    work()
-    _synchronize(device)
-    return time.perf_counter() - start
 
 
 def _map(obj: Any, fn: Callable[[Any], Any], memo: dict | None = None) -> Any:

@@ -187,7 +187,7 @@ def _cmd_bench(args) -> int:
             "lora-alpha": lambda: commands.lora_alpha(args.iterations, out),
             "benchmarl": lambda: commands.benchmarl([int(s) for s in split(args.seeds)] if args.seeds else None, out),
         }[args.what]()
-    except commands.SuiteError as exc:
+    except (commands.SuiteError, commands.MissingSetupError) as exc:
         raise UsageError(str(exc)) from exc
     print(json.dumps(summary, indent=1))
     return 0

@@ -155,11 +155,6 @@ class MultiScenarioRecEnv(BatchedEnv):
         return np.concatenate([self._shared_features(users, scenarios, sat, fatigue, t), padded.reshape(B, -1)],
                               1).astype(np.float32)
 
-    def most_popular_actions(self, ob: BatchedObs) -> np.ndarray:
-        """Baseline policy: every acting scenario shows its most popular candidate ([E, S] actions)."""
-        popularity = ob.obs[..., self.r + self.S + 3:].reshape(*ob.obs.shape[:2], self.K, self.r + 2)[..., self.r]
-        return np.where(ob.action_mask, popularity, -np.inf).argmax(-1)
-
     def expected_reward(self, users: np.ndarray, scenarios: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Expected mapped reward of showing `items` to `users` in `scenarios` at a fresh session's start
         (the base signals' expectations under the user model; plug-in signals count as 0). Generative

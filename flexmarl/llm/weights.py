@@ -7,15 +7,13 @@ sit on a GPU or need a copy; `engine_weights` turns one into the other. A push i
 touches an engine (`layout_problems`, `value_problems`), because a reload that fails halfway leaves a vLLM
 model without weights.
 
-The disk path (`save_weights` + an engine reload from that folder) exists to compare with the in-memory
-push; `measure_weight_push` times both on a running engine.
+The disk path (`save_weights`, then an engine's reload from that folder) is the in-memory push's
+comparison in `flexmarl bench llm`.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -98,23 +96,3 @@ def read_weights(model_dir) -> dict[str, torch.Tensor]:
     for file in sorted(Path(model_dir).glob("*.safetensors")):
         weights.update(load_file(str(file)))
     return weights
-
-
-def push_via_disk(weights: dict[str, torch.Tensor], out_dir) -> dict[str, torch.Tensor]:
-    """The disk round-trip on its own: save to `out_dir`, read back."""
-    return read_weights(save_weights(weights, out_dir))
-
-
-def measure_weight_push(engine, weights: dict[str, torch.Tensor]) -> dict:
-    """Times one push of `weights` into a running, idle engine, in memory and through disk (safetensors
-    saved to a temporary folder + the engine's reload from it). Both keep the engine's version."""
-    weights = drop_tied_aliases(weights, ties_embeddings(engine.model_dir))  # safetensors refuses shared storage
-    version = engine.version()
-    in_memory = engine.load_weights(weights, version)
-    with tempfile.TemporaryDirectory(prefix="flexmarl-weights-") as tmp:
-        start = time.perf_counter()
-        save_weights(weights, tmp)
-        engine.load_weights_from_dir(tmp, version)
-        disk = time.perf_counter() - start
-    return {"weight_push_s": in_memory, "weight_push_disk_s": disk,
-            "weight_bytes": sum(t.numel() * t.element_size() for t in weights.values())}

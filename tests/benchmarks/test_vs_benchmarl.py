@@ -6,6 +6,7 @@ import json
 import pytest
 
 from benchmarks.vs_benchmarl import BENCHMARL_PYTHON, run_vs_benchmarl
+from orchestrator.cli import main
 
 
 @pytest.mark.skipif(not BENCHMARL_PYTHON.exists(), reason="BenchMARL's virtualenv not built (make benchmarl)")
@@ -20,7 +21,9 @@ def test_both_systems_train_the_same_budget_and_report_greedy_returns(tmp_path):
     assert run["benchmarl"]["final_greedy_episodes"] == 50
 
 
-def test_a_missing_benchmarl_virtualenv_is_named(monkeypatch, tmp_path):
+def test_a_missing_benchmarl_virtualenv_is_one_error_line(monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)  # BENCHMARL_PYTHON is relative to the checkout
-    with pytest.raises(FileNotFoundError, match="make benchmarl"):
-        run_vs_benchmarl([0], out=tmp_path / "vs.json", env_steps=6400)
+    assert main(["bench", "benchmarl", "--seeds", "0", "--out", str(tmp_path / "vs.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "make benchmarl" in err[0]
+    assert not (tmp_path / "vs.json").exists()

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from flexmarl.state_swap import StateLostError, TrainingState, measure_swap, swap_in, swap_out
+from flexmarl.state_swap import StateLostError, TrainingState, swap_in, swap_out
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -148,9 +148,3 @@ def wait_until_lost(ref, timeout_s: float = 60.0) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"object {ref.hex()} still readable {timeout_s} s after its owner was killed")
-
-
-def test_measure_swap_reports_seconds_per_mb(ray_cluster):
-    result = measure_swap([1 << 20, 4 << 20], repeats=1)
-    for key in ("swap_s_per_mb", "remote_swap_s_per_mb", "memcpy_s_per_mb"):
-        assert result[key] > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flexmarl.llm.weights import (checkpoint_layout, engine_weights, layout_problems, push_via_disk, read_weights,
+from flexmarl.llm.weights import (checkpoint_layout, engine_weights, layout_problems, read_weights,
                                   save_weights, ties_embeddings, value_problems)
 
 
@@ -43,7 +43,7 @@ def test_layout_and_value_problems_are_named():
 
 def test_disk_round_trip_is_exact(tmp_path):
     weights = {"x.weight": torch.randn(3, 5), "y.bias": torch.randn(7)}
-    back = push_via_disk(weights, tmp_path / "w")
+    back = read_weights(save_weights(weights, tmp_path / "w"))
     assert set(back) == set(weights) and all(torch.equal(back[n], weights[n]) for n in weights)
     assert checkpoint_layout(tmp_path / "w") == {"x.weight": (3, 5), "y.bias": (7,)}
     save_weights({"z": torch.ones(1)}, tmp_path / "two")
