@@ -13,7 +13,7 @@
    an in-place weight load) is reported beside it. Engines' outstanding calls are sampled during the
    iterations for the load-over-time figure.
 3. Swapping: seconds per MiB of a device -> host -> device round trip against a plain copy
-   (`flexmarl.state_swap.measure_swap`), and a short run with both model groups on one trainer slot
+   (`measure_swap`), and a short run with both model groups on one trainer slot
    (`resources.trainer_slots: 1`): swaps per iteration and the share of swap time hidden behind rollout.
 """
 
@@ -145,11 +145,54 @@ def real_engine_ablation(cfg, rounds: int) -> dict:
     return result, traces
 
 
+def measure_swap(nbytes_list: list[int], repeats: int = 3) -> dict:
+    """Seconds per MiB (median over repeats, total over sizes) of a round trip device -> host -> device,
+    of device -> remote -> device (when Ray is initialized), and of one torch clone of the same bytes, on
+    this machine's accelerator when it has one, else the CPU."""
+    import ray
+    import torch
+
+    from flexmarl.state_swap import swap_in, swap_out
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def timed(work) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        work()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    totals = {"swap": 0.0, "remote_swap": 0.0, "memcpy": 0.0}
+    sizes = []
+    for nbytes in nbytes_list:
+        module = torch.nn.Module()
+        module.weight = torch.nn.Parameter(torch.randn(max(nbytes // 4, 1), device=device))
+        round_trip = {where: (lambda where=where: swap_in(swap_out(module, None, None, where), module, None))
+                      for where in ("host", "remote")}
+        times = {key: [] for key in totals}
+        for _ in range(repeats):
+            times["memcpy"].append(timed(lambda: module.weight.detach().clone()))
+            times["swap"].append(timed(round_trip["host"]))
+            if ray.is_initialized():
+                times["remote_swap"].append(timed(round_trip["remote"]))
+        medians = {key: float(np.median(t)) if t else 0.0 for key, t in times.items()}
+        for key in totals:
+            totals[key] += medians[key]
+        sizes.append({"nbytes": nbytes, **{f"{key}_s": value for key, value in medians.items()}})
+    mib = sum(nbytes_list) / 2**20
+    result = {f"{key}_s_per_mb": value / mib for key, value in totals.items()}
+    if not ray.is_initialized():
+        result["remote_swap_s_per_mb"] = None
+    return {**result, "device": str(device), "sizes": sizes}
+
+
 def swap_measurements(cfg, iterations: int = 3) -> dict:
     """measure_swap at the tiny trainers' state size and larger, and a run on one shared trainer slot."""
     import ray
 
-    from flexmarl.state_swap import measure_swap
     from orchestrator.core import make_orchestrator
     from orchestrator.runtime import RayRuntime
 

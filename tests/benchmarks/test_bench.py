@@ -90,3 +90,12 @@ def test_the_bench_commands_do_not_load_llvmlite_before_a_vllm_engine_starts():
 
     code = "import sys, benchmarks.commands; assert 'llvmlite' not in sys.modules, 'llvmlite loaded'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_measure_swap_reports_seconds_per_mb(ray_cluster):
+    from benchmarks.scale import measure_swap
+
+    result = measure_swap([1 << 20, 4 << 20], repeats=1)
+    for key in ("swap_s_per_mb", "remote_swap_s_per_mb", "memcpy_s_per_mb"):
+        assert result[key] > 0
+    assert [size["nbytes"] for size in result["sizes"]] == [1 << 20, 4 << 20]
