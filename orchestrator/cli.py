@@ -167,7 +167,7 @@ def _cmd_bench(args) -> int:
     try:
         if args.what == "suite":
             if not args.name:
-                raise SystemExit("flexmarl bench suite NAME: a built-in suite (smax, grf, mpe, recsys) or a suite YAML")
+                raise SystemExit("flexmarl bench suite NAME: a built-in suite (configs/suites/*.yaml: smax, grf, mpe, grasp, ...) or a suite YAML")
             seeds = [int(s) for s in split(args.seeds)] if args.seeds else None
             summary, output = commands.suite(
                 args.name, out=out, runs_dir=Path(args.runs_dir) if args.runs_dir else None, budget=args.budget,
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks that write benchmarks/results/*.json")
     b.add_argument("what", choices=["throughput", "pipeline", "aggregators", "suite", "llm", "scale", "lora",
                                           "lora-alpha", "benchmarl"])
-    b.add_argument("name", nargs="?", help="suite: a built-in name (smax, grf, mpe, recsys) or a suite YAML path")
+    b.add_argument("name", nargs="?", help="suite: a built-in name (configs/suites/*.yaml: smax, grf, mpe, grasp, ...) or a suite YAML path")
     b.add_argument("--duration", type=float, default=60.0, help="timed seconds per system")
     b.add_argument("--iterations", type=int, help="timed iterations per mode and round (pipeline); timed rounds (scale); "
                    "timed iterations per arm (lora) (default 4); iterations per run (lora-alpha, default 40)")

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from benchmarks.suite import SuiteError, load_suite
+from benchmarks.suite import SuiteError, builtin_suites, load_suite, run_config
 from benchmarks.suite_run import run_suite
 from orchestrator.cli import main
 
@@ -121,7 +121,7 @@ def test_bad_override_names_the_task_and_algorithm(tmp_path):
 
 def test_unknown_suite_lists_the_built_in_ones(capsys):
     assert main(["bench", "suite", "nope"]) == 2
-    assert "unknown suite 'nope'; built-in suites: grasp, grasp_pilot, grf, mpe, recsys, smax" in capsys.readouterr().err
+    assert "unknown suite 'nope'; built-in suites: grasp, grasp_grf, grasp_pilot, grf, mpe, recsys, smax" in capsys.readouterr().err
 
 
 def test_missing_base_config_is_named(tmp_path):
@@ -212,3 +212,13 @@ def test_paired_comparison_of_two_arms(tmp_path):
     assert "## Paired comparison" in (tmp_path / "out/table.md").read_text()
     with pytest.raises(SuiteError, match="two algorithms"):
         load_suite(str(_suite_file(tmp_path, analysis=analysis, algorithms={"a": {}, "b": {}, "c": {}})))
+
+
+@pytest.mark.parametrize("name", builtin_suites())
+def test_every_builtin_suite_resolves_each_runs_config(name, tmp_path):
+    """A suite file's overrides are config keys: a renamed key fails here, not hours into a suite."""
+    suite = load_suite(name)
+    for task in suite.tasks:
+        for algorithm in suite.algorithms:
+            cfg = run_config(suite, task, algorithm, suite.seeds_of(task)[0], tmp_path, None)
+            assert cfg.run.iterations * cfg.run.batch_env_steps >= suite.budget(task)
