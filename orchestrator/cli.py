@@ -151,8 +151,9 @@ def _cmd_eval(args) -> int:
 
     if args.episodes <= 0:
         raise UsageError(f"flexmarl eval --episodes: got {args.episodes}; allowed: an integer > 0")
-    result = evaluate_checkpoint(Path(args.checkpoint), args.episodes, args.seed)
-    line = f"checkpoint iteration {result['iteration']}: mean return {result['eval/return_mean']:.3f} over {args.episodes} episodes"
+    result = evaluate_checkpoint(Path(args.checkpoint), args.episodes, args.seed, sample=args.sample)
+    policy = "sampled actions" if args.sample else "greedy"
+    line = f"checkpoint iteration {result['iteration']} ({policy}): mean return {result['eval/return_mean']:.3f} over {args.episodes} episodes"
     if "eval/win_rate" in result:
         line += f", win rate {result['eval/win_rate']:.3f}"
     print(line)
@@ -202,10 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     t.add_argument("--address", help="join an existing Ray cluster (default: RAY_ADDRESS, else a local one)")
     t.set_defaults(fn=_cmd_train)
-    e = sub.add_parser("eval", help="greedy evaluation of a checkpoint")
+    e = sub.add_parser("eval", help="evaluation of a checkpoint (greedy unless --sample)")
     e.add_argument("checkpoint", help="checkpoint directory (runs/<run>/checkpoints/iter_NNNNNN)")
     e.add_argument("--episodes", type=int, default=20)
     e.add_argument("--seed", type=int, default=12345)
+    e.add_argument("--sample", action="store_true",
+                   help="draw actions from the policy (seeded by --seed) instead of taking the most likely one")
     e.set_defaults(fn=_cmd_eval)
     b = sub.add_parser("bench", help="benchmarks that write benchmarks/results/*.json")
     b.add_argument("what", choices=["throughput", "pipeline", "aggregators", "suite", "llm", "scale", "lora",

@@ -134,8 +134,8 @@ def _eval_setup(cfg: Config, seed: int, episodes: int):
     return env, spec, build_groups(cfg, spec)
 
 
-def evaluate_checkpoint(path: Path, episodes: int, seed: int = 12345) -> dict:
-    """Greedy evaluation of a checkpoint, in this process (no Ray needed)."""
+def evaluate_checkpoint(path: Path, episodes: int, seed: int = 12345, sample: bool = False) -> dict:
+    """Greedy evaluation of a checkpoint (`sample`: of its sampling policy), in this process (no Ray needed)."""
     data = load_checkpoint(path)
     cfg = config_from_saved(data["config"])
     env, spec, groups = _eval_setup(cfg, seed, episodes)
@@ -146,7 +146,8 @@ def evaluate_checkpoint(path: Path, episodes: int, seed: int = 12345) -> dict:
         for name, s in data["state"]["trainers"].items()
     }
     backend.set_weights(weights, int(data["state"]["iteration"]))
-    result = evaluate_policy(env, spec, groups, backend, critic_uses_state(cfg), cfg.env.global_state, episodes, seed)
+    result = evaluate_policy(env, spec, groups, backend, critic_uses_state(cfg), cfg.env.global_state, episodes, seed,
+                             sample)
     result["iteration"] = int(data["state"]["iteration"])
     return result
 

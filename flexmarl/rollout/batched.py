@@ -132,9 +132,9 @@ def sample_batched(sampler) -> None:
 
 
 def evaluate_batched(env: BatchedEnv, groups: list[GroupLayout], backend, use_state: bool, global_state: str,
-                     seed: int, max_steps: int = 10_000) -> dict:
-    """Greedy evaluation: every copy plays exactly one episode (taking the first N finished episodes of
-    more copies would favour short episodes)."""
+                     seed: int, max_steps: int = 10_000, sample: bool = False) -> dict:
+    """Greedy (or, with `sample`, sampled) evaluation: every copy plays exactly one episode (taking the first
+    N finished episodes of more copies would favour short episodes)."""
     E = env.num_envs
     inputs = {g.name: GroupInputs(env, g, use_state, global_state) for g in groups}
     state = {g.name: backend.initial_state(g.name, E * len(g.agents)) for g in groups}
@@ -148,7 +148,7 @@ def evaluate_batched(env: BatchedEnv, groups: list[GroupLayout], backend, use_st
         for g in groups:
             obs, critic, mask, _ = inputs[g.name].load(ob)
             out = backend.act(g.name, obs, critic, mask if g.has_action_mask else None, *state[g.name],
-                              starts[g.name], deterministic=True, generator=generator)
+                              starts[g.name], deterministic=not sample, generator=generator)
             state[g.name] = (out.h_actor, out.h_critic)
             starts[g.name] = np.zeros_like(starts[g.name])
             actions[:, inputs[g.name].cols] = out.actions.reshape(E, -1)

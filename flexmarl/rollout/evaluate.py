@@ -1,4 +1,5 @@
-"""Greedy evaluation episodes (one env, all agents of a group in one batched call per step)."""
+"""Evaluation episodes, greedy unless asked to sample (one env, all agents of a group in one batched call per
+step)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from flexmarl.rollout.env_io import critic_input, group_critic_rows, team_step_r
 
 
 def evaluate_policy(env, spec: EnvSpec, groups: list[GroupLayout], backend: InferenceBackend, use_state: bool,
-                    global_state: str, episodes: int, seed: int) -> dict:
-    """Greedy episodes: `eval/*` means, and each episode's value under `episodes/return` (and `episodes/win`
-    where the env reports wins) for per-episode statistics (rliable, marl-eval)."""
+                    global_state: str, episodes: int, seed: int, sample: bool = False) -> dict:
+    """Greedy episodes (`sample`: actions drawn from the policy, from a generator seeded by `seed`): `eval/*`
+    means, and each episode's value under `episodes/return` (and `episodes/win` where the env reports wins)
+    for per-episode statistics (rliable, marl-eval)."""
     if is_batched(env):  # a batched env plays one episode per copy: build it with num_envs=episodes
-        return evaluate_batched(env, groups, backend, use_state, global_state, seed)
+        return evaluate_batched(env, groups, backend, use_state, global_state, seed, sample=sample)
     returns, wins = [], []
     generator = torch.Generator().manual_seed(seed)
     for episode in range(episodes):
@@ -43,7 +45,7 @@ def evaluate_policy(env, spec: EnvSpec, groups: list[GroupLayout], backend: Infe
                     masks = np.stack([flat[a][1] if a in flat else np.ones(g.action.dim, bool) for a in g.agents])
                 critic_in = group_critic_rows(g, state, obs)
                 out = backend.act(g.name, obs, critic_in, masks, *h[g.name], np.repeat(start, len(g.agents)),
-                                  deterministic=True, generator=generator)
+                                  deterministic=not sample, generator=generator)
                 h[g.name] = (out.h_actor, out.h_critic)
                 for j, agent in enumerate(g.agents):
                     if agent in flat:

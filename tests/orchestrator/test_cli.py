@@ -25,8 +25,17 @@ def test_train_then_resume_then_eval(tmp_path, capsys):
     assert main(["train", "--resume", str(run_dir), "run.iterations=3"]) == 0
     assert (run_dir / "checkpoints" / "iter_000003").exists()
     capsys.readouterr()
-    assert main(["eval", str(run_dir / "checkpoints" / "iter_000003"), "--episodes", "2"]) == 0
-    assert "checkpoint iteration 3: mean return" in capsys.readouterr().out
+    checkpoint = str(run_dir / "checkpoints" / "iter_000003")
+    assert main(["eval", checkpoint, "--episodes", "2"]) == 0
+    greedy = capsys.readouterr().out
+    assert "checkpoint iteration 3 (greedy): mean return" in greedy
+    sampled = []
+    for _ in range(2):
+        assert main(["eval", checkpoint, "--episodes", "2", "--sample", "--seed", "7"]) == 0
+        sampled.append(capsys.readouterr().out)
+    assert "(sampled actions)" in sampled[0] and sampled[0] == sampled[1]  # seeded: reproducible
+    assert main(["eval", checkpoint, "--episodes", "2", "--seed", "7"]) == 0
+    assert capsys.readouterr().out.split(":")[1] != sampled[0].split(":")[1]  # not the greedy policy's return
 
 
 def test_overrides_may_follow_options_in_any_order(tmp_path, capsys):
