@@ -85,7 +85,10 @@ def test_ctrl_c_prints_the_run_directory_and_the_resume_command(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "train", str(ROOT / "configs/demo.yaml"),
          f"run.output_dir={tmp_path}", "run.iterations=100000", *TINY],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # as from an interactive shell: a parent started in the background (`make test &`) ignores SIGINT,
+        # and its children would inherit that and never see the Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while not list(tmp_path.glob("*/checkpoints/iter_000001")):
