@@ -95,3 +95,37 @@ def decide(aggregate: Estimate, per_task: list[Estimate]) -> str:
     if aggregate.high < 0:
         return "loss"
     return "no difference detected"
+
+
+
+def completion_order_rate(wins, lengths, envs: int = 50, episodes: int = 100) -> float:
+    """The win rate as the on-policy MAPPO / HARL evaluation loops measure it: `envs` env copies play episodes
+    back to back in lockstep (copy i plays episodes i, i + envs, ...), the loop stops after the step at which
+    at least `episodes` have finished, and the rate is over those. Episodes still running at the stop are
+    left out, and those are the long ones, so the rate favours short episodes where a win's length differs
+    from a loss's."""
+    wins, lengths = np.asarray(wins, np.float64), np.asarray(lengths, np.int64)
+    finish = np.empty(len(lengths))
+    last_finish = []
+    for copy in range(envs):
+        finish[copy::envs] = np.cumsum(lengths[copy::envs])
+        last_finish.append(finish[copy::envs][-1] if len(finish[copy::envs]) else 0)
+    stop = np.sort(finish)[episodes - 1]  # the step after which `episodes` have finished
+    if min(last_finish) <= stop:
+        raise ValueError(f"{len(lengths)} episodes are too few for {envs} copies to still be playing when "
+                         f"{episodes} have finished")
+    return float(wins[finish <= stop].mean())
+
+
+def simulated_completion_order_rate(wins, lengths, envs: int = 50, episodes: int = 100, draws: int = 1000,
+                                    seed: int = 0) -> Estimate:
+    """`completion_order_rate` of evaluation loops whose copies play episodes drawn (with replacement) from
+    one measured set of (win, length) pairs: the mean over `draws` loops, with the 2.5-97.5 % range of
+    single loops (one published evaluation is one loop)."""
+    wins, lengths = np.asarray(wins, np.float64), np.asarray(lengths, np.int64)
+    rng = np.random.default_rng(seed)
+    rates = []
+    for _ in range(draws):
+        picked = rng.integers(len(wins), size=envs * episodes)  # no copy finishes more than `episodes` first
+        rates.append(completion_order_rate(wins[picked], lengths[picked], envs, episodes))
+    return Estimate(float(np.mean(rates)), float(np.percentile(rates, 2.5)), float(np.percentile(rates, 97.5)))

@@ -139,7 +139,7 @@ def evaluate_batched(env: BatchedEnv, groups: list[GroupLayout], backend, use_st
     inputs = {g.name: GroupInputs(env, g, use_state, global_state) for g in groups}
     state = {g.name: backend.initial_state(g.name, E * len(g.agents)) for g in groups}
     starts = {g.name: np.ones(E * len(g.agents), np.float32) for g in groups}
-    returns, wins = np.zeros(E), np.zeros(E)
+    returns, wins, lengths = np.zeros(E), np.zeros(E), np.zeros(E, np.int64)
     finished = np.zeros(E, bool)
     generator = torch.Generator().manual_seed(seed)
     ob = env.reset(seed=seed)
@@ -155,6 +155,7 @@ def evaluate_batched(env: BatchedEnv, groups: list[GroupLayout], backend, use_st
         st = env.step(actions)
         running = ~finished
         returns[running] += env.team_reward(st.rewards)[running]
+        lengths[running] += 1
         newly = st.done & running
         wins[newly] = st.won[newly]
         finished |= st.done
@@ -162,7 +163,8 @@ def evaluate_batched(env: BatchedEnv, groups: list[GroupLayout], backend, use_st
         if finished.all():
             break
     out = {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std()),
-           "eval/episodes": float(finished.sum()), "episodes/return": returns[finished].tolist()}
+           "eval/episodes": float(finished.sum()), "episodes/return": returns[finished].tolist(),
+           "episodes/length": lengths[finished].tolist()}
     if env.reports_win:
         out["eval/win_rate"] = float(wins[finished].mean()) if finished.any() else 0.0
         out["episodes/win"] = wins[finished].tolist()

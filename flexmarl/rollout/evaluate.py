@@ -18,11 +18,11 @@ from flexmarl.rollout.env_io import critic_input, group_critic_rows, team_step_r
 def evaluate_policy(env, spec: EnvSpec, groups: list[GroupLayout], backend: InferenceBackend, use_state: bool,
                     global_state: str, episodes: int, seed: int, sample: bool = False) -> dict:
     """Greedy episodes (`sample`: actions drawn from the policy, from a generator seeded by `seed`): `eval/*`
-    means, and each episode's value under `episodes/return` (and `episodes/win` where the env reports wins)
-    for per-episode statistics (rliable, marl-eval)."""
+    means, and each episode's value under `episodes/return`, `episodes/length` (env steps) and `episodes/win`
+    (where the env reports wins) for per-episode statistics (rliable, marl-eval)."""
     if is_batched(env):  # a batched env plays one episode per copy: build it with num_envs=episodes
         return evaluate_batched(env, groups, backend, use_state, global_state, seed, sample=sample)
-    returns, wins = [], []
+    returns, lengths, wins = [], [], []
     generator = torch.Generator().manual_seed(seed)
     for episode in range(episodes):
         raw, _ = env.reset(seed=seed + episode)
@@ -62,10 +62,11 @@ def evaluate_policy(env, spec: EnvSpec, groups: list[GroupLayout], backend: Infe
             raw = {a: o for a, o in raw.items() if not (terms.get(a) or truncs.get(a))}
             step += 1
         returns.append(total)
+        lengths.append(step)
         if won is not None:
             wins.append(float(won))
     out = {"eval/return_mean": float(np.mean(returns)), "eval/return_std": float(np.std(returns)),
-           "episodes/return": [float(r) for r in returns]}
+           "episodes/return": [float(r) for r in returns], "episodes/length": lengths}
     if wins:
         out["eval/win_rate"] = float(np.mean(wins))
         out["episodes/win"] = [float(w) for w in wins]

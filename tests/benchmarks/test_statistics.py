@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from benchmarks.statistics import Estimate, decide, iqm, mean, paired_difference
+from benchmarks.statistics import (Estimate, completion_order_rate, decide, iqm, mean, paired_difference,
+                                   simulated_completion_order_rate)
 
 REPS = 2000
 
@@ -54,3 +55,25 @@ def test_a_task_whose_interval_is_below_zero_blocks_a_win():
     aggregate = Estimate(0.1, 0.05, 0.15)
     assert decide(aggregate, [Estimate(0.2, 0.1, 0.3), Estimate(-0.1, -0.2, -0.01)]) == "no difference detected"
     assert decide(aggregate, [Estimate(0.2, 0.1, 0.3), Estimate(-0.1, -0.2, 0.01)]) == "win"
+
+
+def test_completion_order_rate_counts_the_episodes_finished_first():
+    # 2 copies, 4 episodes each played back to back; wins take 10 steps, losses 100
+    wins = np.array([1, 0, 1, 1, 0, 1, 0, 1], float)
+    lengths = np.where(wins == 1, 10, 100)
+    # copy 0 plays episodes 0, 2, 4, 6 (finishing at 10, 20, 120, 220); copy 1 plays 1, 3, 5, 7 (100, 110, 120, 130)
+    # the 4th finish is at step 110: episodes 0, 2, 1, 3 are counted, 3 of them wins
+    assert completion_order_rate(wins, lengths, envs=2, episodes=4) == pytest.approx(0.75)
+    assert wins.mean() == pytest.approx(0.625)  # the same episodes, all counted
+    # equal lengths: no bias, the first episodes of every copy
+    assert completion_order_rate(wins, np.full(8, 50), envs=2, episodes=4) == pytest.approx(wins[:4].mean())
+    with pytest.raises(ValueError, match="too few"):
+        completion_order_rate(wins, lengths, envs=2, episodes=7)
+
+
+def test_simulated_completion_order_rate_favours_short_wins_and_is_unbiased_at_equal_lengths():
+    wins = np.array([1.0] * 30 + [0.0] * 70)
+    unbiased = simulated_completion_order_rate(wins, np.full(100, 50), draws=200)
+    assert unbiased.point == pytest.approx(0.3, abs=0.02) and unbiased.low < 0.3 < unbiased.high
+    short_wins = simulated_completion_order_rate(wins, np.where(wins == 1, 40, 400), draws=200)
+    assert short_wins.point > 0.35  # losses still running at the stop are left out (0.378 here)

@@ -36,6 +36,7 @@ def test_run_directory_has_config_metrics_tensorboard_and_checkpoints(make_cfg, 
     # each evaluation's episodes are kept beside its mean (per-episode statistics, marl-eval's layout)
     (episodes,) = [json.loads(line) for line in (run_dir / "eval_episodes.jsonl").read_text().splitlines()]
     assert episodes["iteration"] == 2 and episodes["env_steps"] == 400 and len(episodes["return"]) == 3
+    assert episodes["length"] == [25, 25, 25]  # env steps per episode (simple_spread: max_cycles 25)
     assert np.isclose(np.mean(episodes["return"]), float(rows[1]["eval/return_mean"]))
     for column in ("env_steps", "episode_return_mean", "env_steps_per_s", "losses/shared/policy", "perf/policy_lag_max"):
         assert column in rows[0]

@@ -44,3 +44,5 @@ def test_batched_request_is_a_pure_function_of_its_seed(worker):
 def test_greedy_evaluation_plays_one_episode_per_copy(worker):
     out = worker.evaluate(episodes=6, seed=0)
     assert out["eval/episodes"] == 6 and 0.0 <= out["eval/win_rate"] <= 1.0
+    # each copy's length stops counting when its episode ends, while others play on
+    assert len(out["episodes/length"]) == 6 and all(0 < n <= 10_000 for n in out["episodes/length"])
