@@ -17,11 +17,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from benchmarks.statistics import simulated_completion_order_rate
+from flexmarl.config import config_from_saved
 from orchestrator.run_dir import latest_checkpoint
 from orchestrator.train import evaluate_checkpoint, random_policy_baseline
-from flexmarl.config import config_from_saved
 
 SEED = 12345
 """The suites' final-evaluation seed: the first N of these episodes are a suite's N final episodes."""
@@ -46,8 +47,6 @@ def measure(run_dir: str, episodes: int, draws: int) -> dict:
 
 
 def measure_random(run_dir: str, episodes: int, draws: int) -> dict:
-    import yaml
-
     cfg = config_from_saved(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))
     return {"run": "uniform random", **_rates(random_policy_baseline(cfg, episodes, SEED), draws)}
 
