@@ -1,5 +1,6 @@
 """Statistics of suite results (rliable): IQM and mean with 95 % stratified bootstrap intervals, paired
-differences between two arms, and the pre-registered decision rule of docs/grasp.md.
+differences between two arms, and the pre-registered decision rule of docs/grasp.md; and a win rate counted
+the way the published GRF / SMAC evaluation loops count it (the first episodes to finish), to compare with them.
 
 Score matrices are [runs, tasks] (runs = seeds), as rliable expects; a stratified bootstrap resamples the
 runs of each task independently, so every resample keeps every task.
@@ -95,7 +96,6 @@ def decide(aggregate: Estimate, per_task: list[Estimate]) -> str:
     if aggregate.high < 0:
         return "loss"
     return "no difference detected"
-
 
 
 def completion_order_rate(wins, lengths, envs: int = 50, episodes: int = 100) -> float:
