@@ -17,11 +17,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from benchmarks.statistics import simulated_completion_order_rate
-from flexmarl.config import config_from_saved
-from orchestrator.run_dir import latest_checkpoint
+from orchestrator.run_dir import latest_checkpoint, load_run_config
 from orchestrator.train import evaluate_checkpoint, random_policy_baseline
 
 SEED = 12345
@@ -47,7 +45,7 @@ def measure(run_dir: str, episodes: int, draws: int) -> dict:
 
 
 def measure_random(run_dir: str, episodes: int, draws: int) -> dict:
-    cfg = config_from_saved(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))
+    cfg = load_run_config(Path(run_dir))
     return {"run": "uniform random", **_rates(random_policy_baseline(cfg, episodes, SEED), draws)}
 
 

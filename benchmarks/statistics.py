@@ -106,12 +106,10 @@ def completion_order_rate(wins, lengths, envs: int = 50, episodes: int = 100) ->
     from a loss's."""
     wins, lengths = np.asarray(wins, np.float64), np.asarray(lengths, np.int64)
     finish = np.empty(len(lengths))
-    last_finish = []
     for copy in range(envs):
         finish[copy::envs] = np.cumsum(lengths[copy::envs])
-        last_finish.append(finish[copy::envs][-1] if len(finish[copy::envs]) else 0)
     stop = np.sort(finish)[episodes - 1]  # the step after which `episodes` have finished
-    if min(last_finish) <= stop:
+    if min(lengths[copy::envs].sum() for copy in range(envs)) <= stop:  # a copy ran out of episodes
         raise ValueError(f"{len(lengths)} episodes are too few for {envs} copies to still be playing when "
                          f"{episodes} have finished")
     return float(wins[finish <= stop].mean())
