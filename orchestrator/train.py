@@ -68,24 +68,24 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, address: str | None 
         bar = tqdm(total=cfg.run.iterations * unit.per_iteration, initial=orch.progress, unit=unit.short,
                    disable=not cfg.run.progress, dynamic_ncols=True)
         while orch.iteration < cfg.run.iterations:
-            try:
+            try:  # a worker can die in any call to it, the checkpoint's get_state included
                 metrics = orch.step()
                 if cfg.run.eval_every and orch.iteration % cfg.run.eval_every == 0:
                     evaluation = orch.evaluate(cfg.run.eval_episodes)
                     metrics.update(record_eval_episodes(run_dir, orch.iteration, {unit.name: orch.progress},
                                                         evaluation))
+                writer.write(metrics)
+                last = metrics
+                bar.update(metrics[unit.name] - bar.n)
+                score = metrics[unit.score]
+                bar.set_postfix(iter=orch.iteration, ret=f"{score:.2f}" if not math.isnan(score) else "-",
+                                sps=f"{metrics[f'{unit.name}_per_s']:.0f}")
+                every = cfg.run.checkpoint_every
+                if (every and orch.iteration % every == 0) or orch.iteration == cfg.run.iterations:
+                    save_checkpoint(run_dir, cfg, orch.groups, orch.get_state())
             except (EnvStepError, EnvOutputError, WorkerFailure, WorkerDiedError, EngineFailure, WeightSyncError,
                     TaskFailure) as exc:
                 raise _stop(run_dir, exc, address) from exc
-            writer.write(metrics)
-            last = metrics
-            bar.update(metrics[unit.name] - bar.n)
-            score = metrics[unit.score]
-            bar.set_postfix(iter=orch.iteration, ret=f"{score:.2f}" if not math.isnan(score) else "-",
-                            sps=f"{metrics[f'{unit.name}_per_s']:.0f}")
-            every = cfg.run.checkpoint_every
-            if (every and orch.iteration % every == 0) or orch.iteration == cfg.run.iterations:
-                save_checkpoint(run_dir, cfg, orch.groups, orch.get_state())
         bar.close()
         return last
     finally:

@@ -118,6 +118,32 @@ def _kill_trainer_after(run_dir: Path, checkpoint: str, killed: list) -> None:
             killed.append(pid)
 
 
+def test_trainer_dying_as_its_checkpoint_is_read_stops_the_run_the_same_way(make_cfg, tmp_path, ray_cluster,
+                                                                            monkeypatch):
+    import ray
+
+    from orchestrator.core import Orchestrator
+
+    read_state = Orchestrator.get_state
+    calls: list = []
+
+    def kill_trainer_then_read(orch):  # the race CI once hit: the trainer dies after its step, before the save
+        calls.append(orch.iteration)
+        if len(calls) == 2:
+            ray.kill(orch.trainers["shared"], no_restart=True)
+        return read_state(orch)
+
+    monkeypatch.setattr(Orchestrator, "get_state", kill_trainer_then_read)
+    cfg = make_cfg(run={"mode": "ray", "output_dir": str(tmp_path), "iterations": 3})
+    run_dir = new_run_dir(cfg)
+    with pytest.raises(TrainingError, match="a trainer actor died: the trainer of group 'shared'") as info:
+        train(cfg, run_dir)
+    assert calls == [1, 2]
+    assert latest_checkpoint(run_dir).name == "iter_000001"
+    assert "Continue from iter_000001" in str(info.value)
+    assert "trainer actor died" in (run_dir / "error.txt").read_text()
+
+
 @pytest.mark.slow
 def test_dead_trainer_stops_with_error_txt_and_resume_continues_exactly(make_cfg, tmp_path, ray_cluster):
     cfg = make_cfg(run={"mode": "ray", "output_dir": str(tmp_path / "a"), "iterations": 60})
