@@ -82,6 +82,14 @@ class Orchestrator:
     def collect(self, in_flight: list[InFlight], on_publish=None) -> list:
         return self.requests.collect(in_flight, on_publish)
 
+    def produce_lost_rows_again(self, results: list, on_publish=None) -> list:
+        """The rows the trainers lost (`training.lost`: their node died before they were read), produced again
+        from the same requests (same ids, seeds and slots: the same rows) and published; returns `results`
+        with each redone request's result in place of its first one."""
+        lost, self.training.lost = self.training.lost, []
+        redone = {r.request_id: r for r in self.collect(self.requests.send_lost_rows_again(lost), on_publish)}
+        return [redone.pop(r.request_id, r) for r in results]
+
     # -- one iteration ----------------------------------------------------------------------------
     def step(self) -> dict:
         start = time.time()
@@ -129,6 +137,7 @@ class Orchestrator:
             "perf/worker_restarts": self.requests.worker_restarts,
             "rollout/worker_timeouts": self.requests.worker_timeouts,
             "store/aborted_rows": sum(t.aborted for t in self.store.tables.values()),
+            "store/lost_rows": sum(t.lost for t in self.store.tables.values()),
             "store/stale_rows_refused": sum(t.refused_stale for t in self.store.tables.values()),
         }
 

@@ -4,7 +4,8 @@ A request opens one pending row per group in the store; its rows become visible 
 request completes. A worker that dies, or hangs (no request finished within `rollout.request_timeout_s`),
 is replaced and its requests are sent again under the same ids, versions and seeds, so nothing is lost
 or doubled. A request that fails while its worker lives goes to the workload's `repair` (an LLM engine
-died: replaced) and is sent again, or the error stops the run.
+died: replaced) and is sent again, or the error stops the run. Rows published but lost with their node
+before a trainer read them are produced again the same way, for the groups that lost them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from flexmarl.config import Config
 from flexmarl.rollout import RolloutRequest
 from flexmarl.workload import RequestResult, Workload
-from orchestrator.runtime import Runtime, WorkerDiedError
+from orchestrator.runtime import DataLostError, Runtime, WorkerDiedError
 from orchestrator.store import ExperienceStore
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class InFlight:
     """Position of the request in its global batch (fixes its minibatch); None: arrival order."""
     sent_at: float = 0.0
     """When it was dispatched (its worker's deadline for `rollout.request_timeout_s`)."""
+    groups: tuple[str, ...] = ()
+    """The groups whose rows it produces: all, or those whose rows were lost after they were published."""
 
 
 def request_seed(seed: int, *index: int) -> int:
@@ -56,6 +59,7 @@ class Dispatcher:
         self.groups = [g.name for g in workload.groups]
         self.worker_restarts = 0
         self.worker_timeouts = 0
+        self._times_lost: dict[str, int] = {}  # sample id -> how often its published row was lost
         self._last_done: dict[int, float] = {}  # worker -> when it last finished a request
         self._weights: dict = {}
         self._version = 0
@@ -90,13 +94,35 @@ class Dispatcher:
         self.load_weights(self._weights, self._version, workers=[index])
 
     # -- requests ---------------------------------------------------------------------------------
-    def send(self, request: RolloutRequest, worker: int, slot: int | None = None) -> InFlight:
+    def send(self, request: RolloutRequest, worker: int, slot: int | None = None,
+             groups: tuple[str, ...] | None = None) -> InFlight:
+        """Open the request's pending rows (of `groups`, default all) and send it to `worker`."""
+        groups = tuple(self.groups) if groups is None else groups
         refs = self.runtime.call(self.workers[worker], "sample_rows", request, num_returns=1 + len(self.groups))
         version = -1 if request.version is None else request.version
         for group, ref in zip(self.groups, refs[1:]):
-            self.store.begin(group, row_id(request, group), version, meta={"worker": worker})
-            self.store.write(group, row_id(request, group), "payload", ref, ready=False)
-        return InFlight(request, worker, refs[0], refs[1:], slot, time.time())
+            if group in groups:
+                meta = {"worker": worker, "request": request, "slot": slot}
+                self.store.begin(group, row_id(request, group), version, meta=meta)
+                self.store.write(group, row_id(request, group), "payload", ref, ready=False)
+        return InFlight(request, worker, refs[0], refs[1:], slot, time.time(), groups)
+
+    def send_lost_rows_again(self, lost: list[tuple[str, str]]) -> list[InFlight]:
+        """Rows published, then lost with their node before a trainer read them ((group, sample_id) pairs):
+        withdraw them and send their requests again, each for the groups that lost its rows. A row lost more
+        often than `rollout.max_worker_restarts` stops the run."""
+        again: dict[str, tuple[dict, list[str]]] = {}
+        for group, sample_id in lost:
+            times = self._times_lost[sample_id] = self._times_lost.get(sample_id, 0) + 1
+            if times > self.cfg.rollout.max_worker_restarts:
+                raise DataLostError(f"row {sample_id!r} of group {group!r} was lost {times} times "
+                                    f"(rollout.max_worker_restarts = {self.cfg.rollout.max_worker_restarts})")
+            meta = self.store.withdraw(group, sample_id).meta
+            again.setdefault(meta["request"].request_id, (meta, []))[1].append(group)
+        log.warning("%d published rows were lost with their node before a trainer read them; producing them again",
+                    len(lost))
+        return [self.send(meta["request"], meta["worker"], meta["slot"], tuple(groups))
+                for meta, groups in again.values()]
 
     def next_result(self, pending: dict) -> tuple[InFlight, RequestResult] | None:
         """Wait for one of `pending` ({id(meta_ref): InFlight}). A dead worker's requests, or a hung one's,
@@ -129,7 +155,7 @@ class Dispatcher:
     def publish(self, flight: InFlight, result: RequestResult) -> None:
         """Make a completed request's rows visible (after the workload's own checks of its result)."""
         self.workload.check_result(result)
-        for group in self.groups:
+        for group in flight.groups:
             self.store.mark_ready(group, row_id(flight.request, group), "payload", policy_version=result.version,
                                   meta=self.workload.row_meta(result, group))
 
@@ -173,10 +199,10 @@ class Dispatcher:
         """Abort lost requests' unfinished rows and send them again (same ids, versions, seeds)."""
         for f in lost:
             pending.pop(id(f.meta_ref), None)
-            for group in self.groups:
+            for group in f.groups:
                 self.store.abort(group, row_id(f.request, group))
         for f in sorted(lost, key=lambda f: f.sent_at):  # a worker's queue, in the order it was sent
-            new = self.send(f.request, f.worker, f.slot)
+            new = self.send(f.request, f.worker, f.slot, f.groups)
             pending[id(new.meta_ref)] = new
 
     def _recover(self, worker: int, pending: dict, reason: str) -> None:

@@ -5,14 +5,15 @@ runs one iteration of the core and returns (request results, trainer metrics):
   the current parameters, gradients accumulated, one step per minibatch as in sync), while the rest of
   batch k is still being sampled. Every row of batch k comes from version k: zero policy lag;
 - stale: workers never wait for training; rows at most `max_staleness` versions old are admitted.
-They know no workload: rows are rows, whoever produced them.
+They know no workload: rows are rows, whoever produced them. A row whose payload was lost with its node
+before a trainer read it is produced again (same request, same slot) before the update completes.
 """
 
 from __future__ import annotations
 
 from flexmarl.rollout import RolloutRequest
 from orchestrator.dispatch import InFlight, request_seed, row_id
-from orchestrator.runtime import Runtime
+from orchestrator.runtime import DataLostError, Runtime
 from orchestrator.store import ExperienceStore
 
 
@@ -23,22 +24,39 @@ class Training:
         self.runtime, self.trainers, self.store, self.batch_requests = runtime, trainers, store, batch_requests
         self.spans: dict = {}
         """Per group, the trainer's compute spans of the last update (for the timeline)."""
-        self._consume_refs: list = []
+        self.lost: list[tuple[str, str]] = []
+        """(group, sample_id) of rows whose payload was lost with its node before the trainer read it: the
+        trainer never saw them; they are to be produced again and handed to it."""
+        self._consume_refs: list[tuple[str, str, object]] = []  # (group, sample_id, reference of its consume call)
+        self._trained: dict = {}  # sync: the groups whose update of this version is done, with its metrics
 
-    def train_batch(self, version: int) -> dict:
-        """Sync: every group trainer gets all of its complete version-k rows at once."""
+    def train_batch(self, version: int) -> dict | None:
+        """Sync: every group trainer gets all of its complete version-k rows at once. None when a group's
+        update could not start because a row's payload was lost (recorded in `lost`): call again once it is
+        produced again; a group that has trained is not trained twice."""
         calls = {}
         for name, trainer in self.trainers.items():
+            if name in self._trained:
+                continue
             rows = self.store.ready_rows(name, policy_version=version)
             if len(rows) != self.batch_requests:
                 raise RuntimeError(f"group {name!r}: {len(rows)} complete rows for version {version}, "
                                    f"expected {self.batch_requests}")
             calls[name] = (rows, self.runtime.call(trainer, "update", [r.sample_id for r in rows],
                                                    [r.policy_version for r in rows], *[r.fields["payload"] for r in rows]))
-        finished = {}
         for name, (rows, ref) in calls.items():
-            finished[name] = self.runtime.get(ref)
+            try:
+                self._trained[name] = self.runtime.get(ref)
+            except DataLostError as exc:  # Ray names one lost argument; another one, if any, on the next try
+                lost = [(name, r.sample_id) for r in rows if exc.names(r.fields["payload"])]
+                if not lost:
+                    raise
+                self.lost.extend(lost)
+                continue
             self.store.consume(name, [r.sample_id for r in rows])
+        if self.lost:
+            return None
+        finished, self._trained = self._trained, {}
         return self._group_metrics(finished)
 
     def begin(self) -> None:
@@ -48,15 +66,27 @@ class Training:
 
     def feed(self, flight: InFlight) -> None:
         """Hand a request's freshly published rows to the trainers (they queue in arrival order)."""
-        for name, trainer in self.trainers.items():
+        for name in flight.groups:
             sid = row_id(flight.request, name)
             row = self.store.tables[name].visible[sid]
-            self._consume_refs.append(self.runtime.call(trainer, "consume", sid, row.policy_version,
-                                                        row.fields["payload"], flight.slot))
+            ref = self.runtime.call(self.trainers[name], "consume", sid, row.policy_version, row.fields["payload"],
+                                    flight.slot)
+            self._consume_refs.append((name, sid, ref))
             self.store.consume(name, [sid])
 
+    def find_lost_rows(self) -> bool:
+        """Streamed: wait until the trainers have read every row fed so far; those whose payload was lost
+        with its node go to `lost`. Returns whether any was lost."""
+        reading, self._consume_refs = self._consume_refs, []
+        for name, sid, ref in reading:
+            try:
+                self.runtime.get(ref)  # surfaces a failed consume with its own error
+            except DataLostError:
+                self.lost.append((name, sid))
+        return bool(self.lost)
+
     def finish(self) -> dict:
-        self.runtime.get(self._consume_refs)  # surfaces a failed consume with its own error
+        self.runtime.get([ref for _, _, ref in self._consume_refs])  # surfaces a failed consume with its own error
         names = list(self.trainers)
         finished = self.runtime.get([self.runtime.call(self.trainers[n], "finish_update") for n in names])
         return self._group_metrics(dict(zip(names, finished)))
@@ -79,13 +109,17 @@ class Training:
 class SyncPipeline:
     def run(self, core) -> tuple[list, dict]:
         results = core.collect(core.dispatch())
-        return results, core.training.train_batch(core.iteration)
+        while (metrics := core.training.train_batch(core.iteration)) is None:  # a row was lost with its node
+            results = core.produce_lost_rows_again(results)
+        return results, metrics
 
 
 class MicrobatchPipeline:
     def run(self, core) -> tuple[list, dict]:
         core.training.begin()
         results = core.collect(core.dispatch(), on_publish=core.training.feed)
+        while core.training.find_lost_rows():
+            results = core.produce_lost_rows_again(results, on_publish=core.training.feed)
         return results, core.training.finish()
 
 
@@ -124,6 +158,8 @@ class StalePipeline:
                 core.training.feed(flight)
                 results.append(result)
         self._top_up(core)
+        while core.training.find_lost_rows():  # produced again on a worker's current weights: admitted
+            results = core.produce_lost_rows_again(results, on_publish=core.training.feed)
         metrics = core.training.finish()
         self.carried = carried + ([] if core.workload.weights_apply_between_requests else self._finish_in_flight(core))
         return results, metrics

@@ -27,6 +27,19 @@ def ray_address(address: str | None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS")
 
 
+class DataLostError(RuntimeError):
+    """An object a call needed (a row's payload, a group's weights) was lost with the node that held it, and
+    Ray could not rebuild it (an actor's results are not recomputed). Ray mode only."""
+
+    def __init__(self, message: str, object_id: str = ""):
+        super().__init__(message)
+        self.object_id = object_id
+
+    def names(self, ref) -> bool:
+        """Whether `ref` is the object that was lost."""
+        return ref.hex() == self.object_id
+
+
 class SerialRef:
     def __init__(self, value: Any = None, error: BaseException | None = None):
         self.value, self.error = value, error
@@ -280,6 +293,9 @@ class RayRuntime(Runtime):
             return self.ray.get(ref_or_refs)
         except self.ray.exceptions.RayActorError as exc:
             raise WorkerDiedError(first_line(exc), self._actors.get(getattr(exc, "actor_id", None))) from exc
+        except self.ray.exceptions.ObjectLostError as exc:  # also a call whose argument was lost: RayTaskError(...)
+            lost = getattr(exc, "cause", None) or exc
+            raise DataLostError(first_line(lost), exc.object_ref_hex) from exc
 
     def wait(self, refs, timeout=None):
         return self.ray.wait(list(refs), num_returns=1, timeout=timeout)

@@ -4,6 +4,8 @@ A row is created pending with its declared fields; each field gets a ready flag 
 ObjectRef in Ray mode, the value itself in serial mode) is known to be complete. A row becomes visible
 only when every field is ready, so consumers never see a half row. A row of a worker that died is
 aborted (never visible) and produced again under the same `sample_id`; committing an id twice is refused.
+A visible row whose payload was lost with its node before a consumer read it is withdrawn, and likewise
+produced again under its id.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class Row:
     """Payloads by reference (ObjectRef) or small values."""
     ready: dict[str, bool] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
-    """Small metadata by value (active sample count, env steps, worker index)."""
+    """Small metadata by value (active sample count, env steps; the producing request, its slot and worker)."""
     consumed: bool = False
 
     @property
@@ -41,6 +43,7 @@ class Table:
         self.visible: dict[str, Row] = {}
         self.aborted = 0
         self.refused_stale = 0
+        self.lost = 0
 
     def __len__(self) -> int:
         return len(self.visible)
@@ -105,6 +108,15 @@ class ExperienceStore:
         if table.pending.pop(sample_id, None) is not None:
             table.aborted += 1
 
+    def withdraw(self, group: str, sample_id: str) -> Row:
+        """Take back a visible row whose payload was lost (its node died before a consumer read it), so that it
+        can be produced again under the same id; returns it (its meta names the request that produced it)."""
+        table = self._table(group)
+        if sample_id not in table.visible:
+            raise StoreError(f"cannot withdraw {sample_id!r}: not a visible row of table {group!r}")
+        table.lost += 1
+        return table.visible.pop(sample_id)
+
     def admit(self, group: str, sample_id: str, policy_version: int, current_version: int, max_staleness: int) -> bool:
         """Bounded staleness: drop (and count) a pending row more than `max_staleness` versions old."""
         if current_version - policy_version <= max_staleness:
@@ -144,5 +156,5 @@ class ExperienceStore:
             f"store/{g}/{k}": v
             for g, t in self.tables.items()
             for k, v in (("visible", len(t.visible)), ("pending", len(t.pending)), ("aborted", t.aborted),
-                         ("refused_stale", t.refused_stale))
+                         ("refused_stale", t.refused_stale), ("lost", t.lost))
         }

@@ -23,7 +23,7 @@ from orchestrator.core import make_orchestrator
 from orchestrator.dispatch import WorkerFailure
 from orchestrator.run_dir import (MetricsWriter, latest_checkpoint, load_checkpoint, prepare_run_dir,
                                   record_eval_episodes, resume_checkpoint, resume_command, save_checkpoint)
-from orchestrator.runtime import WorkerDiedError, make_runtime, ray_address
+from orchestrator.runtime import DataLostError, WorkerDiedError, make_runtime, ray_address
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, address: str | None 
                 every = cfg.run.checkpoint_every
                 if (every and orch.iteration % every == 0) or orch.iteration == cfg.run.iterations:
                     save_checkpoint(run_dir, cfg, orch.groups, orch.get_state())
-            except (EnvStepError, EnvOutputError, WorkerFailure, WorkerDiedError, EngineFailure, WeightSyncError,
-                    TaskFailure) as exc:
+            except (EnvStepError, EnvOutputError, WorkerFailure, WorkerDiedError, DataLostError, EngineFailure,
+                    WeightSyncError, TaskFailure) as exc:
                 raise _stop(run_dir, exc, address) from exc
         bar.close()
         return last

@@ -186,6 +186,7 @@ def test_a_job_spans_two_nodes_and_survives_losing_one(two_nodes, tmp_path):
     (run_dir,) = out.iterdir()
     text = job_log.read_text()
     if "succeeded" not in text:  # stopped with a clear error: continue from its checkpoint on the head alone
+        assert (run_dir / "error.txt").exists(), text[-3000:]  # neither succeeded nor stopped clearly: show why
         assert "flexmarl train --resume" in (run_dir / "error.txt").read_text(), text[-3000:]
         resume = _submit(two_nodes, ["--resume", str(run_dir)], tmp_path / "resume.log")
         assert resume.wait(timeout=300) == 0, (tmp_path / "resume.log").read_text()[-3000:]

@@ -54,6 +54,22 @@ def test_aborted_row_of_a_dead_worker_is_regenerated_under_the_same_id():
     assert row.fields["payload"] == {"x": "it0-req0-g"}
 
 
+def test_a_published_row_lost_with_its_node_is_withdrawn_and_published_again_under_its_id():
+    store = ExperienceStore(["g"])
+    store.begin("g", "it0-req0-g", 0, meta={"worker": 1})
+    store.write("g", "it0-req0-g", "payload", "on the dead node", ready=False)
+    store.mark_ready("g", "it0-req0-g", "payload")
+    store.consume("g", ["it0-req0-g"])  # handed to a trainer that could not read it
+    assert store.withdraw("g", "it0-req0-g").meta == {"worker": 1}
+    assert store.ready_rows("g", include_consumed=True) == [] and store.tables["g"].lost == 1
+    assert _publish(store, "it0-req0-g")
+    (row,) = store.ready_rows("g")
+    assert row.fields["payload"] == {"x": "it0-req0-g"} and not row.consumed
+    store.begin("g", "it0-req1-g", 0)
+    with pytest.raises(StoreError, match="cannot withdraw 'it0-req1-g': not a visible row"):
+        store.withdraw("g", "it0-req1-g")
+
+
 def test_unknown_group_field_and_row_are_named():
     store = ExperienceStore(["g"])
     with pytest.raises(StoreError, match="no table for group 'h'"):
