@@ -32,10 +32,11 @@ def make_cfg():
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """One local Ray instance (2 CPUs) for a test module."""
+    """One local Ray instance (2 CPUs) for a test module: always a private one (address "local"), never a
+    cluster whose address Ray left on this machine (a test's `ray.cluster_utils.Cluster` writes it)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024)
     yield
     ray.shutdown()
 

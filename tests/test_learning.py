@@ -32,7 +32,7 @@ def test_mappo_beats_random_on_simple_spread(mode):
     cfg = _config(mode)
     random_return = random_policy_baseline(cfg, episodes=200)["eval/return_mean"]
     if mode == "ray":
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024)
     orch = make_orchestrator(cfg, RayRuntime(cfg) if mode == "ray" else SerialRuntime())
     try:
         trained_return = _learn(orch)

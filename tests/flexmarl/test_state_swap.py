@@ -17,7 +17,7 @@ def ray_cluster():
     """A one-CPU local Ray instance for this module (the remote location is Ray's object store)."""
     import ray
 
-    ray.init(num_cpus=1, include_dashboard=False, object_store_memory=200 * 1024 * 1024)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, object_store_memory=200 * 1024 * 1024)
     yield
     ray.shutdown()
 
