@@ -47,6 +47,13 @@ def policy_params(orch) -> dict:
     return {g: {k: v.numpy() for k, v in s["policy"].items()} for g, s in state.items()}
 
 
+def same_params(a: dict, b: dict) -> bool:
+    """Whether two `policy_params` results are equal bit for bit."""
+    import numpy as np
+
+    return a.keys() == b.keys() and all(np.array_equal(a[g][k], b[g][k]) for g in a for k in a[g])
+
+
 _TORCH_THREADS = None
 
 

@@ -13,7 +13,7 @@ from ray.cluster_utils import Cluster
 from orchestrator.core import make_orchestrator
 from orchestrator.pipelines import Training
 from orchestrator.runtime import DataLostError, RayRuntime, SerialRuntime
-from tests.conftest import policy_params
+from tests.conftest import policy_params, same_params
 
 # 4 requests per iteration over 2 workers, one per node (SPREAD; the trainer's 1.5 CPUs fit only the head,
 # which keeps 1 CPU for the lost worker's replacement); 2 micro-batches per minibatch, so that the order
@@ -35,10 +35,6 @@ def two_nodes():
     finally:
         ray.shutdown()
         cluster.shutdown()
-
-
-def _same(a, b):
-    return a.keys() == b.keys() and all(np.array_equal(a[g][k], b[g][k]) for g in a for k in a[g])
 
 
 def _run(cfg, address: str, steps: int, patch) -> tuple[dict, list[dict]]:
@@ -84,7 +80,7 @@ def test_rows_lost_before_the_trainer_read_them_are_produced_again_microbatch(ma
     assert removed and metrics[0]["store/lost_rows"] == 0
     assert metrics[1]["store/lost_rows"] >= 1 and metrics[1]["perf/worker_restarts"] >= 1
     assert [m["env_steps"] for m in metrics] == [400, 800, 1200]  # nothing counted twice
-    assert _same(params, _reference(cfg, 3))
+    assert same_params(params, _reference(cfg, 3))
 
 
 def test_rows_lost_before_the_trainer_read_them_are_produced_again_sync(make_cfg, two_nodes, monkeypatch):
@@ -107,7 +103,7 @@ def test_rows_lost_before_the_trainer_read_them_are_produced_again_sync(make_cfg
     assert removed and metrics[0]["store/lost_rows"] == 0
     assert metrics[1]["store/lost_rows"] == 2  # both of the second node's rows, one per try (Ray names one)
     assert [m["env_steps"] for m in metrics] == [400, 800, 1200]
-    assert _same(params, _reference(cfg, 3))
+    assert same_params(params, _reference(cfg, 3))
 
 
 def test_only_the_groups_that_lost_a_row_get_it_again(make_cfg, two_nodes, monkeypatch):
@@ -138,7 +134,7 @@ def test_only_the_groups_that_lost_a_row_get_it_again(make_cfg, two_nodes, monke
     params, metrics = _run(cfg, cluster.address, 3, patch)
     assert removed and metrics[1]["store/lost_rows"] == 2
     assert [m["env_steps"] for m in metrics] == [400, 800, 1200]
-    assert _same(params, _reference(cfg, 3))
+    assert same_params(params, _reference(cfg, 3))
 
 
 def test_a_row_produced_again_is_the_same_row_and_one_lost_too_often_stops_the_run(make_cfg):

@@ -2,23 +2,18 @@
 
 import time
 
-import numpy as np
 import pytest
 import ray
 
 from orchestrator.core import make_orchestrator
 from orchestrator.dispatch import WorkerFailure
 from orchestrator.runtime import RayRuntime, SerialRuntime, WorkerDiedError
-from tests.conftest import policy_params
+from tests.conftest import policy_params, same_params
 
 
 @pytest.fixture(autouse=True)
 def _cluster(ray_cluster):
     yield
-
-
-def _same(a, b):
-    return a.keys() == b.keys() and all(np.array_equal(a[g][k], b[g][k]) for g in a for k in a[g])
 
 
 def test_ray_mode_equals_serial_mode(make_cfg):
@@ -29,7 +24,7 @@ def test_ray_mode_equals_serial_mode(make_cfg):
         for _ in range(2):
             m_serial, m_ray = serial.step(), distributed.step()
             assert m_serial["episode_return_mean"] == m_ray["episode_return_mean"]
-        assert _same(policy_params(serial), policy_params(distributed))
+        assert same_params(policy_params(serial), policy_params(distributed))
         assert m_ray["perf/policy_lag_max"] == 0.0
     finally:
         distributed.shutdown()
@@ -84,7 +79,7 @@ def test_killed_worker_rows_are_regenerated_without_duplicates(make_cfg):
         orch.training.train_batch(orch.iteration)
         orch.iteration += 1
         # requests are pure functions of (weights, seed): the regenerated batch trains identically
-        assert _same(policy_params(orch), policy_params(reference))
+        assert same_params(policy_params(orch), policy_params(reference))
     finally:
         orch.shutdown()
 
@@ -127,7 +122,7 @@ def test_worker_killed_while_producing_rows_is_replaced_and_its_rows_regenerated
         assert (tmp_path / "died").exists()
         assert metrics["perf/worker_restarts"] == 1 and metrics["store/aborted_rows"] >= 1
         assert metrics["env_steps"] == 400
-        assert _same(policy_params(orch), reference)
+        assert same_params(policy_params(orch), reference)
     finally:
         orch.shutdown()
 
@@ -141,6 +136,6 @@ def test_hung_worker_times_out_is_replaced_and_its_rows_regenerated(make_cfg, tm
         assert (tmp_path / "hung").exists()
         assert metrics["rollout/worker_timeouts"] == 1 and metrics["perf/worker_restarts"] == 1
         assert metrics["store/aborted_rows"] >= 1
-        assert _same(policy_params(orch), reference)
+        assert same_params(policy_params(orch), reference)
     finally:
         orch.shutdown()
